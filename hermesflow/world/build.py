@@ -1,0 +1,69 @@
+"""Writing a split of the shapes world to disk as homologous data (`data.jsonl` + PNG images)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from hermesflow.errors import UsageError
+from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
+from hermesflow.world.questions import questions_for
+from hermesflow.world.render import render
+from hermesflow.world.scenes import split_of
+
+SPLITS = ("train", "eval")
+
+
+def world_records(n: int, seed: int, split: str, eval_fraction: float = 0.2):
+    """Yield (record, image) for `n` scenes of a split; categories cycle so each gets n/6.
+
+    Deterministic from (seed, split); a scene belongs to the split its content hashes to, so train
+    and eval never share a scene whatever seeds they were made with.
+    """
+    if split not in SPLITS:
+        raise UsageError(f"--split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"hermesflow-world/{seed}/{split}")
+    for i in range(n):
+        category = CATEGORIES[i % len(CATEGORIES)]
+        scene, spec = sample_scene(category, rng)
+        while split_of(scene, eval_fraction) != split:
+            scene, spec = sample_scene(category, rng)
+        record_id = f"{split}-{seed}-{i:06d}"
+        record = {
+            "id": record_id,
+            "image": f"images/{record_id}.png",
+            "caption": phrase(spec, rng.randrange(3)),
+            "category": category,
+            "qa": [qa.to_json() for qa in questions_for(spec, scene, rng)],
+            "scene": scene.to_json(),
+        }
+        yield record, render(scene)
+
+
+def write_world(out: Path, n: int, seed: int, split: str, eval_fraction: float = 0.2) -> Path:
+    """Write the split to `out` (which must not exist or be empty), atomically: everything is
+    built in a temporary sibling folder and renamed into place at the end."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"output folder {out} is not empty; choose a new --out")
+    if n < 1:
+        raise UsageError(f"--n must be at least 1, got {n}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
+            for record, image in world_records(n, seed, split, eval_fraction):
+                Image.fromarray(image).save(tmp / record["image"])
+                f.write(json.dumps(record) + "\n")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "data.jsonl"

@@ -18,7 +18,7 @@ from hermesflow.world.scenes import BACKGROUND, CELL, COLOR_NAMES, GRID, IMAGE_S
 
 FOREGROUND_DISTANCE = 96.0  # RGB distance from the background above which a pixel is foreground
 MAX_COLOR_DISTANCE = 90.0  # a pixel farther than this from every palette colour has no colour
-MIN_SHAPE_IOU = 0.75  # the templates overlap each other by at most 0.70
+MIN_SHAPE_IOU = 0.85  # templates overlap each other by at most 0.70, a filled cell a circle by 0.81
 MIN_COLOR_SHARE = 0.75  # share of foreground pixels that must have the object's colour
 
 EMPTY = -1

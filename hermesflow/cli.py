@@ -8,33 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from hermesflow import __version__, config
-from hermesflow.config import option
 from hermesflow.data import read_homologous
 from hermesflow.errors import HermesFlowError
-
-
-@dataclass
-class WorldConfig:
-    """`hermesflow world`: write a split of the shapes world as homologous data."""
-
-    out: Path = option(None, "output folder (must not exist or be empty)", required=True)
-    n: int = option(1000, "number of scenes")
-    seed: int = option(0, "random seed; the same seed and split give the same files")
-    split: str = option("train", "which split; train and eval never share a scene", choices=("train", "eval"))
-
-
-@dataclass
-class ValidateConfig:
-    """`hermesflow validate DATA`: check a homologous data file and summarise it."""
-
-    data: Path = option(None, "data.jsonl, or a folder holding it", positional=True, required=True)
-    image_size: int = option(32, "expected image width and height in pixels; 0 accepts any size")
-    skip_bad: bool = option(False, "report bad records and go on without them instead of failing")
+from hermesflow.io import atomic_write_json
+from hermesflow.settings import EvalConfig, PretrainConfig, ValidateConfig, WorldConfig
 
 
 def run_world(cfg: WorldConfig) -> int:
@@ -53,6 +33,32 @@ def run_validate(cfg: ValidateConfig) -> int:
     return 0
 
 
+def run_pretrain(cfg) -> int:
+    from hermesflow.pretrain import pretrain
+
+    pretrain(cfg)
+    print(f"model written to {cfg.out}")
+    return 0
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    from hermesflow.evaluate import data_eval_items, evaluate, format_table, save_sample_sheet, world_eval_items
+    from hermesflow.model import UnifiedModel
+    from hermesflow.scorers.similarity import SentenceSimilarity
+
+    items = data_eval_items(cfg.data, cfg.n) if cfg.data else world_eval_items(cfg.n, cfg.seed)
+    model = UnifiedModel.from_pretrained(cfg.model).eval()
+    metrics, generated = evaluate(model, items, cfg, SentenceSimilarity(cfg.encoder))
+    metrics["model"] = str(cfg.model)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg.out / "metrics.json", metrics)
+    config.save(cfg, cfg.out / "eval_config.yaml")
+    save_sample_sheet(cfg.out / "generated.png", generated)
+    print(format_table(metrics))
+    print(f"written to {cfg.out / 'metrics.json'}")
+    return 0
+
+
 def print_summary(summary: dict) -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
@@ -66,6 +72,8 @@ def print_summary(summary: dict) -> None:
 VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "world": (WorldConfig, run_world),
     "validate": (ValidateConfig, run_validate),
+    "pretrain": (PretrainConfig, run_pretrain),
+    "eval": (EvalConfig, run_eval),
 }
 
 

@@ -74,6 +74,11 @@ def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
     return value
 
 
+def load(cls: type[C], path: Path) -> C:
+    """A config saved by `save` (or written by hand) with nothing else over it."""
+    return resolve(cls, argparse.Namespace(config=Path(path)))
+
+
 def resolve(cls: type[C], args: argparse.Namespace) -> C:
     """Build the config: dataclass defaults, then the YAML file of `--config`, then the flags."""
     names = {f.name for f in dataclasses.fields(cls)}

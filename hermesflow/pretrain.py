@@ -1,0 +1,187 @@
+"""Pretraining the built-in unified model from scratch on the shapes world (`hermesflow pretrain`).
+
+Each step draws a fresh batch of train-split scenes and mixes three tasks in one forward pass:
+text-to-image (masked image modelling, cosine mask schedule, condition dropout for guidance),
+captioning and question answering (next-token cross-entropy on the caption / answer). Batches and
+masks are functions of (seed, step) alone, so a run resumed from a checkpoint continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hermesflow import config
+from hermesflow.errors import UsageError
+from hermesflow.settings import PRESETS, PretrainConfig
+from hermesflow.model.unified import UnifiedConfig, UnifiedModel, mask_ratio
+from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
+from hermesflow.world.questions import questions_for
+from hermesflow.world.scenes import split_of
+
+def resolved(cfg: PretrainConfig) -> PretrainConfig:
+    """The config with the preset's values in place of zeros."""
+    preset = PRESETS[cfg.preset]
+    return PretrainConfig(**{
+        **cfg.__dict__,
+        "steps": cfg.steps or preset["steps"],
+        "batch_size": cfg.batch_size or preset["batch_size"],
+        "lr": cfg.lr or preset["lr"],
+    })
+
+
+@dataclass
+class Batch:
+    """One mixed batch: prompts and image codes (t2i), and image codes with text (caption / VQA)."""
+
+    t2i_prompts: list[list[int]]
+    t2i_codes: torch.Tensor
+    t2i_masked: torch.Tensor
+    mmu_codes: torch.Tensor
+    mmu_prefixes: list[list[int]]
+    mmu_targets: list[list[int]]
+    n_caption: int
+
+
+def make_batch(model: UnifiedModel, seed: int, step: int, size: int, cond_dropout: float) -> Batch:
+    """The batch of `step`: a deterministic function of (seed, step)."""
+    rng = random.Random(f"pretrain/{seed}/{step}")
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    third = size // 3
+    examples = []
+    for _ in range(third * 3):
+        category = rng.choice(CATEGORIES)
+        scene, spec = sample_scene(category, rng)
+        while split_of(scene) != "train":
+            scene, spec = sample_scene(category, rng)
+        examples.append((scene, spec))
+    t2i, cap, vqa = examples[:third], examples[third : 2 * third], examples[2 * third :]
+
+    prompts = [[] if rng.random() < cond_dropout else model.encode_text(phrase(spec, rng.randrange(3))) for _, spec in t2i]
+    codes = torch.tensor([model.images.tokens_of(scene) for scene, _ in t2i])
+    ratios = mask_ratio(torch.rand(len(t2i), generator=g))
+    n = model.images.n_tokens
+    count = torch.clamp(torch.ceil(ratios * n), 1, n)
+    masked = torch.argsort(torch.rand(len(t2i), n, generator=g), dim=1).argsort(dim=1) < count[:, None]
+
+    prefixes, targets = [], []
+    for scene, spec in cap:
+        prefixes.append([])
+        targets.append(model.encode_text(phrase(spec, rng.randrange(3))) + [model.text.eos])
+    for scene, spec in vqa:
+        qa = rng.choice(questions_for(spec, scene, rng))
+        prefixes.append(model.encode_text(qa.question) + [model.text.ans])
+        targets.append(model.encode_text(qa.answer) + [model.text.eos])
+    mmu_codes = torch.tensor([model.images.tokens_of(scene) for scene, _ in cap + vqa])
+    return Batch(prompts, codes, masked, mmu_codes, prefixes, targets, len(cap))
+
+
+def losses(model: UnifiedModel, batch: Batch) -> dict[str, torch.Tensor]:
+    """Mean cross-entropy of each task, from one forward pass over the whole mixed batch."""
+    t_tokens, t_mask = model.t2i_batch(batch.t2i_prompts, torch.where(batch.t2i_masked, -1, batch.t2i_codes))
+    m_tokens, m_mask = model.mmu_batch(batch.mmu_codes, [p + t for p, t in zip(batch.mmu_prefixes, batch.mmu_targets)])
+    logits, _ = model.net(torch.cat([t_tokens, m_tokens]), torch.cat([t_mask, m_mask]))
+    t_logits, m_logits = logits[: len(t_tokens)].float(), logits[len(t_tokens) :].float()
+
+    s = model.t2i_image_start
+    image_logits = t_logits[:, s : s + model.images.n_tokens, model.image_offset :]
+    t2i = F.cross_entropy(image_logits[batch.t2i_masked], batch.t2i_codes[batch.t2i_masked])
+
+    target = torch.full(m_tokens.shape, -100, dtype=torch.long)
+    for i, (p, t) in enumerate(zip(batch.mmu_prefixes, batch.mmu_targets)):
+        start = model.mmu_text_start + len(p)
+        target[i, start : start + len(t)] = torch.tensor(t)
+    token_loss = F.cross_entropy(m_logits[:, :-1].transpose(1, 2), target[:, 1:], reduction="none")
+    counts = (target[:, 1:] != -100).sum(1)
+    per_example = token_loss.sum(1) / counts
+    c = batch.n_caption
+    return {"t2i": t2i, "caption": per_example[:c].mean(), "vqa": per_example[c:].mean()}
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_checkpoint(out: Path, model: UnifiedModel, opt: torch.optim.Optimizer, step: int) -> None:
+    """Write the checkpoint beside the old one, then swap, so a kill never leaves half of one."""
+    tmp, final = out / ".checkpoint.tmp", out / "checkpoint"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    old = out / ".checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def pretrain(cfg: PretrainConfig) -> UnifiedModel:
+    """Train (or resume) and write the model to `cfg.out`; returns the trained model."""
+    cfg = resolved(cfg)
+    out = Path(cfg.out)
+    preset = PRESETS[cfg.preset]
+    model_cfg = UnifiedConfig(d_model=preset["d_model"], n_layers=preset["n_layers"], n_heads=preset["n_heads"])
+    saved = out / "pretrain_config.yaml"
+    if (out / "model.safetensors").exists() and not (out / "checkpoint").exists():
+        print(f"{out} already holds a finished model; loading it")
+        return UnifiedModel.from_pretrained(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "checkpoint").exists() and saved.exists():
+        previous = config.to_dict(config.load(PretrainConfig, saved))
+        if {k: v for k, v in previous.items() if k != "out"} != {k: v for k, v in config.to_dict(cfg).items() if k != "out"}:
+            raise UsageError(f"{out} holds a checkpoint of a run with other settings ({saved}); use a new --out")
+    config.save(cfg, saved)
+
+    torch.manual_seed(cfg.seed)
+    model = UnifiedModel(model_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    start = 0
+    if (out / "checkpoint").exists():
+        model = UnifiedModel.from_pretrained(out / "checkpoint")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+        opt.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True))
+        start = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+
+    model.train()
+    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
+    tic = time.perf_counter()
+    for step in bar:
+        batch = make_batch(model, cfg.seed, step, cfg.batch_size, cfg.cond_dropout)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            parts = losses(model, batch)
+        loss = sum(parts.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % 25 == 0 or step + 1 == cfg.steps:
+            row = {"step": step + 1, "loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()},
+                   "lr": lr_at(step, cfg), "seconds": round(time.perf_counter() - tic, 2)}
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()})
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(out, model, opt, step + 1)
+    metrics.close()
+    model.eval()
+    model.save_pretrained(out)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return model

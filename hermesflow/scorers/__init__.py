@@ -1,0 +1,1 @@
+"""Scorers: caption similarity (understanding preferences) and, later, self-VQA judges."""

@@ -1,0 +1,177 @@
+"""The built-in unified model: omni-attention, log-probabilities, decoding, saving, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hermesflow.errors import UsageError
+from hermesflow.model import ImageTokenizer, UnifiedConfig, UnifiedModel
+from hermesflow.model.unified import cfg_logits
+from hermesflow.world import Obj, Scene, render
+from hermesflow.world.build import world_records
+
+
+@pytest.fixture(scope="module")
+def model() -> UnifiedModel:
+    torch.manual_seed(0)
+    return UnifiedModel(UnifiedConfig(d_model=32, n_layers=2, n_heads=2)).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.stack([image for _, image in world_records(6, seed=0, split="eval")])
+
+
+def test_image_tokenizer_roundtrip_is_exact_on_2000_eval_images():
+    tok = ImageTokenizer()
+    records = list(world_records(2000, seed=7, split="eval"))
+    images = np.stack([image for _, image in records])
+    codes = tok.encode(images)
+    assert codes.shape == (2000, 16) and codes.max() < tok.codebook_size
+    assert np.array_equal(tok.decode(codes), images)
+    assert all(tok.tokens_of(Scene.from_json(r["scene"])) == list(c) for (r, _), c in zip(records, codes))
+
+
+def test_text_positions_ignore_later_image_tokens_and_image_positions_see_each_other(model):
+    prompt = [model.encode_text("a red circle")]
+    codes = torch.zeros(1, 16, dtype=torch.long)
+    changed = codes.clone()
+    changed[0, 9] = 5
+    out = [model.net(*model.t2i_batch(prompt, c))[0][0] for c in (codes, changed)]
+    s = model.t2i_image_start
+    assert torch.equal(out[0][:s], out[1][:s])  # prompt and [SOI] come before the image: causal
+    differs = (out[0][s : s + 16] - out[1][s : s + 16]).abs().amax(-1) > 0
+    assert differs.all()  # every image position, earlier ones too, sees token 9
+
+
+def test_understanding_text_is_causal(model):
+    ids = model.encode_text("a photo of a red circle")
+    codes = torch.zeros(1, 16, dtype=torch.long)
+    a = model.net(*model.mmu_batch(codes, [ids]))[0][0]
+    b = model.net(*model.mmu_batch(codes, [ids[:-1] + [model.text.ids["square"]]]))[0][0]
+    last = model.mmu_text_start + len(ids) - 1
+    assert torch.equal(a[:last], b[:last]) and not torch.equal(a[last], b[last])
+
+
+def test_caption_logprob_equals_a_naive_per_token_loop(model, images):
+    captions = ["a photo of a red circle", "two squares"]
+    fast = model.caption_logprob(images[:2], captions)
+    codes = model.encode_images(images[:2])
+    for i, caption in enumerate(captions):
+        target = model.encode_text(caption) + [model.text.eos]
+        total = 0.0
+        for j, token in enumerate(target):  # one forward per token, on the prefix alone
+            tokens, mask = model.mmu_batch(codes[i : i + 1], [target[:j]])
+            end = model.mmu_text_start + j
+            logits = model.net(tokens[:, :end], mask[:, :, :end, :end])[0]
+            total += F.log_softmax(logits[0, -1], -1)[token].item()
+        assert fast[i].item() == pytest.approx(total, abs=1e-4)
+
+
+def test_image_logprob_is_repeatable_and_has_zero_margin_against_a_copy(model):
+    prompts = ["a red circle", "two squares", "a blue triangle"]
+    tokens = model.generate(prompts, steps=4, seed=1)
+    seeds = [11, 12, 13]
+    a = model.image_logprob(prompts, tokens, seeds, samples=3)
+    assert torch.equal(a, model.image_logprob(prompts, tokens, seeds, samples=3))
+    ref = copy.deepcopy(model)
+    assert torch.equal(a - ref.image_logprob(prompts, tokens, seeds, samples=3), torch.zeros(3))
+    assert not torch.equal(a, model.image_logprob(prompts, tokens, [1, 2, 3], samples=3))
+
+
+def test_shared_seeds_give_shared_masks(model):
+    m1, r1 = model.draw_masks([5, 5, 6], samples=4)
+    assert torch.equal(m1[0], m1[1]) and not torch.equal(m1[0], m1[2])
+    assert ((m1.sum(-1) >= 1) & (m1.sum(-1) <= 16)).all()
+    assert torch.allclose(r1, m1.float().mean(-1))
+
+
+def test_guidance_zero_ignores_the_unconditional_branch(model):
+    plain = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=0.0, seed=4)
+    cond = torch.randn(2, 16, 19)
+    assert torch.equal(cfg_logits(cond, torch.randn(2, 16, 19), 0.0), cond)
+    calls = []
+    original = model._guided_logits
+
+    def spy(prompt_ids, codes, guidance):
+        calls.append(len(prompt_ids))
+        return original(prompt_ids, codes, guidance)
+
+    model._guided_logits = spy
+    try:
+        again = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=0.0, seed=4)
+    finally:
+        del model._guided_logits
+    assert torch.equal(plain, again) and calls == [6] * 5  # one batch of prompts x n per step
+    guided = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=3.0, seed=4)
+    assert guided.shape == plain.shape and not torch.equal(guided, plain)
+
+
+def test_generation_is_seeded_and_fills_every_cell(model):
+    a = model.generate(["a red circle"], n=4, steps=6, seed=9)
+    assert torch.equal(a, model.generate(["a red circle"], n=4, steps=6, seed=9))
+    assert a.shape == (4, 16) and (a >= 0).all() and (a < 19).all()
+
+
+def test_kv_cache_sampling_equals_full_recomputation(model, images):
+    with_cache = model.sample_captions(images[:3], n=2, temperature=1.0, seed=3)
+    without = model.sample_captions(images[:3], n=2, temperature=1.0, seed=3, use_cache=False)
+    assert with_cache == without
+    assert model.sample_captions(images[:3], temperature=0) == model.sample_captions(images[:3], temperature=0, use_cache=False)
+
+
+def test_answer_picks_the_most_likely_choice(model, images):
+    questions, choices = ["is there a circle?", "what color is the square?"], [["yes", "no"], ["red", "green", "blue"]]
+    picked = model.answer(images[:2], questions, choices)
+    for i, (q, options) in enumerate(zip(questions, choices)):
+        prefix = model.encode_text(q) + [model.text.ans]
+        codes = model.encode_images(images[i : i + 1]).repeat(len(options), 1)
+        scores, _ = model.text_logprob(codes, [prefix] * len(options), [model.encode_text(c) + [model.text.eos] for c in options])
+        assert picked[i] == options[int(scores.argmax())]
+
+
+def test_save_then_load_is_bitwise_identical(model, images, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    loaded = UnifiedModel.from_pretrained(tmp_path / "m")
+    for (k, a), (_, b) in zip(model.net.state_dict().items(), loaded.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert torch.equal(model.caption_logprob(images[:2], ["a red circle"] * 2), loaded.caption_logprob(images[:2], ["a red circle"] * 2))
+
+
+def test_unknown_words_and_wrong_shapes_raise_clear_errors(model, images):
+    with pytest.raises(UsageError, match=r"unknown words \['hexagon'\]"):
+        model.generate(["a red hexagon"])
+    with pytest.raises(UsageError, match="unknown words"):
+        model.caption_logprob(images[:1], ["a zebra"])
+    with pytest.raises(UsageError, match=r"\(N, 32, 32, 3\) uint8"):
+        model.answer(np.zeros((1, 16, 16, 3), np.uint8), ["is there a circle?"], [["yes", "no"]])
+    with pytest.raises(UsageError, match=r"shape \(N, 16\)"):
+        model.image_logprob(["a red circle"], torch.zeros(1, 9, dtype=torch.long), [0])
+    with pytest.raises(UsageError, match="limit"):
+        model.generate([" and ".join(["a red circle"] * 6)])
+    with pytest.raises(UsageError, match="3 images, 1 questions"):
+        model.answer(images[:3], ["is there a circle?"], [["yes", "no"]])
+
+
+def test_loading_a_bad_model_folder_names_the_problem(model, tmp_path):
+    with pytest.raises(UsageError, match="config.json not found"):
+        UnifiedModel.from_pretrained(tmp_path)
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UsageError, match="cannot be read"):
+        UnifiedModel.from_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m2")
+    (tmp_path / "m2" / "config.json").write_text('{"model_type": "hermesflow-unified", "d_model": 64, "n_layers": 2, "n_heads": 2}')
+    with pytest.raises(UsageError, match="shape"):
+        UnifiedModel.from_pretrained(tmp_path / "m2")
+
+
+def test_blank_image_is_all_empty_tokens():
+    tok = ImageTokenizer()
+    assert tok.encode(np.zeros((1, 32, 32, 3), np.uint8)).tolist() == [[0] * 16]
+    assert np.array_equal(tok.decode(np.array([tok.tokens_of(Scene((Obj("circle", "red", 1, 2),)))])), render(Scene((Obj("circle", "red", 1, 2),)))[None])

@@ -8,7 +8,9 @@ Images are paths relative to the data file and may not leave its folder.
 
 from __future__ import annotations
 
+import codecs
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,6 +66,17 @@ class _Bad(Exception):
     """Internal: one record's reason for being rejected."""
 
 
+def _quote(value: object, limit: int = 80) -> str:
+    """A value from the data as JSON, shortened, with unprintable characters escaped: the data may
+    hold any text, and each problem must stay on one line of the report."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # nested almost as deeply as json.loads allows
+        text = f"{type(value).__name__} nested too deeply to show"
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _text(obj: dict, key: str, *, required: bool = True) -> str | None:
     value = obj.get(key)
     if value is None and not required:
@@ -71,30 +84,46 @@ def _text(obj: dict, key: str, *, required: bool = True) -> str | None:
     if key not in obj:
         raise _Bad(f'missing field "{key}"')
     if not isinstance(value, str) or not value.strip():
-        raise _Bad(f'field "{key}" must be a non-empty string, got {json.dumps(value)[:60]}')
+        raise _Bad(f'field "{key}" must be a non-empty string, got {_quote(value)}')
     return value
 
 
+def _record_id(obj: dict) -> str:
+    if "id" not in obj:
+        raise _Bad('missing field "id"')
+    value = obj["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise _Bad(f'field "id" must be a non-empty string or an integer, got {_quote(value)}')
+    return str(value)
+
+
 def _check_image(root: Path, rel: str, image_size: int | None) -> Path:
+    shown = _quote(rel)
     if Path(rel).is_absolute() or rel.startswith(("/", "\\")):
-        raise _Bad(f'image "{rel}" is an absolute path; use a path relative to the data file')
+        raise _Bad(f"image {shown} is an absolute path; use a path relative to the data file")
+    if "\0" in rel:
+        raise _Bad(f"image {shown} is not a valid path (it holds a NUL character)")
     path = (root / rel).resolve()
     if not path.is_relative_to(root.resolve()):
-        raise _Bad(f'image "{rel}" points outside the data folder {root}')
-    if not path.is_file():
-        raise _Bad(f'image "{rel}" not found')
+        raise _Bad(f"image {shown} points outside the data folder {root}")
     try:
         with Image.open(path) as img:
-            img.load()
-            fmt, mode, size = img.format, img.mode, img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise _Bad(f'image "{rel}" cannot be read ({type(e).__name__}: {e})') from None
-    if fmt not in IMAGE_FORMATS:
-        raise _Bad(f'image "{rel}" is {fmt}; expected one of {"/".join(IMAGE_FORMATS)}')
-    if mode != "RGB":
-        raise _Bad(f'image "{rel}" has mode {mode}; expected RGB (convert it first)')
-    if image_size is not None and size != (image_size, image_size):
-        raise _Bad(f'image "{rel}" is {size[0]}x{size[1]}; expected {image_size}x{image_size}')
+            # the header first, so that a wrong or huge image is refused before its pixels are decoded
+            if img.format not in IMAGE_FORMATS:
+                raise _Bad(f'image {shown} is {img.format}; expected one of {"/".join(IMAGE_FORMATS)}')
+            if img.mode != "RGB":
+                raise _Bad(f"image {shown} has mode {img.mode}; expected RGB (convert it first)")
+            if image_size is not None and img.size != (image_size, image_size):
+                width, height = img.size
+                raise _Bad(f"image {shown} is {width}x{height}; expected {image_size}x{image_size}")
+            img.load()  # decoding the pixels is what finds truncated and corrupt files
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise _Bad(f"image {shown} not found") from None
+    except UnidentifiedImageError:
+        raise _Bad(f"image {shown} cannot be read (not a {' or '.join(IMAGE_FORMATS)} file)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e  # strerror leaves out the (long) file name
+        raise _Bad(f"image {shown} cannot be read ({type(e).__name__}: {reason})") from None
     return path
 
 
@@ -113,34 +142,32 @@ def _check_qa(items: object) -> tuple[QA, ...]:
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise _Bad(f'qa[{i}]: "choices" must be a list of at least two strings')
         if len(set(choices)) != len(choices):
-            raise _Bad(f"qa[{i}]: choices repeat: {choices}")
+            raise _Bad(f"qa[{i}]: choices repeat: {_quote(choices)}")
         if answer not in choices:
-            raise _Bad(f'qa[{i}]: answer "{answer}" is not among the choices {choices}')
+            raise _Bad(f"qa[{i}]: answer {_quote(answer)} is not among the choices {_quote(choices)}")
         qas.append(QA(question, tuple(choices), answer, kind))
     return tuple(qas)
 
 
-def _check_record(obj: object, root: Path, image_size: int | None) -> Record:
-    if not isinstance(obj, dict):
-        raise _Bad(f"a record must be a JSON object, got {type(obj).__name__}")
+def _check_scene(items: object) -> Scene:
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise _Bad('field "scene" must be a list of {shape, color, row, col} objects')
+    try:
+        return Scene.from_json(items)
+    except KeyError as e:
+        raise _Bad(f'field "scene" is not a valid scene (an object has no {e})') from None
+    except (TypeError, ValueError) as e:
+        raise _Bad(f'field "scene" is not a valid scene ({e})') from None
+
+
+def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None) -> Record:
     rel = _text(obj, "image")
     caption = _text(obj, "caption")
     path = _check_image(root, rel, image_size)
     qa = _check_qa(obj["qa"]) if obj.get("qa") is not None else ()
     category = _text(obj, "category", required=False)
-    scene = None
-    if obj.get("scene") is not None:
-        try:
-            scene = Scene.from_json(obj["scene"])
-        except (TypeError, KeyError, ValueError) as e:
-            raise _Bad(f'field "scene" is not a valid scene ({e})') from None
-    return Record(str(obj["id"]), path, caption, qa, category, scene)
-
-
-def _record_id(obj: object) -> str | None:
-    if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)) and str(obj["id"]).strip():
-        return str(obj["id"])
-    return None
+    scene = _check_scene(obj["scene"]) if obj.get("scene") is not None else None
+    return Record(record_id, path, caption, qa, category, scene)
 
 
 def read_homologous(path: str | Path, *, image_size: int | None = IMAGE_SIZE, skip_bad: bool = False) -> HomologousData:
@@ -165,6 +192,8 @@ def read_homologous(path: str | Path, *, image_size: int | None = IMAGE_SIZE, sk
             continue
         record_id = None
         try:
+            if number == 1:  # a byte-order mark, as some editors write, is allowed at the start
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -172,20 +201,25 @@ def read_homologous(path: str | Path, *, image_size: int | None = IMAGE_SIZE, sk
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise _Bad(f"invalid JSON ({e.msg} at column {e.colno})") from None
+                reason = e.msg.removesuffix(" starting at")  # "Unterminated string starting at"
+                raise _Bad(f"invalid JSON ({reason} at column {e.colno})") from None
+            except ValueError:  # the one other thing json.loads refuses: Python's limit on int digits
+                raise _Bad(f"invalid JSON (a number longer than {sys.get_int_max_str_digits()} digits)") from None
+            except RecursionError:
+                raise _Bad("invalid JSON (nested too deeply)") from None
+            if not isinstance(obj, dict):
+                raise _Bad(f"a record must be a JSON object, got {_quote(obj)}")
             record_id = _record_id(obj)
-            if record_id is None:
-                raise _Bad('missing or empty field "id"' if isinstance(obj, dict) else "not a JSON object")
             if record_id in first_line:
                 raise _Bad(f"duplicate id (first used on line {first_line[record_id]})")
             first_line[record_id] = number
-            record = _check_record(obj, root, image_size)
+            record = _check_record(obj, record_id, root, image_size)
             records.append(replace(record, line=number))
         except _Bad as e:
-            shown = f'"{record_id}"' if record_id is not None else "unknown"
+            shown = _quote(record_id) if record_id is not None else "unknown"
             problems.append(f"{path.name} line {number} (id {shown}): {e}")
     if problems and not skip_bad:
         raise DataError(problems)
-    if not records:
-        raise DataError([f"{path}: no usable records"])
+    if not records:  # with skip_bad, say why each record went, or "no usable records" explains nothing
+        raise DataError([*problems, f"{path}: no usable records"])
     return HomologousData(path, records, problems)

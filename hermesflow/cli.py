@@ -7,6 +7,7 @@ Verbs that read data check all of it before they create any output.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Callable
 
@@ -14,7 +15,15 @@ from hermesflow import __version__, config
 from hermesflow.data import read_homologous
 from hermesflow.errors import HermesFlowError
 from hermesflow.io import atomic_write_json
-from hermesflow.settings import EvalConfig, PretrainConfig, ValidateConfig, WorldConfig
+from hermesflow.settings import (
+    CurateConfig,
+    EvalConfig,
+    PretrainConfig,
+    RunConfig,
+    TrainConfig,
+    ValidateConfig,
+    WorldConfig,
+)
 
 
 def run_world(cfg: WorldConfig) -> int:
@@ -59,6 +68,46 @@ def run_eval(cfg: EvalConfig) -> int:
     return 0
 
 
+def run_curate(cfg: CurateConfig) -> int:
+    from accelerate import PartialState
+
+    from hermesflow.iterate import curate_round
+    from hermesflow.model import UnifiedModel
+    from hermesflow.scorers.similarity import SentenceSimilarity
+
+    data = read_homologous(cfg.data)
+    model = UnifiedModel.from_pretrained(cfg.model).eval()
+    state = PartialState(cpu=True)
+    manifest = curate_round(model, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round, cfg.previous, state)
+    if state.is_main_process:
+        config.save(cfg, cfg.out / "curate_config.yaml")
+        print(json.dumps(manifest["counts"], indent=2))
+    return 0
+
+
+def run_train(cfg: TrainConfig) -> int:
+    from accelerate import PartialState
+
+    from hermesflow.iterate import train_round
+    from hermesflow.model import UnifiedModel
+
+    data = read_homologous(cfg.data)
+    model = UnifiedModel.from_pretrained(cfg.model)
+    state = PartialState(cpu=True)
+    trained = train_round(model, data, cfg.prefs, cfg, 0, state, out=cfg.out)
+    if state.is_main_process:
+        config.save(cfg, cfg.out / "train_config.yaml")
+        print(f"model written to {cfg.out / 'model'}")
+    return 0 if trained is not None else 1
+
+
+def run_rounds(cfg: RunConfig) -> int:
+    from hermesflow.iterate import run
+
+    run(cfg)
+    return 0
+
+
 def print_summary(summary: dict) -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
@@ -74,6 +123,10 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "validate": (ValidateConfig, run_validate),
     "pretrain": (PretrainConfig, run_pretrain),
     "eval": (EvalConfig, run_eval),
+    "curate": (CurateConfig, run_curate),
+    "train": (TrainConfig, run_train),
+    "iterate": (RunConfig, run_rounds),
+    "run": (RunConfig, run_rounds),
 }
 
 

@@ -69,3 +69,81 @@ class EvalConfig:
     guidance: float = option(2.0, "classifier-free guidance scale w in (1 + w) cond - w uncond")
     temperature: float = option(1.0, "sampling temperature for generation")
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
+
+
+@dataclass
+class CurationOptions:
+    """How the model samples and judges its own candidates (paper §3.1)."""
+
+    n_captions: int = option(8, "captions sampled per image (official code: 10)")
+    caption_temperature: float = option(1.0, "sampling temperature for captions")
+    caption_top_k: int = option(0, "top-k for caption sampling; 0 = off")
+    n_images: int = option(8, "images generated per caption (official code: 16)")
+    steps: int = option(10, "MaskGIT decoding steps")
+    guidance: float = option(2.0, "classifier-free guidance w for generation, (1 + w) cond - w uncond")
+    image_temperature: float = option(1.0, "sampling temperature for generation")
+    min_chosen_accuracy: float = option(0.6, "a generated winner is kept only if its self-VQA accuracy is above this")
+    curate_batch_size: int = option(16, "records per curation batch")
+    encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
+    pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))
+
+
+@dataclass
+class TrainingOptions:
+    """Pair-DPO and its optimiser (DESIGN §2)."""
+
+    loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO)")
+    beta_und: float = option(0.2, "β of the understanding branch")
+    beta_gen: float = option(0.2, "β of the generation branch")
+    sft_und: float = option(0.0, "weight of an NLL term on chosen captions (RPO)")
+    sft_gen: float = option(0.0, "weight of an NLL term on chosen images (RPO)")
+    length_normalize: bool = option(False, "per-token (mean) log-probs instead of sums")
+    mask_samples: int = option(1, "Monte-Carlo mask samples K for image log-probs")
+    ratio_weighting: bool = option(False, "weight each mask sample's log-prob by 1 / mask ratio")
+    reference: str = option("cached", "cached: reference log-probs precomputed once per round; online: a frozen copy", choices=("cached", "online"))
+    lr: float = option(2e-5, "peak AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup: int = option(10, "linear warm-up steps before the cosine decay")
+    train_steps: int = option(150, "optimizer steps per round")
+    batch_size: int = option(8, "global batch (split across processes)")
+    max_grad_norm: float = option(1.0, "gradient clipping; 0 = off")
+    bf16: bool = option(False, "bfloat16 autocast during training")
+    save_every: int = option(50, "steps between resumable accelerate save_state checkpoints")
+    max_nonfinite: int = option(5, "stop after this many non-finite losses in a row")
+
+
+@dataclass
+class CurateConfig(CurationOptions):
+    """`hermesflow curate`: build one round of homologous preference data with the model itself."""
+
+    model: Path = option(None, "model folder", required=True)
+    data: Path = option(None, "homologous data (data.jsonl or its folder) with qa", required=True)
+    out: Path = option(None, "round folder for prefs.jsonl and manifest.json", required=True)
+    previous: Path = option(None, "the previous round's folder, for the self-play update (Eq. 10)")
+    round: int = option(0, "round number")
+    seed: int = option(0, "seed of sampling")
+
+
+@dataclass
+class TrainConfig(TrainingOptions):
+    """`hermesflow train`: Pair-DPO on one curated round."""
+
+    model: Path = option(None, "policy's starting model folder (also the reference)", required=True)
+    data: Path = option(None, "the homologous data the round was curated from", required=True)
+    prefs: Path = option(None, "round folder holding prefs.jsonl", required=True)
+    out: Path = option(None, "output folder for the trained model, metrics.jsonl and the training state", required=True)
+    seed: int = option(0, "seed of batch order and mask seeds")
+
+
+@dataclass
+class RunConfig(CurationOptions, TrainingOptions):
+    """`hermesflow run` / `iterate`: evaluate the base model, then R self-play rounds of curate, train, evaluate."""
+
+    out: Path = option(None, "run folder", required=True)
+    model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
+    data: Path = option(None, "homologous train data (default: a held-out slice of the world's train split)")
+    rounds: int = option(1, "self-play rounds")
+    n_train: int = option(400, "world train records to curate from when --data is not given")
+    eval_n: int = option(500, "eval split examples per evaluation")
+    eval_guidance: float = option(2.0, "guidance used when evaluating generation")
+    seed: int = option(0, "seed of everything")

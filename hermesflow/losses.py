@@ -1,0 +1,170 @@
+"""Pair-DPO losses (paper §4.2 and Appendix A): how the understanding and generation preferences of
+one homologous example are combined into one loss.
+
+Each branch has a DPO margin, with the reference frozen (its log-probs are plain inputs):
+
+    Δ_und = β_und [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))]
+    Δ_gen = β_gen [(log π(x_w|y) − log π_ref(x_w|y)) − (log π(x_l|y) − log π_ref(x_l|y))]
+
+and `loss_type` chooses how the two margins make a loss. Everything is per example (no reduction,
+no logging, no model): the training loop averages over the batch and logs the rewards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PairLogps:
+    """Log-probabilities of one batch of homologous tuples (x, y, x_w, x_l, y_w, y_l), each (B,).
+
+    `und_*` are caption log-probs log π(y_w|x), log π(y_l|x); `gen_*` are image log-probs
+    log π(x_w|y), log π(x_l|y); `ref_*` come from the frozen reference (usually precomputed).
+    The optional `*_chosen_lengths` (token counts, (B,)) only length-normalise the SFT term; pass
+    them when the log-probs are sums, leave them out when they are already per-token means.
+    """
+
+    policy_und_chosen: torch.Tensor
+    policy_und_rejected: torch.Tensor
+    policy_gen_chosen: torch.Tensor
+    policy_gen_rejected: torch.Tensor
+    ref_und_chosen: torch.Tensor
+    ref_und_rejected: torch.Tensor
+    ref_gen_chosen: torch.Tensor
+    ref_gen_rejected: torch.Tensor
+    und_chosen_lengths: torch.Tensor | None = None
+    gen_chosen_lengths: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # A (B, 1) next to a (B,) would broadcast into a silent (B, B) loss.
+        shapes = {f.name: tuple(getattr(self, f.name).shape) for f in fields(self) if getattr(self, f.name) is not None}
+        if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
+            raise ValueError(f"PairLogps needs tensors of one shape (B,), got {shapes}")
+
+
+@dataclass
+class PairDPOOutput:
+    """Per-example results, each (B,). Only `loss` carries gradients; the rest are for logging.
+
+    The rewards are TRL's implicit rewards β(log π − log π_ref) of each sample, so that
+    `und/rewards/margins` = und_chosen_rewards − und_rejected_rewards = Δ_und.
+    """
+
+    loss: torch.Tensor
+    loss_und: torch.Tensor  # −log σ(Δ_und), whatever `loss_type` trains
+    loss_gen: torch.Tensor  # −log σ(Δ_gen)
+    und_chosen_rewards: torch.Tensor
+    und_rejected_rewards: torch.Tensor
+    gen_chosen_rewards: torch.Tensor
+    gen_rejected_rewards: torch.Tensor
+
+
+def product_loss(delta_und: torch.Tensor, delta_gen: torch.Tensor) -> torch.Tensor:
+    """−log σ(Δ_und · Δ_gen), the paper's Pair-DPO (Eq. 6 / Eq. 15).
+
+    Intuition (the paper's): one preference over the homologous tuple, so that each branch's margin
+    scales the other's. Two flaws, kept on purpose so they can be measured: at policy == reference
+    both margins are 0, so the gradient is exactly zero (a saddle; d/dΔ_und = −σ(−Δ_und Δ_gen) Δ_gen
+    = 0) and training can only leave it through noise; and two wrong (both negative) margins give a
+    positive product, so they score better than no preference at all.
+    """
+    return -F.logsigmoid(delta_und * delta_gen)
+
+
+def sum_loss(delta_und: torch.Tensor, delta_gen: torch.Tensor) -> torch.Tensor:
+    """−log σ(Δ_und) − log σ(Δ_gen) (paper Eq. 12, and what the official code trains).
+
+    Intuition: two standard DPO losses on the same homologous example, one per ability.
+    """
+    return -F.logsigmoid(delta_und) - F.logsigmoid(delta_gen)
+
+
+def und_loss(delta_und: torch.Tensor, delta_gen: torch.Tensor) -> torch.Tensor:
+    """−log σ(Δ_und) (Table 5 "DPO (Understanding)"): standard DPO on the caption pair only."""
+    return -F.logsigmoid(delta_und)
+
+
+def gen_loss(delta_und: torch.Tensor, delta_gen: torch.Tensor) -> torch.Tensor:
+    """−log σ(Δ_gen) (Table 5 "DPO (Generation)"): standard DPO on the image pair only."""
+    return -F.logsigmoid(delta_gen)
+
+
+def joint_loss(delta_und: torch.Tensor, delta_gen: torch.Tensor) -> torch.Tensor:
+    """−log σ(Δ_und + Δ_gen): not in the paper; a coupled variant without the saddle.
+
+    Motivation: it is the DPO loss of the single joint preference (y_w, x_w) ≻ (y_l, x_l) under the
+    factorised likelihood π(y|x)·π(x|y) (likelihood ratios multiply, so log-ratios add), which keeps
+    Pair-DPO's coupling (one shared weight σ(−Δ_und − Δ_gen)) while being monotone in each margin
+    and having a non-zero gradient at policy == reference.
+    """
+    return -F.logsigmoid(delta_und + delta_gen)
+
+
+LOSS_TYPES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "product": product_loss,
+    "sum": sum_loss,
+    "und": und_loss,
+    "gen": gen_loss,
+    "joint": joint_loss,
+}
+
+# Which branches each loss trains: the SFT term is added only there, because a one-branch loss may
+# be fed placeholder log-probs for the branch it ignores.
+_BRANCHES = {"product": ("und", "gen"), "sum": ("und", "gen"), "und": ("und",), "gen": ("gen",), "joint": ("und", "gen")}
+
+
+class PairDPOLoss(nn.Module):
+    """Pair-DPO with a selectable `loss_type`, plus an optional NLL (SFT) term on the chosen samples.
+
+    Args:
+        loss_type: one of LOSS_TYPES ("product", "sum", "und", "gen", "joint").
+        beta_und: β of the understanding margin (caption log-probs are sums over ~10–100 tokens).
+        beta_gen: β of the generation margin (image log-probs are sums over 16–1024 tokens, so a
+            smaller β, or per-token log-probs, balances the two branches).
+        sft_und, sft_gen: weight w of −w·log π(chosen) per trained branch, as in RPO / TRL's "sft"
+            loss: DPO alone may lower the likelihood of the chosen sample along with the rejected
+            one (DESIGN §3 saw this in generation), and the NLL term holds the chosen one up.
+    """
+
+    def __init__(self, loss_type: str = "sum", *, beta_und: float = 0.2, beta_gen: float = 0.2,
+                 sft_und: float = 0.0, sft_gen: float = 0.0):
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; known: {', '.join(LOSS_TYPES)}")
+        if not (beta_und > 0 and beta_gen > 0):
+            raise ValueError(f"beta_und and beta_gen must be positive, got {beta_und}, {beta_gen}")
+        if not (sft_und >= 0 and sft_gen >= 0):
+            raise ValueError(f"sft_und and sft_gen must be >= 0, got {sft_und}, {sft_gen}")
+        self.loss_type = loss_type
+        self.beta = {"und": beta_und, "gen": beta_gen}
+        self.sft = {"und": sft_und, "gen": sft_gen}
+
+    def forward(self, logps: PairLogps) -> PairDPOOutput:
+        rewards, deltas = {}, {}
+        for branch in ("und", "gen"):
+            beta = self.beta[branch]
+            chosen = beta * (getattr(logps, f"policy_{branch}_chosen") - getattr(logps, f"ref_{branch}_chosen"))
+            rejected = beta * (getattr(logps, f"policy_{branch}_rejected") - getattr(logps, f"ref_{branch}_rejected"))
+            rewards[branch] = (chosen, rejected)
+            deltas[branch] = chosen - rejected
+        loss = LOSS_TYPES[self.loss_type](deltas["und"], deltas["gen"])
+        for branch in _BRANCHES[self.loss_type]:
+            if self.sft[branch]:
+                nll = -getattr(logps, f"policy_{branch}_chosen")
+                lengths = getattr(logps, f"{branch}_chosen_lengths")
+                loss = loss + self.sft[branch] * (nll if lengths is None else nll / lengths)
+        return PairDPOOutput(
+            loss=loss,
+            loss_und=-F.logsigmoid(deltas["und"]).detach(),
+            loss_gen=-F.logsigmoid(deltas["gen"]).detach(),
+            und_chosen_rewards=rewards["und"][0].detach(),
+            und_rejected_rewards=rewards["und"][1].detach(),
+            gen_chosen_rewards=rewards["gen"][0].detach(),
+            gen_rejected_rewards=rewards["gen"][1].detach(),
+        )

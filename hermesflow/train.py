@@ -131,7 +131,7 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
         raise UsageError("no training examples: every preference pair was dropped")
     if cfg.batch_size < 1 or cfg.train_steps < 1:
         raise UsageError(f"--batch-size and --steps must be positive, got {cfg.batch_size}, {cfg.train_steps}")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=1)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
@@ -144,7 +144,9 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
     policy = PolicyLogps(model, cfg).train()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    policy, opt, sched = accelerator.prepare(policy, opt, sched)
+    # The scheduler is not prepared: accelerate would step it once per process per step.
+    policy, opt = accelerator.prepare(policy, opt)
+    accelerator.register_for_checkpointing(sched)
     loss_fn = PairDPOLoss(cfg.loss_type, beta_und=cfg.beta_und, beta_gen=cfg.beta_gen, sft_und=cfg.sft_und, sft_gen=cfg.sft_gen)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,17 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
     if metrics_file is not None:
         metrics_file.close()
     accelerator.wait_for_everyone()
-    return accelerator.unwrap_model(policy).backbone
+    if accelerator.is_main_process:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    backbone = accelerator.unwrap_model(policy).backbone
+    # DDP should keep every rank's parameters identical; check it rather than trust it.
+    digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])
+    identical = bool((accelerator.gather(digest[None]) == digest).all())
+    if accelerator.is_main_process:
+        atomic_write_json(out / "summary.json", {"steps": cfg.train_steps, "processes": world, "ranks_identical": identical,
+                                                 "skipped_nonfinite": skipped, "examples": len(examples)})
+    accelerator.wait_for_everyone()
+    return backbone
 
 
 def _step_metrics(accelerator, out, step: int, lr: float, skipped: int) -> dict:

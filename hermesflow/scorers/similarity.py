@@ -26,7 +26,7 @@ def default_encoder_path() -> Path:
 class SentenceSimilarity:
     """Embeds sentences with a local encoder and compares them by cosine similarity."""
 
-    def __init__(self, path: str | Path | None = None, pooling: str = "mean", batch_size: int = 256):
+    def __init__(self, path: str | Path | None = None, pooling: str = "mean"):
         from transformers import AutoModel, AutoTokenizer
 
         if pooling not in POOLINGS:
@@ -37,16 +37,18 @@ class SentenceSimilarity:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
         self.pooling = pooling
-        self.batch_size = batch_size
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """Unit-length embeddings (N, D); repeated sentences are embedded once."""
+        """Unit-length embeddings (N, D); repeated sentences are embedded once.
+
+        Each sentence is embedded on its own: in a batch its padding, and so its last bits, would
+        depend on its neighbours, and a resumed curation would not reproduce its scores exactly."""
         todo = sorted({t for t in texts if t not in self._cache})
-        for s in range(0, len(todo), self.batch_size):
-            chunk = todo[s : s + self.batch_size]
-            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        for s in range(len(todo)):
+            chunk = todo[s : s + 1]
+            enc = self.tokenizer(chunk, truncation=True, max_length=128, return_tensors="pt")
             hidden = self.model(**enc).last_hidden_state
             if self.pooling == "cls":
                 pooled = hidden[:, 0]

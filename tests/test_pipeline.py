@@ -1,0 +1,147 @@
+"""Curation and training end to end through the real command line: resume after SIGKILL, and
+several processes (torchrun, gloo on CPU) giving the same results as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hermesflow.pretrain import pretrain
+from hermesflow.settings import PretrainConfig
+from hermesflow.world.build import write_world
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+CURATE = ["--n-captions", "3", "--n-images", "3", "--steps", "3", "--curate-batch-size", "4", "--min-chosen-accuracy", "0"]
+TRAIN = ["--train-steps", "12", "--batch-size", "4", "--save-every", "4", "--lr", "1e-3", "--warmup", "2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("pipeline")
+    pretrain(PretrainConfig(out=root / "model", preset="micro", steps=300, checkpoint_every=1000))
+    write_world(root / "data", n=40, seed=3, split="train")
+    return {"root": root, "model": root / "model", "data": root / "data"}
+
+
+def hermesflow(*args: str, procs: int = 1) -> subprocess.Popen:
+    if procs == 1:
+        cmd = [sys.executable, "-m", "hermesflow", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", "29533", "-m", "hermesflow", *args]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(p: subprocess.Popen) -> str:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    return out
+
+
+def kill_when(p: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """SIGKILL the process group member as soon as `ready()` holds."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert p.poll() is None, f"finished before it could be killed: {p.communicate()[1][-2000:]}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def curate(setup, out: Path, procs: int = 1) -> subprocess.Popen:
+    return hermesflow("curate", "--model", str(setup["model"]), "--data", str(setup["data"]), "--out", str(out), *CURATE, procs=procs)
+
+
+@pytest.fixture(scope="module")
+def curated(setup) -> Path:
+    out = setup["root"] / "curated"
+    finish(curate(setup, out))
+    return out
+
+
+def test_curation_killed_and_resumed_writes_the_same_file(setup, curated):
+    out = setup["root"] / "killed"
+    shard = out / "shards" / "shard-0-of-1.jsonl"
+    kill_when(curate(setup, out), lambda: lines(shard) >= 12)
+    assert not (out / "prefs.jsonl").exists()
+    finish(curate(setup, out))
+    assert (out / "prefs.jsonl").read_bytes() == (curated / "prefs.jsonl").read_bytes()
+    ids = [json.loads(line)["id"] for line in (out / "prefs.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 40
+
+
+def test_curation_sharded_over_two_processes_merges_to_the_same_file(setup, curated):
+    out = setup["root"] / "two"
+    finish(curate(setup, out, procs=2))
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-0-of-2.jsonl", "shard-1-of-2.jsonl"]
+    assert (out / "prefs.jsonl").read_bytes() == (curated / "prefs.jsonl").read_bytes()
+
+
+def test_manifest_counts_kept_and_dropped(curated):
+    manifest = json.loads((curated / "manifest.json").read_text())
+    rows = [json.loads(line) for line in (curated / "prefs.jsonl").read_text().splitlines()]
+    counts = manifest["counts"]
+    assert counts["records"] == 40
+    assert counts["und_kept"] + sum(counts["und_dropped"].values()) == 40
+    assert counts["gen_kept"] + sum(counts["gen_dropped"].values()) == 40
+    for row in rows:
+        for branch in ("und", "gen"):
+            pair = row[branch]
+            assert ("chosen" in pair) != ("dropped" in pair)
+            if "chosen" in pair:
+                assert pair["chosen_score"] > pair["rejected_score"]  # strictly, or it is dropped
+        if "chosen" in row["gen"]:
+            assert len(row["gen"]["chosen"]) == 16 and len(row["gen"]["rejected"]) == 16
+
+
+def train(setup, curated, out: Path, procs: int = 1, *extra: str) -> subprocess.Popen:
+    return hermesflow("train", "--model", str(setup["model"]), "--data", str(setup["data"]), "--prefs", str(curated),
+                      "--out", str(out), *TRAIN, *extra, procs=procs)
+
+
+@pytest.fixture(scope="module")
+def trained(setup, curated) -> Path:
+    out = setup["root"] / "trained"
+    finish(train(setup, curated, out))
+    return out
+
+
+def test_training_killed_and_resumed_ends_with_the_same_parameters(setup, curated, trained):
+    out = setup["root"] / "train-killed"
+    kill_when(train(setup, curated, out), lambda: (out / "train" / "state" / "step.json").exists())
+    finish(train(setup, curated, out))
+    a, b = load_file(trained / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12 and set(range(1, 13)) <= set(steps)
+
+
+def test_training_on_two_processes_matches_one(setup, curated, trained):
+    out = setup["root"] / "train-two"
+    finish(train(setup, curated, out, 2))
+    summary = json.loads((out / "train" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["ranks_identical"]
+    a, b = load_file(trained / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    start = load_file(setup["model"] / "model.safetensors")
+    # All-reduce sums in another order than one process, so float noise differs; Adam turns noise
+    # on parameters whose true gradient is zero (attention key biases) into lr-sized steps. So the
+    # two runs must agree to 0.1% of how far training moved the weights, and to lr-scale per value.
+    moved = sum(((a[k] - start[k]) ** 2).sum() for k in a) ** 0.5
+    apart = sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5
+    assert moved > 0 and apart / moved < 1e-3, float(apart / moved)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3

@@ -71,9 +71,12 @@ def train_round(model: UnifiedModel, data: HomologousData, round_dir: Path, cfg,
     examples = examples_from_rows(rows, images, cfg.loss_type, cfg.seed)
     refs = None
     if cfg.reference == "cached":
-        ref_path = round_dir / "reference.json"
+        # The cache holds what the estimator settings made, so variants never share a wrong one.
+        key = f"k{cfg.mask_samples}{'-ratio' if cfg.ratio_weighting else ''}{'-mean' if cfg.length_normalize else ''}"
+        ref_path = round_dir / f"reference-{key}-{cfg.loss_type}-seed{cfg.seed}.json"
         if state.is_main_process and not ref_path.exists():
-            atomic_write_json(ref_path, {"model": "round start", "refs": precompute_reference(model, examples, cfg)})
+            atomic_write_json(ref_path, {"model": "the round's starting model", "mask_samples": cfg.mask_samples,
+                                         "refs": precompute_reference(model, examples, cfg)})
         state.wait_for_everyone()
         refs = json.loads(ref_path.read_text())["refs"]
     trained = train(model, examples, refs, cfg, out / "train")

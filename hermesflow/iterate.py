@@ -72,7 +72,7 @@ def train_round(model: UnifiedModel, data: HomologousData, round_dir: Path, cfg,
     refs = None
     if cfg.reference == "cached":
         # The cache holds what the estimator settings made, so variants never share a wrong one.
-        key = f"k{cfg.mask_samples}{'-ratio' if cfg.ratio_weighting else ''}{'-mean' if cfg.length_normalize else ''}"
+        key = f"k{cfg.mask_samples}{'-ratio' if cfg.ratio_weighting else ''}{'-mean' if cfg.length_normalize else ''}{'-uncond' if cfg.cond_dropout else ''}"
         ref_path = round_dir / f"reference-{key}-{cfg.loss_type}-seed{cfg.seed}.json"
         if state.is_main_process and not ref_path.exists():
             atomic_write_json(ref_path, {"model": "the round's starting model", "mask_samples": cfg.mask_samples,

@@ -100,6 +100,7 @@ class TrainingOptions:
     length_normalize: bool = option(False, "per-token (mean) log-probs instead of sums")
     mask_samples: int = option(1, "Monte-Carlo mask samples K for image log-probs")
     ratio_weighting: bool = option(False, "weight each mask sample's log-prob by 1 / mask ratio")
+    cond_dropout: float = option(0.0, "share of image pairs scored under the empty prompt, so the unconditional branch that guidance subtracts moves too")
     reference: str = option("cached", "cached: reference log-probs precomputed once per round; online: a frozen copy", choices=("cached", "online"))
     lr: float = option(2e-5, "peak AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay")

@@ -51,13 +51,15 @@ class PolicyLogps(nn.Module):
         self.backbone = backbone
         self.cfg = cfg
 
-    def forward(self, batch: list[Example]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: list[Example], uncond: list[bool] | None = None) -> dict[str, torch.Tensor]:
+        """`uncond[i]` scores example i's images under the empty prompt (condition dropout)."""
         b = self.backbone
         cfg = self.cfg
         images = torch.tensor([e.image_tokens for e in batch] * 2)
         captions = [e.und_chosen for e in batch] + [e.und_rejected for e in batch]
         und = b.caption_logprob(images, captions, average=cfg.length_normalize)
-        prompts = [e.caption for e in batch] * 2
+        uncond = uncond or [False] * len(batch)
+        prompts = ["" if u else e.caption for e, u in zip(batch, uncond)] * 2
         tokens = torch.tensor([e.gen_chosen for e in batch] + [e.gen_rejected for e in batch])
         seeds = [e.mask_seed for e in batch] * 2
         gen = b.image_logprob(prompts, tokens, seeds, samples=cfg.mask_samples,
@@ -100,9 +102,17 @@ def precompute_reference(model: nn.Module, examples: list[Example], cfg: TrainCo
     for s in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", dynamic_ncols=True):
         chunk = examples[s : s + batch_size]
         out = policy(chunk)
+        if cfg.cond_dropout > 0:  # condition dropout needs the reference under the empty prompt too
+            uncond = policy(chunk, [True] * len(chunk))
+            out |= {"gen_chosen_uncond": uncond["gen_chosen"], "gen_rejected_uncond": uncond["gen_rejected"]}
         for i, e in enumerate(chunk):
             refs[e.id] = {k: float(v[i]) for k, v in out.items()} | {"mask_seed": e.mask_seed}
     return refs
+
+
+def dropped_conditions(step: int, batch: list[Example], p: float, seed: int) -> list[bool]:
+    """Which examples of a step train their image pair unconditionally (seeded per step and id)."""
+    return [p > 0 and random.Random(f"cond-dropout/{seed}/{step}/{e.id}").random() < p for e in batch]
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
@@ -160,13 +170,15 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
     for step in bar:
         indices = batch_indices(step, len(examples), cfg.batch_size, cfg.seed)
         local = [examples[i] for i in indices[rank::world]]
+        uncond = dropped_conditions(step, local, cfg.cond_dropout, cfg.seed)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logps = policy(local)
+            logps = policy(local, uncond)
             if reference is not None:
                 with torch.no_grad():
-                    ref = reference(local)
+                    ref = reference(local, uncond)
             else:
-                ref = {k: torch.tensor([refs[e.id][k] for e in local]) for k in logps}
+                ref = {k: torch.tensor([refs[e.id][k + ("_uncond" if u and k.startswith("gen") else "")]
+                                        for e, u in zip(local, uncond)]) for k in logps}
         out_ = loss_fn(PairLogps(**{f"policy_{k}": v.float() for k, v in logps.items()}, **{f"ref_{k}": v.float() for k, v in ref.items()}))
         loss = out_.loss.mean()
         finite = accelerator.reduce(torch.tensor(float(torch.isfinite(loss))), reduction="mean").item() == 1.0

@@ -186,7 +186,7 @@ class UnifiedModel(nn.Module):
         """
         tokens = self.check_codes(tokens)
         masks, ratios = self.draw_masks(seeds, samples)  # (B, K, 16), (B, K)
-        prompt_ids = [self.encode_text(p) for p in prompts]
+        prompt_ids = [self.encode_text(p) if p else [] for p in prompts]  # "" = the unconditional prompt
         b, k = masks.shape[:2]
         flat_prompts = [ids for ids in prompt_ids for _ in range(k)]
         flat_tokens = tokens.repeat_interleave(k, dim=0)

@@ -95,21 +95,34 @@ def test_guidance_zero_ignores_the_unconditional_branch(model):
     plain = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=0.0, seed=4)
     cond = torch.randn(2, 16, 19)
     assert torch.equal(cfg_logits(cond, torch.randn(2, 16, 19), 0.0), cond)
-    calls = []
+    rows = []
     original = model._guided_logits
 
-    def spy(prompt_ids, codes, guidance):
-        calls.append(len(prompt_ids))
-        return original(prompt_ids, codes, guidance)
+    def spy(context, codes, guidance):
+        rows.append(context[1].shape[0])
+        return original(context, codes, guidance)
 
     model._guided_logits = spy
     try:
         again = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=0.0, seed=4)
+        model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=3.0, seed=4)
     finally:
         del model._guided_logits
-    assert torch.equal(plain, again) and calls == [6] * 5  # one batch of prompts x n per step
+    assert torch.equal(plain, again)
+    assert rows == [6] * 5 + [12] * 5  # prompts x n in one batch per step; guidance adds the empty prompts
     guided = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=3.0, seed=4)
     assert guided.shape == plain.shape and not torch.equal(guided, plain)
+
+
+def test_cached_prompt_gives_the_logits_of_the_full_sequence(model):
+    prompts = [model.encode_text("a red circle"), model.encode_text("two squares to the left of a circle"), []]
+    codes = torch.tensor([[-1] * 8 + [0] * 8, [3] * 16, [-1] * 16])
+    full = model.image_logits(*model.t2i_batch(prompts, codes))
+    cached = model._guided_logits(model._prompt_context(prompts, 0.0), codes, 0.0)
+    assert torch.allclose(full, cached, atol=1e-5)
+    cond, uncond = full[:2], model.image_logits(*model.t2i_batch([[], []], codes[:2]))
+    guided = model._guided_logits(model._prompt_context(prompts[:2], 2.0), codes[:2], 2.0)
+    assert torch.allclose(guided, cfg_logits(cond, uncond, 2.0), atol=1e-4)
 
 
 def test_generation_is_seeded_and_fills_every_cell(model):

@@ -303,8 +303,9 @@ class UnifiedModel(nn.Module):
         b, length = len(prompt_ids), self.images.n_tokens
         g = torch.Generator().manual_seed(seed)
         codes = torch.full((b, length), -1, dtype=torch.long)
+        context = self._prompt_context(prompt_ids, guidance)
         for step in range(steps):
-            logits = self._guided_logits(prompt_ids, codes, guidance) / max(temperature, 1e-6)
+            logits = self._guided_logits(context, codes, guidance) / max(temperature, 1e-6)
             probs = F.softmax(logits.float(), dim=-1)
             if temperature > 0:
                 sampled = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=g).view(b, length)
@@ -325,11 +326,24 @@ class UnifiedModel(nn.Module):
                 codes = codes.scatter(1, lowest, -1)
         return codes
 
-    def _guided_logits(self, prompt_ids: list[list[int]], codes: torch.Tensor, guidance: float) -> torch.Tensor:
-        if guidance == 0:
-            return self.image_logits(*self.t2i_batch(prompt_ids, codes))
-        tokens, mask = self.t2i_batch(prompt_ids + [[] for _ in prompt_ids], torch.cat([codes, codes]))
-        cond, uncond = self.image_logits(tokens, mask).chunk(2)
+    def _prompt_context(self, prompt_ids: list[list[int]], guidance: float) -> tuple:
+        """Keys and values of the prompt part, computed once per `generate`: the prompt never
+        attends the image (causal), so only the image block is recomputed at each step. With
+        guidance, the empty prompts of the unconditional branch follow the conditional ones."""
+        rows = prompt_ids + ([[] for _ in prompt_ids] if guidance else [])
+        tokens, mask = self.t2i_batch(rows, torch.full((len(rows), self.images.n_tokens), -1))
+        s, e = self.t2i_image_start, self.t2i_image_start + self.images.n_tokens
+        _, cache = self.net(tokens[:, :s], mask[:, :, :s, :s])
+        return cache, mask[:, :, s:e, :e]
+
+    def _guided_logits(self, context: tuple, codes: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Image-code logits (B, 16, 19) at the current codes, guided by (1 + w) cond - w uncond."""
+        cache, block_mask = context
+        block = self._image_ids(torch.cat([codes, codes]) if guidance else codes)
+        logits = self.net(block, block_mask, cache, start=self.t2i_image_start)[0][..., self.image_offset :]
+        if not guidance:
+            return logits
+        cond, uncond = logits.chunk(2)
         return cfg_logits(cond, uncond, guidance)
 
     # ----- saving and loading -------------------------------------------------------------------

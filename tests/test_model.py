@@ -188,3 +188,12 @@ def test_blank_image_is_all_empty_tokens():
     tok = ImageTokenizer()
     assert tok.encode(np.zeros((1, 32, 32, 3), np.uint8)).tolist() == [[0] * 16]
     assert np.array_equal(tok.decode(np.array([tok.tokens_of(Scene((Obj("circle", "red", 1, 2),)))])), render(Scene((Obj("circle", "red", 1, 2),)))[None])
+
+
+def test_shared_image_prefix_gives_the_same_log_probs(model, images):
+    codes = model.encode_images(images[:3])
+    owners = [0, 0, 2, 1, 2]
+    prefixes = [model.encode_text(q) + [model.text.ans] for q in ["is there a circle?"] * 2 + ["what color is the square?"] * 3]
+    targets = [model.encode_text(a) + [model.text.eos] for a in ["yes", "no", "red", "left of", "blue"]]
+    full, _ = model.text_logprob(codes[owners], prefixes, targets)
+    assert torch.allclose(model.text_logprob_shared_image(codes, owners, prefixes, targets), full, atol=1e-4)

@@ -160,6 +160,34 @@ class UnifiedModel(nn.Module):
             weight[i, first : first + len(t)] = 1.0
         return (logp * weight).sum(-1), weight.sum(-1)
 
+    def text_logprob_shared_image(
+        self, image_tokens: torch.Tensor, owners: list[int], prefixes: list[list[int]], targets: list[list[int]]
+    ) -> torch.Tensor:
+        """`text_logprob` when many texts share few images: each image's part of the sequence
+        ([MMU] [SOI] image [EOI]) runs once, and texts attend its cached keys and values.
+        `owners[i]` is the row of `image_tokens` that text i is about. Summed log-probs (B,)."""
+        p = self.mmu_text_start
+        tokens, mask = self.mmu_batch(image_tokens, [[] for _ in range(len(image_tokens))])
+        image_logits, cache = self.net(tokens[:, :p], mask[:, :, :p, :p])
+        owner = torch.tensor(owners)
+        texts = [a + b for a, b in zip(prefixes, targets)]
+        length = max(len(t) for t in texts)
+        text = torch.full((len(texts), length), self.text.pad, dtype=torch.long)
+        for i, t in enumerate(texts):
+            text[i, : len(t)] = torch.tensor(t)
+        causal = torch.ones(length, length, dtype=torch.bool).tril() & (text != self.text.pad)[:, None, :]
+        causal |= torch.eye(length, dtype=torch.bool)
+        allowed = torch.cat([torch.ones(len(texts), length, p, dtype=torch.bool), causal], dim=2)
+        text_mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[:, None]
+        text_logits, _ = self.net(text, text_mask, [(k[owner], v[owner]) for k, v in cache], start=p)
+        # the image part's last position ([EOI]) predicts the first text token
+        logits = torch.cat([image_logits[owner, -1:], text_logits[:, :-1]], dim=1)
+        logp = F.log_softmax(logits.float(), dim=-1).gather(-1, text[..., None])[..., 0]
+        weight = torch.zeros_like(logp)
+        for i, (a, b) in enumerate(zip(prefixes, targets)):
+            weight[i, len(a) : len(a) + len(b)] = 1.0
+        return (logp * weight).sum(-1)
+
     def caption_logprob(self, images: np.ndarray | torch.Tensor, captions: list[str], average: bool = False) -> torch.Tensor:
         """log π(caption | image), summed over the caption's tokens and [EOS] (or their mean)."""
         image_tokens = self._as_image_tokens(images)
@@ -231,10 +259,11 @@ class UnifiedModel(nn.Module):
                 rows.append(i)
                 prefixes.append(prefix)
                 targets.append(self.encode_text(c) + [self.text.eos])
-        scores = torch.cat([
-            self.text_logprob(image_tokens[rows[s : s + batch_size]], prefixes[s : s + batch_size], targets[s : s + batch_size])[0]
-            for s in range(0, len(rows), batch_size)
-        ])
+        scores = []
+        for s in range(0, len(rows), batch_size):
+            unique, owners = torch.unique(image_tokens[rows[s : s + batch_size]], dim=0, return_inverse=True)
+            scores.append(self.text_logprob_shared_image(unique, owners.tolist(), prefixes[s : s + batch_size], targets[s : s + batch_size]))
+        scores = torch.cat(scores)
         answers, s = [], 0
         for options in choices:
             answers.append(options[int(scores[s : s + len(options)].argmax())])

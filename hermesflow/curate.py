@@ -88,7 +88,7 @@ def _share_correct(rows: list[int], correct: list[bool], n: int) -> np.ndarray:
 def _pair_json(pair: Pair | None, reason: str, extra: dict) -> dict:
     if pair is None:
         return {"dropped": reason, **extra}
-    return {"chosen": pair.chosen.key, "rejected": pair.rejected.key,
+    return {"chosen": pair.chosen.key, "rejected": pair.rejected.key, "reason": reason,
             "chosen_score": pair.chosen.score, "rejected_score": pair.rejected.score, **extra}
 
 
@@ -223,6 +223,8 @@ def merge(out: Path, data: HomologousData, world: int, extra_manifest: dict) -> 
         "both_kept": sum("chosen" in r["und"] and "chosen" in r["gen"] for r in rows),
         "und_dropped": dict(Counter(r["und"]["dropped"] for r in rows if "dropped" in r["und"])),
         "gen_dropped": dict(Counter(r["gen"]["dropped"] for r in rows if "dropped" in r["gen"])),
+        "und_kept_by": dict(Counter(r["und"]["reason"] for r in rows if "chosen" in r["und"])),
+        "gen_kept_by": dict(Counter(r["gen"]["reason"] for r in rows if "chosen" in r["gen"])),
     }
     manifest = {**extra_manifest, "counts": counts, "self_judge": self_judge_agreement(rows)}
     atomic_write_json(out / MANIFEST, manifest)

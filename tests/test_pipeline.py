@@ -145,3 +145,28 @@ def test_training_on_two_processes_matches_one(setup, curated, trained):
     apart = sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5
     assert moved > 0 and apart / moved < 1e-3, float(apart / moved)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3
+
+
+ROUNDS = ["--rounds", "2", "--n-train", "16", "--eval-n", "24", "--train-steps", "6", "--save-every", "2", "--batch-size", "4",
+          *CURATE]
+
+
+def rounds(setup, out: Path) -> subprocess.Popen:
+    return hermesflow("iterate", "--model", str(setup["model"]), "--out", str(out), *ROUNDS)
+
+
+def test_self_play_rounds_resume_after_a_kill_in_the_second_round(setup):
+    whole = setup["root"] / "rounds-whole"
+    finish(rounds(setup, whole))
+    killed = setup["root"] / "rounds-killed"
+    kill_when(rounds(setup, killed), lambda: lines(killed / "round-2" / "shards" / "shard-0-of-1.jsonl") >= 4)
+    assert not (killed / "summary.json").exists()
+    finish(rounds(setup, killed))
+    a, b = json.loads((whole / "summary.json").read_text()), json.loads((killed / "summary.json").read_text())
+    assert [r["round"] for r in a] == ["base", "1", "2"] and a == b
+    for name in ("round-1", "round-2"):
+        assert (whole / name / "prefs.jsonl").read_bytes() == (killed / name / "prefs.jsonl").read_bytes()
+    second = [json.loads(line) for line in (whole / "round-2" / "prefs.jsonl").read_text().splitlines()]
+    assert all(row["round"] == 1 for row in second)
+    kept_by = json.loads((whole / "round-2" / "manifest.json").read_text())["counts"]["und_kept_by"]
+    assert set(kept_by) <= {"improved", "not_improved", "initial"} and sum(kept_by.values()) > 0

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hermesflow-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench
 
 setup: $(STAMP)
 
@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The default pipeline: evaluate the shipped base model, one self-play round, evaluate again.
+# It resumes if interrupted; `rm -rf runs/demo` starts afresh.
 demo: setup
-	rm -rf $(DEMO_OUT)/world
-	$(BIN)/hermesflow world --out $(DEMO_OUT)/world --n 600 --seed 0 --split train
-	$(BIN)/hermesflow validate $(DEMO_OUT)/world
+	$(BIN)/hermesflow run --out $(DEMO_OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/bench_world.py
+	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_train.py

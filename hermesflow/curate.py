@@ -223,8 +223,8 @@ def merge(out: Path, data: HomologousData, world: int, extra_manifest: dict) -> 
         "both_kept": sum("chosen" in r["und"] and "chosen" in r["gen"] for r in rows),
         "und_dropped": dict(Counter(r["und"]["dropped"] for r in rows if "dropped" in r["und"])),
         "gen_dropped": dict(Counter(r["gen"]["dropped"] for r in rows if "dropped" in r["gen"])),
-        "und_kept_by": dict(Counter(r["und"]["reason"] for r in rows if "chosen" in r["und"])),
-        "gen_kept_by": dict(Counter(r["gen"]["reason"] for r in rows if "chosen" in r["gen"])),
+        "und_kept_by": dict(Counter(r["und"].get("reason", "unrecorded") for r in rows if "chosen" in r["und"])),
+        "gen_kept_by": dict(Counter(r["gen"].get("reason", "unrecorded") for r in rows if "chosen" in r["gen"])),
     }
     manifest = {**extra_manifest, "counts": counts, "self_judge": self_judge_agreement(rows)}
     atomic_write_json(out / MANIFEST, manifest)

@@ -149,3 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hermesflow validate DATA | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0

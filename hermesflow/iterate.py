@@ -5,7 +5,7 @@ round at the stage it was in (curation and training also resume inside themselve
 
     base/eval/metrics.json                  the starting model's scores
     round-1/prefs.jsonl, manifest.json      curated with the round's starting model
-    round-1/reference.json                  reference log-probs (+ mask seeds) of that model
+    round-1/reference-<estimator>.json      reference log-probs (+ mask seeds) of that model, per estimator setting
     round-1/train/                          metrics.jsonl and accelerate state while training
     round-1/model/                          the trained model, the next round's start
     round-1/eval/metrics.json

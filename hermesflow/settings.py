@@ -92,7 +92,8 @@ class CurationOptions:
 class TrainingOptions:
     """Pair-DPO and its optimiser (DESIGN §2)."""
 
-    loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO)")
+    loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO), joint (-log σ(Δ_und + Δ_gen))",
+                            choices=("product", "sum", "und", "gen", "joint"))
     beta_und: float = option(0.2, "β of the understanding branch")
     beta_gen: float = option(0.2, "β of the generation branch")
     sft_und: float = option(0.0, "weight of an NLL term on chosen captions (RPO)")

@@ -102,45 +102,34 @@ def curate_batch(model, similarity, records: list[Record], previous: dict[str, d
 
     tokens = model.generate([r.caption for r in records], n=s.n_images, steps=s.steps, guidance=s.guidance,
                             temperature=s.image_temperature, seed=batch_seed)
-    generated = model.decode(tokens)
-    qa = tuple(r.qa for r in records)
-    owners = [i for i in range(len(records)) for _ in range(s.n_images)]
-    self_acc = self_vqa_accuracy(model, generated, qa, owners)
-    true_acc = oracle_accuracy(generated, qa, owners)
-
-    # From round 1 on, the previous pair's images are judged again by the current model.
-    prev_gen = [(i, previous[r.id]["gen"]) for i, r in enumerate(records) if "chosen" in previous.get(r.id, {}).get("gen", {})]
-    if prev_gen:
-        prev_tokens = torch.tensor([t for _, g in prev_gen for t in (g["chosen"], g["rejected"])])
-        prev_owners = [i for i, _ in prev_gen for _ in range(2)]
-        prev_scores = self_vqa_accuracy(model, model.decode(prev_tokens), qa, prev_owners)
-        prev_rescored = {i: prev_scores[2 * k : 2 * k + 2] for k, (i, _) in enumerate(prev_gen)}
-    else:
-        prev_rescored = {}
-
-    rows = []
+    # Each record's candidates: its n new images, then (from round 1 on) the previous pair, which
+    # is judged again by the current model so that Eq. 10 compares scores of one judge.
+    candidates = []
     for i, record in enumerate(records):
+        prev_gen = previous.get(record.id, {}).get("gen", {})
+        carried = [prev_gen["chosen"], prev_gen["rejected"]] if "chosen" in prev_gen else []
+        candidates.append(tokens[i * s.n_images : (i + 1) * s.n_images].tolist() + carried)
+    owners = [i for i, c in enumerate(candidates) for _ in c]
+    generated = model.decode(torch.tensor([t for c in candidates for t in c]))
+    qa = tuple(r.qa for r in records)
+    self_acc = self_vqa_accuracy(model, generated, qa, owners).tolist()
+    true_acc = oracle_accuracy(generated, qa, owners).tolist()
+
+    rows, offset = [], 0
+    for i, record in enumerate(records):
+        n = s.n_images
+        own = slice(offset, offset + len(candidates[i]))
+        offset += len(candidates[i])
+        scores, truth = self_acc[own], true_acc[own]
         und_samples = [Sample(c, float(x)) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])]
-        span = slice(i * s.n_images, (i + 1) * s.n_images)
-        gen_tokens = tokens[span].tolist()
-        gen_samples = [Sample(j, float(a)) for j, a in enumerate(self_acc[span])]
-        prev = previous.get(record.id, {})
-        und_prev = _previous_pair(prev.get("und"), lambda key, score: Sample(key, score))
-        und_pair, und_reason = _choose(und_prev, und_samples, None, s.round)
-        gen_prev = None
-        if i in prev_rescored:
-            g = prev["gen"]
-            gen_tokens += [g["chosen"], g["rejected"]]
-            n = s.n_images
-            gen_prev = Pair(Sample(n, float(prev_rescored[i][0])), Sample(n + 1, float(prev_rescored[i][1])))
+        und_pair, und_reason = _choose(_previous_pair(previous.get(record.id, {}).get("und")), und_samples, None, s.round)
+        gen_prev = Pair(Sample(n, scores[n]), Sample(n + 1, scores[n + 1])) if len(candidates[i]) > n else None
+        gen_samples = [Sample(j, scores[j]) for j in range(n)]
         gen_pair, gen_reason = _choose(gen_prev, gen_samples, s.min_chosen_accuracy, s.round)
-        oracle_of = dict(enumerate(true_acc[span].tolist()))
-        if gen_prev is not None:
-            oracle_of.update(zip((s.n_images, s.n_images + 1), oracle_accuracy(model.decode(torch.tensor(gen_tokens[-2:])), qa, [i, i]).tolist()))
-        gen_json = _pair_json(gen_pair, gen_reason, {"self_scores": self_acc[span].tolist(), "oracle_scores": true_acc[span].tolist()})
+        gen_json = _pair_json(gen_pair, gen_reason, {"self_scores": scores[:n], "oracle_scores": truth[:n]})
         if gen_pair is not None:
-            gen_json.update(chosen=gen_tokens[gen_pair.chosen.key], rejected=gen_tokens[gen_pair.rejected.key],
-                            chosen_oracle=oracle_of[gen_pair.chosen.key], rejected_oracle=oracle_of[gen_pair.rejected.key])
+            c, r = gen_pair.chosen.key, gen_pair.rejected.key
+            gen_json.update(chosen=candidates[i][c], rejected=candidates[i][r], chosen_oracle=truth[c], rejected_oracle=truth[r])
         rows.append({
             "id": record.id,
             "round": s.round,
@@ -151,10 +140,11 @@ def curate_batch(model, similarity, records: list[Record], previous: dict[str, d
     return rows
 
 
-def _previous_pair(saved: dict | None, make) -> Pair | None:
+def _previous_pair(saved: dict | None) -> Pair | None:
+    """The caption pair of the previous round (its similarity scores come from a fixed encoder)."""
     if not saved or "chosen" not in saved:
         return None
-    return Pair(make(saved["chosen"], saved["chosen_score"]), make(saved["rejected"], saved["rejected_score"]))
+    return Pair(Sample(saved["chosen"], saved["chosen_score"]), Sample(saved["rejected"], saved["rejected_score"]))
 
 
 def _choose(previous: Pair | None, samples: list[Sample], threshold: float | None, round_index: int) -> tuple[Pair | None, str]:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from hermesflow import config
 from hermesflow.errors import UsageError
+from hermesflow.io import keep_rows_up_to
 from hermesflow.settings import PRESETS, PretrainConfig
 from hermesflow.model.unified import UnifiedConfig, UnifiedModel, mask_ratio
 from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
@@ -158,6 +159,7 @@ def pretrain(cfg: PretrainConfig) -> UnifiedModel:
         start = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
 
     model.train()
+    keep_rows_up_to(out / "metrics.jsonl", start)
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
     tic = time.perf_counter()

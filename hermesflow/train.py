@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from hermesflow.errors import HermesFlowError, UsageError
-from hermesflow.io import atomic_write_json
+from hermesflow.io import atomic_write_json, keep_rows_up_to
 from hermesflow.losses import PairDPOLoss, PairLogps
 from hermesflow.settings import TrainConfig
 
@@ -164,6 +164,8 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
     if (state_dir / "step.json").exists():
         accelerator.load_state(str(state_dir))
         start = json.loads((state_dir / "step.json").read_text())["step"]
+    if accelerator.is_main_process:
+        keep_rows_up_to(out / "metrics.jsonl", start)
     metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
     nonfinite_in_a_row, skipped = 0, 0
     bar = tqdm(range(start, cfg.train_steps), initial=start, total=cfg.train_steps, desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)

@@ -193,12 +193,13 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
             sched.step()
             continue
         nonfinite_in_a_row = 0
+        grad_norms = branch_grad_norms(policy, logps, ref, cfg) if cfg.log_branch_grad_norms else {}
         accelerator.backward(loss)
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()
-        row = _step_metrics(accelerator, out_, step + 1, sched.get_last_lr()[0], skipped)
+        row = _step_metrics(accelerator, out_, step + 1, sched.get_last_lr()[0], skipped, grad_norms)
         if metrics_file is not None:
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
@@ -221,9 +222,22 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
     return backbone
 
 
-def _step_metrics(accelerator, out, step: int, lr: float, skipped: int) -> dict:
+def branch_grad_norms(policy: nn.Module, logps: dict, ref: dict, cfg) -> dict[str, torch.Tensor]:
+    """The gradient norm of each branch's DPO loss alone (this process's batch), to see whether one
+    branch dominates the update: summed image log-probs over many tokens can outweigh captions."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    norms = {}
+    for branch, beta in (("und", cfg.beta_und), ("gen", cfg.beta_gen)):
+        margin = beta * ((logps[f"{branch}_chosen"] - ref[f"{branch}_chosen"]) - (logps[f"{branch}_rejected"] - ref[f"{branch}_rejected"]))
+        grads = torch.autograd.grad(-torch.nn.functional.logsigmoid(margin.float()).mean(), params, retain_graph=True, allow_unused=True)
+        norms[f"{branch}/grad_norm"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))[None]
+    return norms
+
+
+def _step_metrics(accelerator, out, step: int, lr: float, skipped: int, extra: dict) -> dict:
     """TRL's metric names per branch, averaged over the global batch across processes."""
     local = {
+        **extra,
         "loss": out.loss.detach(),
         "loss/und": out.loss_und.detach(),
         "loss/gen": out.loss_gen.detach(),

@@ -117,7 +117,7 @@ def train(setup, curated, out: Path, procs: int = 1, *extra: str) -> subprocess.
 @pytest.fixture(scope="module")
 def trained(setup, curated) -> Path:
     out = setup["root"] / "trained"
-    finish(train(setup, curated, out))
+    finish(train(setup, curated, out, 1, "--log-branch-grad-norms"))  # a diagnostic: must not change training
     return out
 
 
@@ -129,6 +129,8 @@ def test_training_killed_and_resumed_ends_with_the_same_parameters(setup, curate
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # each step logged once, none lost
+    logged = [json.loads(line) for line in (trained / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["und/grad_norm"] > 0 and row["gen/grad_norm"] > 0 for row in logged[1:])
 
 
 def test_training_on_two_processes_matches_one(setup, curated, trained):

@@ -30,6 +30,7 @@ from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.selfplay import Pair, Sample, initial_pair, update_pair
+from hermesflow.settings import CurationOptions
 from hermesflow.world.oracle import parse_batch
 from hermesflow.world.questions import answer_on_scene
 
@@ -37,19 +38,10 @@ PREFS, MANIFEST = "prefs.jsonl", "manifest.json"
 
 
 @dataclass
-class CurationSettings:
-    """How candidates are sampled and pairs chosen (a subset of CurateConfig)."""
+class CurationSettings(CurationOptions):
+    """The sampling and judging options of one curation, with its round and seed."""
 
     round: int = 0
-    n_captions: int = 8
-    caption_temperature: float = 1.0
-    caption_top_k: int = 0
-    n_images: int = 8
-    steps: int = 10
-    guidance: float = 2.0
-    image_temperature: float = 1.0
-    min_chosen_accuracy: float = 0.6
-    batch_size: int = 16
     seed: int = 0
 
 
@@ -183,7 +175,7 @@ def curate(model, similarity, data: HomologousData, out: Path, s: CurationSettin
     atomic_write_text(shard, "".join(json.dumps(r) + "\n" for r in rows))  # drop a cut line, if any
     done = {r["id"] for r in rows}
     records = data.records
-    batches = [records[i : i + s.batch_size] for i in range(0, len(records), s.batch_size)]
+    batches = [records[i : i + s.curate_batch_size] for i in range(0, len(records), s.curate_batch_size)]
     mine = [(b, batch) for b, batch in enumerate(batches) if b % world == rank]
     with open(shard, "a", encoding="utf-8") as f:
         for b, batch in tqdm(mine, desc=f"curate round {s.round}", disable=rank != 0, dynamic_ncols=True):

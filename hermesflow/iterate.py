@@ -15,6 +15,7 @@ round at the stage it was in (curation and training also resume inside themselve
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from hermesflow.data import HomologousData, read_homologous
 from hermesflow.evaluate import evaluate, save_sample_sheet, world_eval_items
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.model import UnifiedModel
-from hermesflow.settings import EvalConfig, RunConfig
+from hermesflow.settings import CurationOptions, EvalConfig, RunConfig
 from hermesflow.train import examples_from_rows, precompute_reference, train
 from hermesflow.world.build import write_world
 
@@ -33,12 +34,9 @@ BASE_MODEL = Path(__file__).parent / "assets" / "base"
 
 
 def curation_settings(cfg, round_index: int) -> CurationSettings:
-    return CurationSettings(
-        round=round_index, n_captions=cfg.n_captions, caption_temperature=cfg.caption_temperature,
-        caption_top_k=cfg.caption_top_k, n_images=cfg.n_images, steps=cfg.steps, guidance=cfg.guidance,
-        image_temperature=cfg.image_temperature, min_chosen_accuracy=cfg.min_chosen_accuracy,
-        batch_size=cfg.curate_batch_size, seed=cfg.seed,
-    )
+    """The curation options of a run or curate config, for one round."""
+    options = {f.name: getattr(cfg, f.name) for f in fields(CurationOptions)}
+    return CurationSettings(**options, round=round_index, seed=cfg.seed)
 
 
 def curate_round(model, similarity, data: HomologousData, round_dir: Path, cfg, round_index: int,
@@ -53,7 +51,7 @@ def curate_round(model, similarity, data: HomologousData, round_dir: Path, cfg, 
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
             "round": round_index, "data": str(data.path), "previous": str(previous_dir) if previous_dir else None,
-            "settings": settings.__dict__,
+            "settings": config.to_dict(settings),
         })
     state.wait_for_everyone()
     return json.loads((round_dir / MANIFEST).read_text())

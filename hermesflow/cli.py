@@ -19,6 +19,7 @@ from hermesflow.settings import (
     CurateConfig,
     EvalConfig,
     PretrainConfig,
+    ReportConfig,
     RunConfig,
     TrainConfig,
     ValidateConfig,
@@ -108,6 +109,13 @@ def run_rounds(cfg: RunConfig) -> int:
     return 0
 
 
+def run_report(cfg: ReportConfig) -> int:
+    from hermesflow.report import build_report
+
+    print(f"report written to {build_report(cfg.run, cfg.gallery)}")
+    return 0
+
+
 def print_summary(summary: dict) -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
@@ -127,6 +135,7 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "train": (TrainConfig, run_train),
     "iterate": (RunConfig, run_rounds),
     "run": (RunConfig, run_rounds),
+    "report": (ReportConfig, run_report),
 }
 
 

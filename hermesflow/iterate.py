@@ -50,7 +50,7 @@ def curate_round(model, similarity, data: HomologousData, round_dir: Path, cfg, 
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
-            "round": round_index, "data": str(data.path), "previous": str(previous_dir) if previous_dir else None,
+            "round": round_index, "data": str(data.path.resolve()), "previous": str(previous_dir) if previous_dir else None,
             "settings": config.to_dict(settings),
         })
     state.wait_for_everyone()
@@ -168,4 +168,7 @@ def run(cfg: RunConfig) -> list[dict]:
         atomic_write_json(out / "summary.json", rows)
         atomic_write_text(out / "summary.txt", format_summary(rows) + "\n")
         print(format_summary(rows))
+        from hermesflow.report import build_report
+
+        print(f"report: {build_report(out)}")
     return rows

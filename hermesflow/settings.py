@@ -152,3 +152,11 @@ class RunConfig(CurationOptions, TrainingOptions):
     eval_n: int = option(500, "eval split examples per evaluation")
     eval_guidance: float = option(2.0, "guidance used when evaluating generation")
     seed: int = option(0, "seed of everything")
+
+
+@dataclass
+class ReportConfig:
+    """`hermesflow report RUN_DIR`: a static HTML page of a run's tables, plots and preference pairs."""
+
+    run: Path = option(None, "the run folder (made by `hermesflow run` or `iterate`)", positional=True, required=True)
+    gallery: int = option(8, "preference pairs shown from the last round")

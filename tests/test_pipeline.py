@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from hermesflow.pretrain import pretrain
+from hermesflow.report import SECTIONS
 from hermesflow.settings import PretrainConfig
 from hermesflow.world.build import write_world
 
@@ -191,3 +194,34 @@ def test_pretraining_killed_and_resumed_ends_with_the_same_weights(tmp_path):
     refused = hermesflow("pretrain", "--out", str(tmp_path / "whole2"), "--preset", "micro", "--steps", "200")
     _, err = refused.communicate(timeout=300)
     assert refused.returncode == 2 and "other settings" in err
+
+
+def test_run_writes_a_report_with_every_section_and_image(setup):
+    run = setup["root"] / "rounds-whole"  # made by the self-play test above
+    if not (run / "summary.json").exists():
+        finish(rounds(setup, run))
+    page = (run / "report" / "index.html").read_text()
+    for section in SECTIONS:
+        assert f">{section}</h2>" in page
+    sources = re.findall(r'src="([^"]+)"', page)
+    kept = json.loads((run / "round-2" / "manifest.json").read_text())["counts"]["both_kept"]
+    assert len([s for s in sources if s.startswith("gallery/")]) == 3 * min(8, kept) > 0  # true, chosen, rejected
+    assert all((run / "report" / s).is_file() for s in sources)
+    assert "http://" not in page and "https://" not in page  # nothing fetched when the page is opened
+
+
+def test_report_renders_in_headless_chromium(setup, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("skipped: chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    run = setup["root"] / "rounds-whole"
+    if not (run / "report" / "index.html").exists():
+        finish(rounds(setup, run))
+    shot = tmp_path / "report.png"
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000", f"--screenshot={shot}",
+                           (run / "report" / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.stat().st_size > 50_000  # a real page with plots and images, not a blank or error page

@@ -16,6 +16,7 @@ from hermesflow.data import read_homologous
 from hermesflow.errors import HermesFlowError
 from hermesflow.io import atomic_write_json
 from hermesflow.settings import (
+    AblateConfig,
     CurateConfig,
     EvalConfig,
     PretrainConfig,
@@ -116,6 +117,13 @@ def run_report(cfg: ReportConfig) -> int:
     return 0
 
 
+def run_ablate(cfg: AblateConfig) -> int:
+    from hermesflow.ablate import ablate
+
+    ablate(cfg)
+    return 0
+
+
 def print_summary(summary: dict) -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
@@ -136,6 +144,7 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "iterate": (RunConfig, run_rounds),
     "run": (RunConfig, run_rounds),
     "report": (ReportConfig, run_report),
+    "ablate": (AblateConfig, run_ablate),
 }
 
 

@@ -90,13 +90,15 @@ def _load_all(data: HomologousData):
     return np.stack([r.load_image() for r in data.records])
 
 
-def evaluate_into(model: UnifiedModel, folder: Path, cfg: RunConfig, similarity) -> dict:
+def evaluate_into(model: UnifiedModel, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> dict:
+    """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
+    seed = cfg.seed if seed is None else seed
     path = folder / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())
-    eval_cfg = EvalConfig(model=Path("."), out=folder, n=cfg.eval_n, seed=cfg.seed, steps=cfg.steps,
+    eval_cfg = EvalConfig(model=Path("."), out=folder, n=cfg.eval_n, seed=seed, steps=cfg.steps,
                           guidance=cfg.eval_guidance, temperature=cfg.image_temperature)
-    metrics, generated = evaluate(model.eval(), world_eval_items(cfg.eval_n, cfg.seed), eval_cfg, similarity)
+    metrics, generated = evaluate(model.eval(), world_eval_items(cfg.eval_n, seed), eval_cfg, similarity)
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
     atomic_write_json(path, metrics)

@@ -160,3 +160,18 @@ class ReportConfig:
 
     run: Path = option(None, "the run folder (made by `hermesflow run` or `iterate`)", positional=True, required=True)
     gallery: int = option(8, "preference pairs shown from the last round")
+
+
+@dataclass
+class AblateConfig(CurationOptions, TrainingOptions):
+    """`hermesflow ablate`: the paper's Table 5 ablation with seeds (one-branch DPO, Pair-DPO sum and product, rounds 2-3)."""
+
+    out: Path = option(None, "ablation folder", required=True)
+    preset: str = option("quick", "quick: 3 seeds, 200 records, 300 eval scenes; full: 5 seeds, 400 records, 1000 scenes",
+                         choices=("quick", "full"))
+    model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
+    seeds: int = option(0, "seeds per arm; 0 takes the preset's")
+    n_train: int = option(0, "world train records to curate; 0 takes the preset's")
+    eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's")
+    eval_guidance: float = option(2.0, "guidance used when evaluating generation")
+    seed: int = option(0, "seed of the data and of round-0 curation")

@@ -225,3 +225,16 @@ def test_report_renders_in_headless_chromium(setup, tmp_path):
                            (run / "report" / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.stat().st_size > 50_000  # a real page with plots and images, not a blank or error page
+
+
+def test_ablation_runs_every_arm_with_seeds_and_resumes(setup):
+    out = setup["root"] / "ablate"
+    args = ["ablate", "--model", str(setup["model"]), "--out", str(out), "--seeds", "2", "--n-train", "12", "--eval-n", "12",
+            "--train-steps", "4", "--batch-size", "4", *CURATE]
+    kill_when(hermesflow(*args), lambda: (out / "pair_sum" / "seed-0" / "model" / "config.json").exists())
+    finish(hermesflow(*args))
+    summary = json.loads((out / "ablation.json").read_text())
+    assert list(summary) == ["base", "dpo_und", "dpo_gen", "pair_sum", "pair_product", "sum_r2", "sum_r3"]
+    assert all(summary[arm]["seeds"] == 2 for arm in summary if arm != "base")
+    table = (out / "ablation.md").read_text()
+    assert "Table 5 analog" in table and "| pair_product |" in table and "±" in table

@@ -84,6 +84,9 @@ def ablate(cfg: AblateConfig) -> dict:
     atomic_write_json(out / "ablation.json", summary)
     atomic_write_text(out / "ablation.md", format_tables(summary, cfg, preset))
     print(format_tables(summary, cfg, preset))
+    from hermesflow.report import build_ablation_report
+
+    print(f"report: {build_ablation_report(out)}")
     return summary
 
 

@@ -111,9 +111,11 @@ def run_rounds(cfg: RunConfig) -> int:
 
 
 def run_report(cfg: ReportConfig) -> int:
-    from hermesflow.report import build_report
+    from hermesflow.report import build_ablation_report, build_report
 
-    print(f"report written to {build_report(cfg.run, cfg.gallery)}")
+    ablation = (cfg.run / "ablation.json").exists()
+    page = build_ablation_report(cfg.run, cfg.gallery) if ablation else build_report(cfg.run, cfg.gallery)
+    print(f"report written to {page}")
     return 0
 
 

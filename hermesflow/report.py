@@ -92,16 +92,16 @@ def _plot_training(curves: dict[str, list[dict]], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
     for name, rows in curves.items():
         steps = [r["step"] for r in rows]
-        a.plot(steps, [r["loss/und"] for r in rows], label=f"und, round {name}")
-        a.plot(steps, [r["loss/gen"] for r in rows], linestyle="--", label=f"gen, round {name}")
-        b.plot(steps, [r["und/rewards/margins"] for r in rows], label=f"und, round {name}")
-        b.plot(steps, [r["gen/rewards/margins"] for r in rows], linestyle="--", label=f"gen, round {name}")
+        a.plot(steps, [r["loss/und"] for r in rows], label=f"und, {name}")
+        a.plot(steps, [r["loss/gen"] for r in rows], linestyle="--", label=f"gen, {name}")
+        b.plot(steps, [r["und/rewards/margins"] for r in rows], label=f"und, {name}")
+        b.plot(steps, [r["gen/rewards/margins"] for r in rows], linestyle="--", label=f"gen, {name}")
     a.set_title("DPO loss per branch, −log σ(Δ)")
     b.set_title("rewards/margins per branch")
     for ax in (a, b):
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -173,7 +173,7 @@ def build_report(run: str | Path, gallery_size: int = 8) -> Path:
     for name, folder in rounds:
         path = folder / "train" / "metrics.jsonl"
         if path.exists():
-            curves[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            curves[f"round {name}"] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     training = "<p>No training metrics found.</p>"
     if curves:
         _plot_training(curves, out / "training.png")
@@ -216,6 +216,81 @@ correctly about them; the chosen and rejected captions the model wrote, with the
 {gallery}
 <h2 id=config>{SECTIONS[5]}</h2>
 <pre>{html.escape(config_text)}</pre>
+</body></html>
+"""
+    atomic_write_text(out / "index.html", page)
+    return out / "index.html"
+
+
+ABLATION_SECTIONS = ("Table 5 analog", "Table 4 analog", "Scores per arm", "Training", "Self-judge agreement", "Preference pairs", "Config")
+
+
+def _plot_arms(summary: dict, path: Path) -> None:
+    """Understanding, generation and gap of each arm, mean ± std over seeds."""
+    arms = list(summary)
+    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=110)
+    x = np.arange(len(arms))
+    for offset, key in zip((-0.25, 0, 0.25), ("understanding", "generation", "gap")):
+        ax.bar(x + offset, [summary[a][key]["mean"] for a in arms], 0.25, yerr=[summary[a][key]["std"] for a in arms],
+               capsize=3, label=key)
+    ax.set_xticks(x, arms, rotation=15)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _markdown_table_to_html(lines: list[str]) -> str:
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    rows = [r for r in rows if not all(set(c) <= {"-"} for c in r)]
+    return _table(rows[0], [[html.escape(c) for c in r] for r in rows[1:]])
+
+
+def build_ablation_report(folder: str | Path, gallery_size: int = 8) -> Path:
+    """Write FOLDER/report/index.html for a `hermesflow ablate` folder."""
+    folder = Path(folder)
+    summary = _read_json(folder / "ablation.json")
+    text = (folder / "ablation.md").read_text(encoding="utf-8").splitlines()
+    split = text.index("Table 4 analog")
+    out = folder / "report"
+    (out / "gallery").mkdir(parents=True, exist_ok=True)
+    _plot_arms(summary, out / "arms.png")
+    curves = {}
+    for arm in summary:
+        path = folder / arm / "seed-0" / "train" / "metrics.jsonl"
+        if path.exists():
+            curves[arm] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if curves:
+        _plot_training(curves, out / "training.png")
+    judge_rows = []
+    for manifest_path in [folder / "round-0" / "manifest.json"] + sorted(folder.glob("sum_r*/seed-*/manifest.json")):
+        j = _read_json(manifest_path)["self_judge"]
+        judge_rows.append([html.escape(str(manifest_path.parent.relative_to(folder))), str(j.get("pairs", 0)),
+                           f"{j.get('oracle_prefers_chosen', float('nan')):.3f}", f"{j.get('oracle_ties', float('nan')):.3f}",
+                           f"{j.get('chosen_oracle_accuracy', float('nan')):.3f}", f"{j.get('rejected_oracle_accuracy', float('nan')):.3f}"])
+    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>HermesFlow ablation: {html.escape(folder.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>HermesFlow ablation: {html.escape(str(folder))}</h1>
+<p>{html.escape(text[0])}. Every arm starts from the same base model and the same curated round-0 data and is evaluated on the
+same eval scenes with the same sampling seed; the seed changes the training batch order and mask draws.</p>
+<h2>{ABLATION_SECTIONS[0]}</h2>
+{_markdown_table_to_html(text[1:split])}
+<h2>{ABLATION_SECTIONS[1]}</h2>
+{_markdown_table_to_html(text[split:])}
+<h2>{ABLATION_SECTIONS[2]}</h2>
+<img class=plot src="arms.png" alt="understanding, generation and gap per arm">
+<h2>{ABLATION_SECTIONS[3]}</h2>
+<p>Seed 0 of each arm. The DPO terms are shown; the loss also holds the NLL terms on chosen samples when they are on.</p>
+{'<img class=plot src="training.png" alt="DPO loss and reward margins over steps">' if curves else "<p>No training metrics found.</p>"}
+<h2>{ABLATION_SECTIONS[4]}</h2>
+{_table(["curation", "image pairs", "oracle prefers chosen", "oracle ties", "chosen oracle acc.", "rejected oracle acc."], judge_rows)}
+<h2>{ABLATION_SECTIONS[5]}</h2>
+{_gallery(folder, folder / "round-0", out, gallery_size)}
+<h2>{ABLATION_SECTIONS[6]}</h2>
+<pre>{html.escape((folder / "ablate_config.yaml").read_text())}</pre>
 </body></html>
 """
     atomic_write_text(out / "index.html", page)

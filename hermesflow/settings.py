@@ -158,7 +158,7 @@ class RunConfig(CurationOptions, TrainingOptions):
 class ReportConfig:
     """`hermesflow report RUN_DIR`: a static HTML page of a run's tables, plots and preference pairs."""
 
-    run: Path = option(None, "the run folder (made by `hermesflow run` or `iterate`)", positional=True, required=True)
+    run: Path = option(None, "the folder made by `hermesflow run`, `iterate` or `ablate`", positional=True, required=True)
     gallery: int = option(8, "preference pairs shown from the last round")
 
 

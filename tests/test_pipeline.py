@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from hermesflow.pretrain import pretrain
-from hermesflow.report import SECTIONS
+from hermesflow.report import ABLATION_SECTIONS, SECTIONS
 from hermesflow.settings import PretrainConfig
 from hermesflow.world.build import write_world
 
@@ -238,3 +238,6 @@ def test_ablation_runs_every_arm_with_seeds_and_resumes(setup):
     assert all(summary[arm]["seeds"] == 2 for arm in summary if arm != "base")
     table = (out / "ablation.md").read_text()
     assert "Table 5 analog" in table and "| pair_product |" in table and "±" in table
+    page = (out / "report" / "index.html").read_text()
+    assert all(f"<h2>{section}</h2>" in page for section in ABLATION_SECTIONS)
+    assert all((out / "report" / src).is_file() for src in re.findall(r'src="([^"]+)"', page))

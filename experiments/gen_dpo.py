@@ -65,7 +65,7 @@ def main() -> None:
         name, values = parse_variant(text)
         cfg = dataclasses.replace(base_cfg, **values)
         tic = time.perf_counter()
-        model = train_round(UnifiedModel.from_pretrained(args.model), data, args.out / "round", cfg, 0, state,
+        model = train_round(UnifiedModel.from_pretrained(args.model), data, args.out / "round", cfg, state,
                             out=args.out / name).eval()
         row = summary_row(name, evaluate_into(model, args.out / name / "eval", cfg, similarity), manifest)
         row["settings"] = values

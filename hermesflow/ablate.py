@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hermesflow import config
 from hermesflow.data import read_homologous
@@ -50,7 +49,7 @@ def ablate(cfg: AblateConfig) -> dict:
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     preset = {k: getattr(cfg, k) or v for k, v in PRESETS[cfg.preset].items()}
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out / "ablate_config.yaml")
@@ -69,7 +68,7 @@ def ablate(cfg: AblateConfig) -> dict:
         for arm, loss_type in ONE_ROUND_ARMS.items():
             arm_cfg = _run_config(cfg, preset, loss_type=loss_type, seed=seed)
             folder = out / arm / f"seed-{seed}"
-            model = train_round(UnifiedModel.from_pretrained(base_dir), data, round0, arm_cfg, 0, state, out=folder)
+            model = train_round(UnifiedModel.from_pretrained(base_dir), data, round0, arm_cfg, state, out=folder)
             results.setdefault(arm, []).append(evaluate_into(model.eval(), folder / "eval", arm_cfg, similarity, cfg.seed))
         # self-play: pair_sum's model curates rounds 2 and 3 (Eq. 10 against the previous pairs)
         sum_cfg = _run_config(cfg, preset, loss_type="sum", seed=seed)
@@ -77,7 +76,7 @@ def ablate(cfg: AblateConfig) -> dict:
         for r in (2, 3):
             folder = out / f"sum_r{r}" / f"seed-{seed}"
             curate_round(model, similarity, data, folder, sum_cfg, r - 1, previous, state)
-            model = train_round(model, data, folder, sum_cfg, r - 1, state).eval()
+            model = train_round(model, data, folder, sum_cfg, state).eval()
             results.setdefault(f"sum_r{r}", []).append(evaluate_into(model, folder / "eval", sum_cfg, similarity, cfg.seed))
             previous = folder
     summary = {arm: summarise(runs) for arm, runs in results.items()}

@@ -73,11 +73,11 @@ def run_eval(cfg: EvalConfig) -> int:
 def run_curate(cfg: CurateConfig) -> int:
     from accelerate import PartialState
 
-    from hermesflow.iterate import curate_round
+    from hermesflow.iterate import curate_round, require_qa
     from hermesflow.model import UnifiedModel
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    data = read_homologous(cfg.data)
+    data = require_qa(read_homologous(cfg.data))
     model = UnifiedModel.from_pretrained(cfg.model).eval()
     state = PartialState(cpu=True)
     manifest = curate_round(model, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round, cfg.previous, state)
@@ -96,11 +96,11 @@ def run_train(cfg: TrainConfig) -> int:
     data = read_homologous(cfg.data)
     model = UnifiedModel.from_pretrained(cfg.model)
     state = PartialState(cpu=True)
-    trained = train_round(model, data, cfg.prefs, cfg, 0, state, out=cfg.out)
+    train_round(model, data, cfg.prefs, cfg, state, out=cfg.out)
     if state.is_main_process:
         config.save(cfg, cfg.out / "train_config.yaml")
         print(f"model written to {cfg.out / 'model'}")
-    return 0 if trained is not None else 1
+    return 0
 
 
 def run_rounds(cfg: RunConfig) -> int:

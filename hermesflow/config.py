@@ -23,9 +23,9 @@ from hermesflow.io import atomic_write_text
 C = TypeVar("C")
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A config field with its help text."""
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+def option(default: Any, help: str, minimum: float | None = None, maximum: float | None = None, **kwargs: Any) -> Any:
+    """A config field with its help text and, for numbers, the range it must lie in (inclusive)."""
+    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, **kwargs})
 
 
 def _base_type(annotation: Any) -> Any:
@@ -100,6 +100,11 @@ def resolve(cls: type[C], args: argparse.Namespace) -> C:
         if f.metadata.get("required") and values.get(f.name) is None:
             shown = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
             raise UsageError(f"{shown} is required")
+        value = values.get(f.name, f.default)
+        low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise UsageError(f"--{f.name.replace('_', '-')} must be {bounds}, got {value}")
         choices = f.metadata.get("choices")
         if choices and f.name in values and values[f.name] not in choices:
             raise UsageError(f"{f.name} must be one of {list(choices)}, got {values[f.name]!r}")

@@ -113,7 +113,9 @@ def curate_batch(model, similarity, records: list[Record], previous: dict[str, d
         own = slice(offset, offset + len(candidates[i]))
         offset += len(candidates[i])
         scores, truth = self_acc[own], true_acc[own]
-        und_samples = [Sample(c, float(x)) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])]
+        # an empty caption, or one with no room for [EOS], cannot be scored by the model: it does not compete
+        und_samples = [Sample(c, float(x)) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
+                       if 0 < len(c.split()) < model.cfg.text_len]
         und_pair, und_reason = _choose(_previous_pair(previous.get(record.id, {}).get("und")), und_samples, None, s.round)
         gen_prev = Pair(Sample(n, scores[n]), Sample(n + 1, scores[n + 1])) if len(candidates[i]) > n else None
         gen_samples = [Sample(j, scores[j]) for j in range(n)]

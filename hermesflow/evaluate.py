@@ -43,8 +43,8 @@ def world_eval_items(n: int, seed: int) -> list[EvalItem]:
 
 
 def data_eval_items(path: Path, n: int) -> list[EvalItem]:
-    records = read_homologous(path).records[:n]
-    if not any(r.qa for r in records):
+    records = [r for r in read_homologous(path).records if r.qa][:n]
+    if not records:
         raise UsageError(f"{path}: no record has qa; evaluation needs questions")
     return [EvalItem(r.id, r.load_image(), r.caption, r.qa) for r in records]
 

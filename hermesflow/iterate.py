@@ -14,15 +14,16 @@ round at the stage it was in (curation and training also resume inside themselve
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import fields
 from pathlib import Path
-
-import torch
 
 from hermesflow import config
 from hermesflow.curate import MANIFEST, CurationSettings, curate, merge, read_prefs
 from hermesflow.data import HomologousData, read_homologous
+from hermesflow.errors import DataError
 from hermesflow.evaluate import evaluate, save_sample_sheet, world_eval_items
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.model import UnifiedModel
@@ -50,15 +51,14 @@ def curate_round(model, similarity, data: HomologousData, round_dir: Path, cfg, 
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
-            "round": round_index, "data": str(data.path.resolve()), "previous": str(previous_dir) if previous_dir else None,
+            "round": round_index, "model_sha1": weights_digest(model), "data": str(data.path.resolve()), "previous": str(previous_dir) if previous_dir else None,
             "settings": config.to_dict(settings),
         })
     state.wait_for_everyone()
     return json.loads((round_dir / MANIFEST).read_text())
 
 
-def train_round(model: UnifiedModel, data: HomologousData, round_dir: Path, cfg, round_index: int, state,
-                out: Path | None = None) -> UnifiedModel:
+def train_round(model: UnifiedModel, data: HomologousData, round_dir: Path, cfg, state, out: Path | None = None) -> UnifiedModel:
     """Reference log-probs (cached once, in the round folder), then Pair-DPO; writes the trained
     model to `out/model` (default: the round folder) and returns it."""
     out = Path(out) if out is not None else round_dir
@@ -70,18 +70,37 @@ def train_round(model: UnifiedModel, data: HomologousData, round_dir: Path, cfg,
     refs = None
     if cfg.reference == "cached":
         # The cache holds what the estimator settings made, so variants never share a wrong one.
-        key = f"k{cfg.mask_samples}{'-ratio' if cfg.ratio_weighting else ''}{'-mean' if cfg.length_normalize else ''}{'-uncond' if cfg.cond_dropout else ''}"
+        key = f"{weights_digest(model)}-k{cfg.mask_samples}{'-ratio' if cfg.ratio_weighting else ''}{'-mean' if cfg.length_normalize else ''}{'-uncond' if cfg.cond_dropout else ''}"
         ref_path = round_dir / f"reference-{key}-{cfg.loss_type}-seed{cfg.seed}.json"
         if state.is_main_process and not ref_path.exists():
-            atomic_write_json(ref_path, {"model": "the round's starting model", "mask_samples": cfg.mask_samples,
+            atomic_write_json(ref_path, {"model_sha1": weights_digest(model), "mask_samples": cfg.mask_samples,
                                          "refs": precompute_reference(model, examples, cfg)})
         state.wait_for_everyone()
         refs = json.loads(ref_path.read_text())["refs"]
     trained = train(model, examples, refs, cfg, out / "train")
     if state.is_main_process:
         trained.save_pretrained(out / "model")
+        shutil.rmtree(out / "train" / "state", ignore_errors=True)  # only now: a kill before this resumes
     state.wait_for_everyone()
     return trained
+
+
+def weights_digest(model: UnifiedModel) -> str:
+    """A short fingerprint of the weights, so a cached reference is never reused for another model."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(model.net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def require_qa(data: HomologousData) -> HomologousData:
+    """Curation judges images by the records' questions: every record needs some."""
+    missing = [r.id for r in data.records if not r.qa]
+    if missing:
+        raise DataError([f"{data.path}: {len(missing)} records have no qa, which curation needs to judge images "
+                         f"(first: {', '.join(missing[:5])}); add questions or leave them out"])
+    return data
 
 
 def _load_all(data: HomologousData):
@@ -136,12 +155,12 @@ def run(cfg: RunConfig) -> list[dict]:
 
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=True)
     out = Path(cfg.out)
     model_dir = Path(cfg.model) if cfg.model else BASE_MODEL
     model = UnifiedModel.from_pretrained(model_dir).eval()
     if cfg.data:
-        data = read_homologous(cfg.data)
+        data = require_qa(read_homologous(cfg.data))
     else:
         data_dir = out / "data"
         if state.is_main_process and not (data_dir / "data.jsonl").exists():
@@ -161,7 +180,7 @@ def run(cfg: RunConfig) -> list[dict]:
     for r in range(1, cfg.rounds + 1):
         round_dir = out / f"round-{r}"
         manifest = curate_round(model, similarity, data, round_dir, cfg, r - 1, previous, state)
-        model = train_round(model, data, round_dir, cfg, r - 1, state).eval()
+        model = train_round(model, data, round_dir, cfg, state).eval()
         if state.is_main_process:
             rows.append(summary_row(str(r), evaluate_into(model, round_dir / "eval", cfg, similarity), manifest))
         state.wait_for_everyone()

@@ -17,7 +17,7 @@ class WorldConfig:
     """`hermesflow world`: write a split of the shapes world as homologous data."""
 
     out: Path = option(None, "output folder (must not exist or be empty)", required=True)
-    n: int = option(1000, "number of scenes")
+    n: int = option(1000, "number of scenes", minimum=1)
     seed: int = option(0, "random seed; the same seed and split give the same files")
     split: str = option("train", "which split; train and eval never share a scene", choices=("train", "eval"))
 
@@ -45,14 +45,14 @@ class PretrainConfig:
 
     out: Path = option(None, "output folder: the model, its checkpoint and metrics.jsonl", required=True)
     preset: str = option("default", "model size and schedule", choices=tuple(PRESETS))
-    steps: int = option(0, "optimizer steps; 0 takes the preset's")
-    batch_size: int = option(0, "examples per step, split evenly across the three tasks; 0 takes the preset's")
-    lr: float = option(0.0, "peak AdamW learning rate; 0 takes the preset's")
-    weight_decay: float = option(0.01, "AdamW weight decay")
+    steps: int = option(0, "optimizer steps; 0 takes the preset's", minimum=0)
+    batch_size: int = option(0, "examples per step, split evenly across the three tasks; 0 takes the preset's", minimum=0)
+    lr: float = option(0.0, "peak AdamW learning rate; 0 takes the preset's", minimum=0.0)
+    weight_decay: float = option(0.01, "AdamW weight decay", minimum=0.0)
     warmup: int = option(100, "linear warm-up steps before the cosine decay")
-    cond_dropout: float = option(0.1, "share of text-to-image prompts replaced by the empty prompt (for guidance)")
+    cond_dropout: float = option(0.1, "share of text-to-image prompts replaced by the empty prompt (for guidance)", minimum=0.0, maximum=1.0)
     bf16: bool = option(True, "bfloat16 autocast (about 1.8x faster on this CPU than fp32)")
-    checkpoint_every: int = option(250, "steps between resumable checkpoints")
+    checkpoint_every: int = option(250, "steps between resumable checkpoints", minimum=1)
     seed: int = option(0, "seed of the data stream, the masks and the initial weights")
 
 
@@ -62,12 +62,12 @@ class EvalConfig:
 
     model: Path = option(None, "model folder (save_pretrained format)", required=True)
     out: Path = option(None, "output folder for metrics.json and a sample sheet", required=True)
-    n: int = option(1000, "eval examples (world eval split scenes, or the first n records of --data)")
+    n: int = option(1000, "eval examples (world eval split scenes, or the first n records of --data)", minimum=1)
     data: Path = option(None, "homologous data with qa to evaluate on instead of the world's eval split")
     seed: int = option(0, "seed of the eval split and of sampling")
-    steps: int = option(10, "MaskGIT decoding steps")
-    guidance: float = option(2.0, "classifier-free guidance scale w in (1 + w) cond - w uncond")
-    temperature: float = option(1.0, "sampling temperature for generation")
+    steps: int = option(10, "MaskGIT decoding steps", minimum=1)
+    guidance: float = option(2.0, "classifier-free guidance scale w in (1 + w) cond - w uncond", minimum=0.0)
+    temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
 
 
@@ -75,15 +75,15 @@ class EvalConfig:
 class CurationOptions:
     """How the model samples and judges its own candidates (paper §3.1)."""
 
-    n_captions: int = option(8, "captions sampled per image (official code: 10)")
-    caption_temperature: float = option(1.0, "sampling temperature for captions")
-    caption_top_k: int = option(0, "top-k for caption sampling; 0 = off")
-    n_images: int = option(16, "images generated per caption (official code: 16)")
-    steps: int = option(10, "MaskGIT decoding steps")
-    guidance: float = option(2.0, "classifier-free guidance w for generation, (1 + w) cond - w uncond")
-    image_temperature: float = option(1.0, "sampling temperature for generation")
-    min_chosen_accuracy: float = option(0.6, "a generated winner is kept only if its self-VQA accuracy is above this")
-    curate_batch_size: int = option(16, "records per curation batch")
+    n_captions: int = option(8, "captions sampled per image (official code: 10)", minimum=1)
+    caption_temperature: float = option(1.0, "sampling temperature for captions", minimum=0.0)
+    caption_top_k: int = option(0, "top-k for caption sampling; 0 = off", minimum=0)
+    n_images: int = option(16, "images generated per caption (official code: 16)", minimum=1)
+    steps: int = option(10, "MaskGIT decoding steps", minimum=1)
+    guidance: float = option(2.0, "classifier-free guidance w for generation, (1 + w) cond - w uncond", minimum=0.0)
+    image_temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
+    min_chosen_accuracy: float = option(0.6, "a generated winner is kept only if its self-VQA accuracy is above this", minimum=0.0, maximum=1.0)
+    curate_batch_size: int = option(16, "records per curation batch", minimum=1)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))
 
@@ -96,24 +96,24 @@ class TrainingOptions:
 
     loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO), joint (-log σ(Δ_und + Δ_gen))",
                             choices=("product", "sum", "und", "gen", "joint"))
-    beta_und: float = option(0.2, "β of the understanding branch")
-    beta_gen: float = option(0.2, "β of the generation branch")
-    sft_und: float = option(1.0, "weight of an NLL term on chosen captions (RPO); 0 = plain DPO")
-    sft_gen: float = option(1.0, "weight of an NLL term on chosen images (RPO); 0 = plain DPO, which empties images (experiments/gen_dpo.md)")
+    beta_und: float = option(0.2, "β of the understanding branch", minimum=1e-6)
+    beta_gen: float = option(0.2, "β of the generation branch", minimum=1e-6)
+    sft_und: float = option(1.0, "weight of an NLL term on chosen captions (RPO); 0 = plain DPO", minimum=0.0)
+    sft_gen: float = option(1.0, "weight of an NLL term on chosen images (RPO); 0 = plain DPO, which empties images (experiments/gen_dpo.md)", minimum=0.0)
     length_normalize: bool = option(False, "per-token (mean) log-probs instead of sums")
-    mask_samples: int = option(1, "Monte-Carlo mask samples K for image log-probs")
+    mask_samples: int = option(1, "Monte-Carlo mask samples K for image log-probs", minimum=1)
     ratio_weighting: bool = option(False, "weight each mask sample's log-prob by 1 / mask ratio")
-    cond_dropout: float = option(0.0, "share of image pairs scored under the empty prompt, so the unconditional branch that guidance subtracts moves too")
+    cond_dropout: float = option(0.0, "share of image pairs scored under the empty prompt, so the unconditional branch that guidance subtracts moves too", minimum=0.0, maximum=1.0)
     reference: str = option("cached", "cached: reference log-probs precomputed once per round; online: a frozen copy", choices=("cached", "online"))
-    lr: float = option(1e-4, "peak AdamW learning rate (the built-in model's recipe; the paper used 2e-5 for Show-o)")
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    warmup: int = option(10, "linear warm-up steps before the cosine decay")
-    train_steps: int = option(150, "optimizer steps per round")
-    batch_size: int = option(8, "global batch (split across processes)")
-    max_grad_norm: float = option(1.0, "gradient clipping; 0 = off")
+    lr: float = option(1e-4, "peak AdamW learning rate (the built-in model's recipe; the paper used 2e-5 for Show-o)", minimum=1e-12)
+    weight_decay: float = option(0.01, "AdamW weight decay", minimum=0.0)
+    warmup: int = option(10, "linear warm-up steps before the cosine decay", minimum=0)
+    train_steps: int = option(150, "optimizer steps per round", minimum=1)
+    batch_size: int = option(8, "global batch (split across processes)", minimum=1)
+    max_grad_norm: float = option(1.0, "gradient clipping; 0 = off", minimum=0.0)
     bf16: bool = option(False, "bfloat16 autocast during training")
-    save_every: int = option(50, "steps between resumable accelerate save_state checkpoints")
-    max_nonfinite: int = option(5, "stop after this many non-finite losses in a row")
+    save_every: int = option(50, "steps between resumable accelerate save_state checkpoints", minimum=0)
+    max_nonfinite: int = option(5, "stop after this many non-finite losses in a row", minimum=1)
     log_branch_grad_norms: bool = option(False, "log und/grad_norm and gen/grad_norm, each branch's DPO gradient alone (two extra backward passes)")
 
 
@@ -147,10 +147,10 @@ class RunConfig(CurationOptions, TrainingOptions):
     out: Path = option(None, "run folder", required=True)
     model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
     data: Path = option(None, "homologous train data (default: a held-out slice of the world's train split)")
-    rounds: int = option(1, "self-play rounds")
-    n_train: int = option(400, "world train records to curate from when --data is not given")
-    eval_n: int = option(500, "eval split examples per evaluation")
-    eval_guidance: float = option(2.0, "guidance used when evaluating generation")
+    rounds: int = option(1, "self-play rounds", minimum=0)
+    n_train: int = option(400, "world train records to curate from when --data is not given", minimum=1)
+    eval_n: int = option(500, "eval split examples per evaluation", minimum=1)
+    eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of everything")
 
 
@@ -159,7 +159,7 @@ class ReportConfig:
     """`hermesflow report RUN_DIR`: a static HTML page of a run's tables, plots and preference pairs."""
 
     run: Path = option(None, "the folder made by `hermesflow run`, `iterate` or `ablate`", positional=True, required=True)
-    gallery: int = option(8, "preference pairs shown from the last round")
+    gallery: int = option(8, "preference pairs shown from the last round", minimum=0)
 
 
 @dataclass
@@ -170,8 +170,8 @@ class AblateConfig(CurationOptions, TrainingOptions):
     preset: str = option("quick", "quick: 3 seeds, 200 records, 300 eval scenes; full: 5 seeds, 400 records, 1000 scenes",
                          choices=("quick", "full"))
     model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
-    seeds: int = option(0, "seeds per arm; 0 takes the preset's")
-    n_train: int = option(0, "world train records to curate; 0 takes the preset's")
-    eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's")
-    eval_guidance: float = option(2.0, "guidance used when evaluating generation")
+    seeds: int = option(0, "seeds per arm; 0 takes the preset's", minimum=0)
+    n_train: int = option(0, "world train records to curate; 0 takes the preset's", minimum=0)
+    eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's", minimum=0)
+    eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of the data and of round-0 curation")

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from hermesflow.errors import HermesFlowError, UsageError
+from hermesflow.errors import DataError, HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json, keep_rows_up_to
 from hermesflow.losses import PairDPOLoss, PairLogps
 from hermesflow.settings import TrainConfig
@@ -72,6 +72,10 @@ def examples_from_rows(rows: list[dict], images: dict[str, list[int]], loss_type
     """Training tuples from preference rows joined with the data's image tokens by id.
     Pair-DPO needs both pairs of a row; a one-branch loss needs only its own."""
     need = {"und": ("und",), "gen": ("gen",)}.get(loss_type, ("und", "gen"))
+    missing = [row["id"] for row in rows if row["id"] not in images]
+    if missing:
+        raise DataError([f"preference rows name ids that the data does not hold: {missing[:5]} ({len(missing)} in all); "
+                         "pass the --data the round was curated from"])
     out = []
     for row in rows:
         if not all("chosen" in row[k] for k in need):
@@ -101,10 +105,11 @@ def precompute_reference(model: nn.Module, examples: list[Example], cfg: TrainCo
     refs = {}
     for s in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", dynamic_ncols=True):
         chunk = examples[s : s + batch_size]
-        out = policy(chunk)
-        if cfg.cond_dropout > 0:  # condition dropout needs the reference under the empty prompt too
-            uncond = policy(chunk, [True] * len(chunk))
-            out |= {"gen_chosen_uncond": uncond["gen_chosen"], "gen_rejected_uncond": uncond["gen_rejected"]}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):  # as the policy will run
+            out = policy(chunk)
+            if cfg.cond_dropout > 0:  # condition dropout needs the reference under the empty prompt too
+                uncond = policy(chunk, [True] * len(chunk))
+                out |= {"gen_chosen_uncond": uncond["gen_chosen"], "gen_rejected_uncond": uncond["gen_rejected"]}
         for i, e in enumerate(chunk):
             refs[e.id] = {k: float(v[i]) for k, v in out.items()} | {"mask_seed": e.mask_seed}
     return refs
@@ -116,11 +121,14 @@ def dropped_conditions(step: int, batch: list[Example], p: float, seed: int) -> 
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
-    """The global batch of a step: consecutive slices of a seeded permutation per epoch."""
+    """The global batch of a step: consecutive slices of a seeded permutation per epoch (the last
+    partial slice is skipped). With fewer examples than a batch, the permutation repeats to fill it,
+    so every process always gets its full share."""
     per_epoch = max(1, n // batch_size)
     epoch, pos = divmod(step, per_epoch)
     order = list(range(n))
     random.Random(f"order/{seed}/{epoch}").shuffle(order)
+    order = order * -(-batch_size // n)
     return order[pos * batch_size : (pos + 1) * batch_size]
 
 
@@ -139,9 +147,7 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
 
     if not examples:
         raise UsageError("no training examples: every preference pair was dropped")
-    if cfg.batch_size < 1 or cfg.train_steps < 1:
-        raise UsageError(f"--batch-size and --steps must be positive, got {cfg.batch_size}, {cfg.train_steps}")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=True)  # the built-in model builds its tensors on the CPU
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
@@ -209,8 +215,6 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
     if metrics_file is not None:
         metrics_file.close()
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(state_dir, ignore_errors=True)
     backbone = accelerator.unwrap_model(policy).backbone
     # DDP should keep every rank's parameters identical; check it rather than trust it.
     digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])

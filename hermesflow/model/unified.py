@@ -259,6 +259,8 @@ class UnifiedModel(nn.Module):
                 rows.append(i)
                 prefixes.append(prefix)
                 targets.append(self.encode_text(c) + [self.text.eos])
+        if not rows:
+            return []
         scores = []
         for s in range(0, len(rows), batch_size):
             unique, owners = torch.unique(image_tokens[rows[s : s + batch_size]], dim=0, return_inverse=True)
@@ -307,7 +309,7 @@ class UnifiedModel(nn.Module):
     def _sample_text(self, logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator) -> torch.Tensor:
         logits = logits.float() + self._text_only
         if temperature <= 0:
-            return logits.argmax(-1)
+            return logits.argmax(-1)  # greedy
         logits = logits / temperature
         if top_k:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]

@@ -81,7 +81,7 @@ def _plot_geneval(names: list[str], metrics: list[dict], path: Path) -> None:
     ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2, [c.replace("_", " ") for c in cats], rotation=20)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (oracle)")
-    ax.legend(title="round", fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -258,6 +258,8 @@ def build_ablation_report(folder: str | Path, gallery_size: int = 8) -> Path:
     out = folder / "report"
     (out / "gallery").mkdir(parents=True, exist_ok=True)
     _plot_arms(summary, out / "arms.png")
+    geneval_means = [{"geneval": {c: summary[arm][f"geneval/{c}"]["mean"] for c in CATEGORIES + ("overall",)}} for arm in summary]
+    _plot_geneval(list(summary), geneval_means, out / "geneval.png")
     curves = {}
     for arm in summary:
         path = folder / arm / "seed-0" / "train" / "metrics.jsonl"
@@ -282,6 +284,7 @@ same eval scenes with the same sampling seed; the seed changes the training batc
 {_markdown_table_to_html(text[split:])}
 <h2>{ABLATION_SECTIONS[2]}</h2>
 <img class=plot src="arms.png" alt="understanding, generation and gap per arm">
+<img class=plot src="geneval.png" alt="GenEval categories per arm (mean over seeds)">
 <h2>{ABLATION_SECTIONS[3]}</h2>
 <p>Seed 0 of each arm. The DPO terms are shown; the loss also holds the NLL terms on chosen samples when they are on.</p>
 {'<img class=plot src="training.png" alt="DPO loss and reward margins over steps">' if curves else "<p>No training metrics found.</p>"}

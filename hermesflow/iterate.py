@@ -5,7 +5,7 @@ round at the stage it was in (curation and training also resume inside themselve
 
     base/eval/metrics.json                  the starting model's scores
     round-1/prefs.jsonl, manifest.json      curated with the round's starting model
-    round-1/reference-<estimator>.json      reference log-probs (+ mask seeds) of that model, per estimator setting
+    round-1/reference-<weights>-<estimator>.json   reference log-probs (+ mask seeds), keyed by model and estimator
     round-1/train/                          metrics.jsonl and accelerate state while training
     round-1/model/                          the trained model, the next round's start
     round-1/eval/metrics.json
@@ -51,7 +51,10 @@ def curate_round(model, similarity, data: HomologousData, round_dir: Path, cfg, 
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
-            "round": round_index, "model_sha1": weights_digest(model), "data": str(data.path.resolve()), "previous": str(previous_dir) if previous_dir else None,
+            "round": round_index,
+            "model_sha1": weights_digest(model),
+            "data": str(data.path.resolve()),
+            "previous": str(previous_dir) if previous_dir else None,
             "settings": config.to_dict(settings),
         })
     state.wait_for_everyone()

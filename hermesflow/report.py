@@ -81,7 +81,7 @@ def _plot_geneval(names: list[str], metrics: list[dict], path: Path) -> None:
     ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2, [c.replace("_", " ") for c in cats], rotation=20)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (oracle)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

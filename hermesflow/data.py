@@ -73,6 +73,8 @@ def _quote(value: object, limit: int = 80) -> str:
         text = json.dumps(value, ensure_ascii=False)
     except RecursionError:  # nested almost as deeply as json.loads allows
         text = f"{type(value).__name__} nested too deeply to show"
+    except ValueError:  # an integer with more digits than Python will print
+        text = f"{type(value).__name__} too large to show"
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

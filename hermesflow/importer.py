@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hermesflow.data import _Bad, _quote, _record_id  # the same record checks and quoting as homologous data
 from hermesflow.errors import DataError, UsageError
 
 
@@ -50,10 +51,6 @@ class OfficialPair:
 _TEXT_KEYS = ("img_path", "prompt", "caption", "caption_win", "caption_lose", "image_win", "image_lose")
 _SCORE_PAIRS = (("caption", "bert_score_win", "bert_score_lose"), ("image", "vqa_score_win", "vqa_score_lose"))
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-class _Bad(Exception):
-    """Internal: one record's reason for being rejected."""
 
 
 def import_official(path: str | Path) -> list[OfficialPair]:
@@ -133,22 +130,13 @@ def _parse(text: str, name: str) -> list[object]:
     return items
 
 
-def _record_id(item: dict) -> str:
-    if "id" not in item:
-        raise _Bad('missing field "id"')
-    value = item["id"]
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
-        raise _Bad(f'field "id" must be an integer or a non-empty string, got {_show(value)}')
-    return str(value)
-
-
 def _check(item: dict, record_id: str) -> OfficialPair:
     missing = [k for k in _TEXT_KEYS if k not in item]
     if missing:
         raise _Bad("missing field" + ("s " if len(missing) > 1 else " ") + ", ".join(f'"{k}"' for k in missing))
     for key in _TEXT_KEYS:
         if not isinstance(item[key], str) or not item[key].strip():
-            raise _Bad(f'field "{key}" must be a non-empty string, got {_show(item[key])}')
+            raise _Bad(f'field "{key}" must be a non-empty string, got {_quote(item[key])}')
     scores = {}
     for branch, win, lose in _SCORE_PAIRS:
         chosen, rejected = _score(item, win), _score(item, lose)
@@ -175,20 +163,11 @@ def _score(item: dict, key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(f'field "{key}" must be a number, got {_show(value)}')
+        raise _Bad(f'field "{key}" must be a number, got {_quote(value)}')
     try:
         value = float(value)
     except OverflowError:
         value = math.inf
     if not math.isfinite(value):
-        raise _Bad(f'field "{key}" must be a finite number, got {_show(item[key])}')
+        raise _Bad(f'field "{key}" must be a finite number, got {_quote(item[key])}')
     return value
-
-
-def _show(value: object, limit: int = 60) -> str:
-    """A value from the file, on one short line."""
-    try:
-        text = json.dumps(value, ensure_ascii=True)
-    except (RecursionError, ValueError):
-        text = type(value).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,243 @@
+"""The Backbone protocol: what HermesFlow needs from a unified model, and what every adapter shares.
+
+Curation, training and evaluation receive a `Backbone` and use only the methods below; nothing
+reaches into a model's internals. Conventions at this boundary:
+
+- Images come in as (H, W, 3) uint8 RGB arrays of any size; the backbone turns them into its
+  *understanding inputs* with `prepare_images` (token ids for masked-token models, pixel values for
+  Janus's SigLIP encoder): a tensor with one row per image, which callers only index and repeat.
+- Generated images are kept as *image token ids* (N, L), because re-encoding a decoded PNG can
+  change the tokens; `decode` turns them into pixels, `prepare_generated` into understanding inputs.
+- Log-probabilities come back as `LogProbs`: a sum and the number of tokens it sums over, so the
+  loss can use sums (DPO) or per-token means (TRL's `sft`) without asking the backbone twice.
+- Image log-probs take an explicit `ImageEstimator`: exact for autoregressive image tokens, a masked
+  Monte-Carlo estimate for masked generators (the masks drawn from per-example seeds, so chosen and
+  rejected, policy and reference, see the same masks).
+
+`BackboneBase` holds what every adapter shares: device and dtype, the weights' fingerprint, LoRA
+through `peft` and the reference taken with the adapter disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from hermesflow.errors import UsageError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How a backbone samples images and captions.
+
+    `guidance` is w in MUSE/Show-o's form (1 + w)·cond − w·uncond (Janus's scale s is 1 + w);
+    `steps` is the number of MaskGIT decoding steps (autoregressive backbones ignore it);
+    temperature 0 is greedy; `top_k` 0 is off; `seed` makes sampling reproducible."""
+
+    guidance: float = 2.0
+    temperature: float = 1.0
+    steps: int = 10
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LogProbs:
+    """Summed log-probabilities (B,) and the number of tokens each sum covers (B,)."""
+
+    total: torch.Tensor
+    count: torch.Tensor
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+    def __getitem__(self, index) -> "LogProbs":
+        return LogProbs(self.total[index], self.count[index])
+
+
+@dataclass(frozen=True)
+class ExactEstimator:
+    """log π(x|y) exactly, by teacher forcing: for autoregressive image tokens (Janus, Emu3)."""
+
+    name: ClassVar[str] = "exact"
+
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class MaskedEstimator:
+    """A Monte-Carlo estimate of log π(x|y) for masked (MaskGIT / Show-o) generators.
+
+    Each of `samples` draws masks a share of the image tokens drawn from the cosine schedule and
+    sums the log-probs of the true tokens at the masked positions; the draws are averaged.
+    `weighting`: "none" (the sum as is), "ratio" (each draw divided by its mask ratio, an
+    unbiased-ELBO-style weighting). The masks come from the per-example seeds the caller passes."""
+
+    samples: int = 1
+    weighting: str = "none"
+    name: ClassVar[str] = "masked"
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise UsageError(f"mask samples must be at least 1, got {self.samples}")
+        if self.weighting not in ("none", "ratio"):
+            raise UsageError(f"mask weighting must be 'none' or 'ratio', got {self.weighting!r}")
+
+    def key(self) -> str:
+        return f"{self.name}-k{self.samples}-{self.weighting}"
+
+
+ImageEstimator = ExactEstimator | MaskedEstimator
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A unified model as HermesFlow sees it (see the module docstring for the conventions)."""
+
+    model_type: ClassVar[str]
+    image_size: int  # the side in pixels of the images it reads and draws
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def default_estimator(self) -> ImageEstimator:
+        """The image log-prob estimator this kind of model calls for."""
+
+    def fit_problems(self, image: np.ndarray | None, texts: Sequence[str]) -> list[str]:
+        """Why this image and these texts (caption, questions, choices) cannot be represented by the
+        model, one reason per problem; empty when they fit. Called on the data before any work."""
+
+    def prepare_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Understanding inputs, one row per image (any size; converted and resized here)."""
+
+    def prepare_generated(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Understanding inputs of generated images given as token ids."""
+
+    def caption_logps(self, inputs: torch.Tensor, captions: Sequence[str]) -> LogProbs:
+        """log π(caption | image) for each row of `inputs` and its caption, over the caption's tokens
+        and its end token."""
+
+    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> list[str]:
+        """One option per (image, question): multiple choice by the log-likelihood of each choice."""
+
+    def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig) -> list[list[str]]:
+        """`n` captions per image."""
+
+    def generate(self, prompts: Sequence[str], n: int, gen: GenerationConfig) -> torch.Tensor:
+        """Image token ids (len(prompts) * n, L), the n samples of a prompt adjacent."""
+
+    def image_logps(self, prompts: Sequence[str], tokens: torch.Tensor, estimator: ImageEstimator,
+                    seeds: Sequence[int]) -> LogProbs:
+        """log π(image tokens | prompt), (B,); the prompt "" is the unconditional one (condition
+        dropout). `seeds[b]` draws example b's masks for a masked estimator (ignored when exact)."""
+
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """Image token ids -> (N, image_size, image_size, 3) uint8 images."""
+
+    def trainable_module(self) -> nn.Module:
+        """The module whose parameters training updates (and PEFT wraps)."""
+
+    def reference_context(self) -> contextlib.AbstractContextManager:
+        """A context in which the model computes the reference's log-probs (LoRA adapter disabled)."""
+
+    def fingerprint(self) -> str:
+        """A short digest of the weights, so cached log-probs are never reused for another model."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Weights (safetensors) and config.json with its `model_type`, no pickle."""
+
+
+class BackboneBase(nn.Module):
+    """What every adapter shares. Subclasses set `model_type`, implement the protocol's model
+    methods, and name their LoRA target modules."""
+
+    model_type: ClassVar[str] = ""
+    lora_targets: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def trainable_module(self) -> nn.Module:
+        return self
+
+    def prepare_generated(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.prepare_images(list(self.decode(tokens)))
+
+    def fingerprint(self) -> str:
+        """sha1 over every parameter and buffer's name, dtype and bytes (bf16 included)."""
+        h = hashlib.sha1()
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:12]
+
+    # ----- LoRA -------------------------------------------------------------------------------------
+
+    @property
+    def peft_model(self):
+        return self.__dict__.get("_peft")  # kept out of nn.Module's registry: it wraps our own modules
+
+    def reference_context(self) -> contextlib.AbstractContextManager:
+        if self.peft_model is None:
+            raise UsageError("the reference context needs a LoRA adapter (--lora-r); without one use the cached "
+                             "or online reference")
+        return self.peft_model.disable_adapter()
+
+    def add_lora(self, r: int, alpha: float, target_modules: Sequence[str] | None = None, dropout: float = 0.0) -> None:
+        """Wrap the trainable module's target layers with LoRA adapters (only they will train)."""
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(target_modules or self.lora_targets)
+        if not targets:
+            raise UsageError(f"{self.model_type}: no LoRA target modules known; pass --lora-target-modules")
+        config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout)
+        try:
+            self.__dict__["_peft"] = get_peft_model(self.trainable_module(), config)
+        except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+            raise UsageError(f"{self.model_type}: LoRA target modules {targets} do not fit the model ({e})") from None
+
+    def save_adapter(self, directory: str | Path) -> None:
+        """The LoRA adapter in PEFT's format (adapter_config.json, adapter_model.safetensors)."""
+        self.peft_model.save_pretrained(str(directory), safe_serialization=True)
+
+    def load_adapter(self, directory: str | Path) -> None:
+        """Load a saved PEFT adapter onto the trainable module."""
+        from peft import PeftModel
+
+        self.__dict__["_peft"] = PeftModel.from_pretrained(self.trainable_module(), str(directory))
+
+    def merge_lora(self) -> None:
+        """Fold the adapter into the weights; the model is a plain model again."""
+        if self.peft_model is not None:
+            self.peft_model.merge_and_unload()
+            del self.__dict__["_peft"]
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Eval mode and no autograd, restoring the training mode afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.train(was_training)

@@ -21,48 +21,39 @@ from torch import nn
 
 
 @dataclass
-class PairLogps:
-    """Log-probabilities of one batch of homologous tuples (x, y, x_w, x_l, y_w, y_l), each (B,).
-
-    `und_*` are caption log-probs log π(y_w|x), log π(y_l|x); `gen_*` are image log-probs
-    log π(x_w|y), log π(x_l|y); `ref_*` come from the frozen reference (usually precomputed).
-    The optional `*_chosen_lengths` (token counts, (B,)) only length-normalise the SFT term; pass
-    them when the log-probs are sums, leave them out when they are already per-token means.
+class BranchLogps:
+    """Log-probabilities of one branch's chosen and rejected samples, each (B,): captions y_w, y_l
+    given x (understanding) or images x_w, x_l given y (generation), under the policy and the frozen
+    reference (usually precomputed). `chosen_count` (token counts, (B,)) only length-normalises the
+    SFT term: pass it when the log-probs are sums, leave it out when they are already per-token means.
     """
 
-    policy_und_chosen: torch.Tensor
-    policy_und_rejected: torch.Tensor
-    policy_gen_chosen: torch.Tensor
-    policy_gen_rejected: torch.Tensor
-    ref_und_chosen: torch.Tensor
-    ref_und_rejected: torch.Tensor
-    ref_gen_chosen: torch.Tensor
-    ref_gen_rejected: torch.Tensor
-    und_chosen_lengths: torch.Tensor | None = None
-    gen_chosen_lengths: torch.Tensor | None = None
+    policy_chosen: torch.Tensor
+    policy_rejected: torch.Tensor
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+    chosen_count: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # A (B, 1) next to a (B,) would broadcast into a silent (B, B) loss.
         shapes = {f.name: tuple(getattr(self, f.name).shape) for f in fields(self) if getattr(self, f.name) is not None}
         if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
-            raise ValueError(f"PairLogps needs tensors of one shape (B,), got {shapes}")
+            raise ValueError(f"BranchLogps needs tensors of one shape (B,), got {shapes}")
 
 
 @dataclass
 class PairDPOOutput:
-    """Per-example results, each (B,). Only `loss` carries gradients; the rest are for logging.
+    """Per-example results, each (B,), keyed by branch ("und", "gen") where a dict. Only `loss`
+    carries gradients; the rest are for logging.
 
-    The rewards are TRL's implicit rewards β(log π − log π_ref) of each sample, so that
-    `und/rewards/margins` = und_chosen_rewards − und_rejected_rewards = Δ_und.
+    `branch_losses[b]` is −log σ(Δ_b), whatever `loss_type` trains; the rewards are TRL's implicit
+    rewards β(log π − log π_ref) of each sample, so that `und/rewards/margins` = Δ_und.
     """
 
     loss: torch.Tensor
-    loss_und: torch.Tensor  # −log σ(Δ_und), whatever `loss_type` trains
-    loss_gen: torch.Tensor  # −log σ(Δ_gen)
-    und_chosen_rewards: torch.Tensor
-    und_rejected_rewards: torch.Tensor
-    gen_chosen_rewards: torch.Tensor
-    gen_rejected_rewards: torch.Tensor
+    branch_losses: dict[str, torch.Tensor]
+    chosen_rewards: dict[str, torch.Tensor]
+    rejected_rewards: dict[str, torch.Tensor]
 
 
 def product_loss(delta_und: torch.Tensor, delta_gen: torch.Tensor) -> torch.Tensor:
@@ -114,9 +105,10 @@ LOSS_TYPES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "joint": joint_loss,
 }
 
-# Which branches each loss trains: the SFT term is added only there, because a one-branch loss may
-# be fed placeholder log-probs for the branch it ignores.
-_BRANCHES = {"product": ("und", "gen"), "sum": ("und", "gen"), "und": ("und",), "gen": ("gen",), "joint": ("und", "gen")}
+# The branches each loss type trains, defined here once: training scores only these.
+BRANCHES: dict[str, tuple[str, ...]] = {
+    "product": ("und", "gen"), "sum": ("und", "gen"), "und": ("und",), "gen": ("gen",), "joint": ("und", "gen"),
+}
 
 
 class PairDPOLoss(nn.Module):
@@ -145,26 +137,27 @@ class PairDPOLoss(nn.Module):
         self.beta = {"und": beta_und, "gen": beta_gen}
         self.sft = {"und": sft_und, "gen": sft_gen}
 
-    def forward(self, logps: PairLogps) -> PairDPOOutput:
-        rewards, deltas = {}, {}
-        for branch in ("und", "gen"):
-            beta = self.beta[branch]
-            chosen = beta * (getattr(logps, f"policy_{branch}_chosen") - getattr(logps, f"ref_{branch}_chosen"))
-            rejected = beta * (getattr(logps, f"policy_{branch}_rejected") - getattr(logps, f"ref_{branch}_rejected"))
-            rewards[branch] = (chosen, rejected)
-            deltas[branch] = chosen - rejected
-        loss = LOSS_TYPES[self.loss_type](deltas["und"], deltas["gen"])
-        for branch in _BRANCHES[self.loss_type]:
+    def forward(self, und: BranchLogps | None = None, gen: BranchLogps | None = None) -> PairDPOOutput:
+        given = {"und": und, "gen": gen}
+        missing = [b for b in BRANCHES[self.loss_type] if given[b] is None]
+        if missing:
+            raise ValueError(f"loss_type {self.loss_type!r} needs the {' and '.join(missing)} branch log-probs")
+        chosen, rejected, deltas = {}, {}, {}
+        for branch in BRANCHES[self.loss_type]:
+            lp, beta = given[branch], self.beta[branch]
+            chosen[branch] = beta * (lp.policy_chosen - lp.ref_chosen)
+            rejected[branch] = beta * (lp.policy_rejected - lp.ref_rejected)
+            deltas[branch] = chosen[branch] - rejected[branch]
+        zero = torch.zeros_like(next(iter(deltas.values())))
+        loss = LOSS_TYPES[self.loss_type](deltas.get("und", zero), deltas.get("gen", zero))
+        for branch in BRANCHES[self.loss_type]:
             if self.sft[branch]:
-                nll = -getattr(logps, f"policy_{branch}_chosen")
-                lengths = getattr(logps, f"{branch}_chosen_lengths")
-                loss = loss + self.sft[branch] * (nll if lengths is None else nll / lengths)
+                lp = given[branch]
+                nll = -lp.policy_chosen
+                loss = loss + self.sft[branch] * (nll if lp.chosen_count is None else nll / lp.chosen_count)
         return PairDPOOutput(
             loss=loss,
-            loss_und=-F.logsigmoid(deltas["und"]).detach(),
-            loss_gen=-F.logsigmoid(deltas["gen"]).detach(),
-            und_chosen_rewards=rewards["und"][0].detach(),
-            und_rejected_rewards=rewards["und"][1].detach(),
-            gen_chosen_rewards=rewards["gen"][0].detach(),
-            gen_rejected_rewards=rewards["gen"][1].detach(),
+            branch_losses={b: -F.logsigmoid(d).detach() for b, d in deltas.items()},
+            chosen_rewards={b: r.detach() for b, r in chosen.items()},
+            rejected_rewards={b: r.detach() for b, r in rejected.items()},
         )

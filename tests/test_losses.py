@@ -4,31 +4,35 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hermesflow.losses import LOSS_TYPES, PairDPOLoss, PairLogps
+from hermesflow.losses import BRANCHES, LOSS_TYPES, BranchLogps, PairDPOLoss
 
 B = 8
 
 
-def random_logps(seed: int = 0, dtype=torch.float64, requires_grad: bool = False) -> PairLogps:
+def random_logps(seed: int = 0, dtype=torch.float64) -> dict[str, BranchLogps]:
+    """Random log-probs of both branches, as `PairDPOLoss(...)(**lp)` takes them."""
     g = torch.Generator().manual_seed(seed)
 
     def t():
-        return (-20 * torch.rand(B, generator=g, dtype=dtype)).requires_grad_(requires_grad)
+        return -20 * torch.rand(B, generator=g, dtype=dtype)
 
-    return PairLogps(*(t() for _ in range(8)))
-
-
-def margins(lp: PairLogps, beta_und: float, beta_gen: float):
-    d_und = beta_und * ((lp.policy_und_chosen - lp.ref_und_chosen) - (lp.policy_und_rejected - lp.ref_und_rejected))
-    d_gen = beta_gen * ((lp.policy_gen_chosen - lp.ref_gen_chosen) - (lp.policy_gen_rejected - lp.ref_gen_rejected))
-    return d_und, d_gen
+    return {"und": BranchLogps(t(), t(), t(), t()), "gen": BranchLogps(t(), t(), t(), t())}
 
 
-def with_margins(d_und: float, d_gen: float, beta: float = 1.0, dtype=torch.float64) -> PairLogps:
+def margin(lp: BranchLogps, beta: float) -> torch.Tensor:
+    return beta * ((lp.policy_chosen - lp.ref_chosen) - (lp.policy_rejected - lp.ref_rejected))
+
+
+def margins(lp: dict, beta_und: float, beta_gen: float):
+    return margin(lp["und"], beta_und), margin(lp["gen"], beta_gen)
+
+
+def with_margins(d_und: float, d_gen: float, beta: float = 1.0, dtype=torch.float64) -> dict[str, BranchLogps]:
     """Log-probs whose margins are exactly (d_und, d_gen) for β = beta; chosen ones require grad."""
     z = torch.zeros(1, dtype=dtype)
     u, g = torch.full_like(z, d_und / beta), torch.full_like(z, d_gen / beta)
-    return PairLogps(u.requires_grad_(), z.clone(), g.requires_grad_(), z.clone(), z.clone(), z.clone(), z.clone(), z.clone())
+    return {"und": BranchLogps(u.requires_grad_(), z.clone(), z.clone(), z.clone()),
+            "gen": BranchLogps(g.requires_grad_(), z.clone(), z.clone(), z.clone())}
 
 
 @pytest.mark.parametrize("loss_type, closed_form", [
@@ -40,7 +44,7 @@ def with_margins(d_und: float, d_gen: float, beta: float = 1.0, dtype=torch.floa
 ])
 def test_each_variant_equals_its_closed_form(loss_type, closed_form):
     lp = random_logps(1)
-    out = PairDPOLoss(loss_type, beta_und=0.2, beta_gen=0.05)(lp)
+    out = PairDPOLoss(loss_type, beta_und=0.2, beta_gen=0.05)(**lp)
     assert out.loss.shape == (B,)
     torch.testing.assert_close(out.loss, closed_form(*margins(lp, 0.2, 0.05)))
 
@@ -48,7 +52,8 @@ def test_each_variant_equals_its_closed_form(loss_type, closed_form):
 def test_product_gradient_is_exactly_zero_at_policy_equal_reference():
     policy = [x.requires_grad_() for x in (-20 * torch.rand(4, B)).unbind()]  # und c/r, gen c/r
     ref = [p.detach().clone() for p in policy]
-    out = PairDPOLoss("product")(PairLogps(*policy, *ref))
+    out = PairDPOLoss("product")(und=BranchLogps(policy[0], policy[1], ref[0], ref[1]),
+                                 gen=BranchLogps(policy[2], policy[3], ref[2], ref[3]))
     out.loss.mean().backward()
     for p in policy:
         assert torch.equal(p.grad, torch.zeros_like(p))
@@ -57,35 +62,36 @@ def test_product_gradient_is_exactly_zero_at_policy_equal_reference():
 
 def test_product_rewards_two_wrong_margins():
     loss = PairDPOLoss("product", beta_und=1.0, beta_gen=1.0)
-    assert loss(with_margins(-2, -2)).loss.item() < loss(with_margins(0, 0)).loss.item()
+    assert loss(**with_margins(-2, -2)).loss.item() < loss(**with_margins(0, 0)).loss.item()
 
 
 def test_joint_has_gradient_at_start_and_punishes_wrong_margins():
     loss = PairDPOLoss("joint", beta_und=1.0, beta_gen=1.0)
     lp = with_margins(0, 0)
-    loss(lp).loss.sum().backward()
-    assert lp.policy_und_chosen.grad.item() < 0 and lp.policy_gen_chosen.grad.item() < 0
-    assert loss(with_margins(-2, -2)).loss.item() > loss(with_margins(0, 0)).loss.item()
+    loss(**lp).loss.sum().backward()
+    assert lp["und"].policy_chosen.grad.item() < 0 and lp["gen"].policy_chosen.grad.item() < 0
+    assert loss(**with_margins(-2, -2)).loss.item() > loss(**with_margins(0, 0)).loss.item()
 
 
 def test_sum_is_und_plus_gen():
     lp = random_logps(3)
-    losses = {k: PairDPOLoss(k, beta_und=0.3, beta_gen=0.1)(lp).loss for k in ("sum", "und", "gen")}
+    losses = {k: PairDPOLoss(k, beta_und=0.3, beta_gen=0.1)(**lp).loss for k in ("sum", "und", "gen")}
     torch.testing.assert_close(losses["sum"], losses["und"] + losses["gen"])
 
 
 def test_each_branch_is_trl_sigmoid_dpo():
     lp = random_logps(4)
     beta_und, beta_gen = 0.2, 0.07
-    out = PairDPOLoss("sum", beta_und=beta_und, beta_gen=beta_gen)(lp)
+    out = PairDPOLoss("sum", beta_und=beta_und, beta_gen=beta_gen)(**lp)
     # TRL's DPOTrainer, loss_type="sigmoid": logits = (πc − πr) − (rc − rr); loss = −logsigmoid(β·logits)
-    trl_und = -F.logsigmoid(beta_und * ((lp.policy_und_chosen - lp.policy_und_rejected) - (lp.ref_und_chosen - lp.ref_und_rejected)))
-    trl_gen = -F.logsigmoid(beta_gen * ((lp.policy_gen_chosen - lp.policy_gen_rejected) - (lp.ref_gen_chosen - lp.ref_gen_rejected)))
-    torch.testing.assert_close(out.loss_und, trl_und)
-    torch.testing.assert_close(out.loss_gen, trl_gen)
-    torch.testing.assert_close(out.und_chosen_rewards, beta_und * (lp.policy_und_chosen - lp.ref_und_chosen))
-    torch.testing.assert_close(out.gen_rejected_rewards, beta_gen * (lp.policy_gen_rejected - lp.ref_gen_rejected))
-    torch.testing.assert_close(out.und_chosen_rewards - out.und_rejected_rewards, margins(lp, beta_und, beta_gen)[0])
+    u, g = lp["und"], lp["gen"]
+    trl_und = -F.logsigmoid(beta_und * ((u.policy_chosen - u.policy_rejected) - (u.ref_chosen - u.ref_rejected)))
+    trl_gen = -F.logsigmoid(beta_gen * ((g.policy_chosen - g.policy_rejected) - (g.ref_chosen - g.ref_rejected)))
+    torch.testing.assert_close(out.branch_losses["und"], trl_und)
+    torch.testing.assert_close(out.branch_losses["gen"], trl_gen)
+    torch.testing.assert_close(out.chosen_rewards["und"], beta_und * (u.policy_chosen - u.ref_chosen))
+    torch.testing.assert_close(out.rejected_rewards["gen"], beta_gen * (g.policy_rejected - g.ref_rejected))
+    torch.testing.assert_close(out.chosen_rewards["und"] - out.rejected_rewards["und"], margins(lp, beta_und, beta_gen)[0])
 
 
 @pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
@@ -93,10 +99,10 @@ def test_each_branch_is_trl_sigmoid_dpo():
 def test_large_margins_give_finite_losses_and_grads(loss_type, d):
     for d_und, d_gen in [(d, d), (d, -d)]:
         lp = with_margins(d_und, d_gen, dtype=torch.float32)  # where log(sigmoid(x)) would give -inf
-        out = PairDPOLoss(loss_type, beta_und=1.0, beta_gen=1.0)(lp)
+        out = PairDPOLoss(loss_type, beta_und=1.0, beta_gen=1.0)(**lp)
         out.loss.sum().backward()
-        assert torch.isfinite(out.loss).all() and torch.isfinite(out.loss_und).all() and torch.isfinite(out.loss_gen).all()
-        grads = [x.grad for x in (lp.policy_und_chosen, lp.policy_gen_chosen) if x.grad is not None]
+        assert torch.isfinite(out.loss).all() and all(torch.isfinite(v).all() for v in out.branch_losses.values())
+        grads = [x.grad for x in (lp["und"].policy_chosen, lp["gen"].policy_chosen) if x.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
@@ -107,24 +113,36 @@ def test_unknown_loss_type_names_the_known_ones():
 
 def test_sft_term_adds_minus_weight_times_chosen_logprob():
     lp = random_logps(5)
-    base = PairDPOLoss("sum")(lp).loss
-    with_sft = PairDPOLoss("sum", sft_und=0.5, sft_gen=2.0)(lp).loss
-    torch.testing.assert_close(with_sft - base, -0.5 * lp.policy_und_chosen - 2.0 * lp.policy_gen_chosen)
+    base = PairDPOLoss("sum")(**lp).loss
+    with_sft = PairDPOLoss("sum", sft_und=0.5, sft_gen=2.0)(**lp).loss
+    u, g = lp["und"].policy_chosen, lp["gen"].policy_chosen
+    torch.testing.assert_close(with_sft - base, -0.5 * u - 2.0 * g)
 
     lengths = torch.arange(1, B + 1, dtype=torch.float64)
-    normalised = PairLogps(**{**vars(lp), "und_chosen_lengths": lengths, "gen_chosen_lengths": 2 * lengths})
-    with_sft = PairDPOLoss("sum", sft_und=0.5, sft_gen=2.0)(normalised).loss
-    torch.testing.assert_close(with_sft - base, -0.5 * lp.policy_und_chosen / lengths - 2.0 * lp.policy_gen_chosen / (2 * lengths))
+    normalised = {"und": BranchLogps(**{**vars(lp["und"]), "chosen_count": lengths}),
+                  "gen": BranchLogps(**{**vars(lp["gen"]), "chosen_count": 2 * lengths})}
+    with_sft = PairDPOLoss("sum", sft_und=0.5, sft_gen=2.0)(**normalised).loss
+    torch.testing.assert_close(with_sft - base, -0.5 * u / lengths - 2.0 * g / (2 * lengths))
 
 
 def test_sft_term_only_on_the_branch_a_one_branch_loss_trains():
     lp = random_logps(6)
-    base = PairDPOLoss("und")(lp).loss
-    with_sft = PairDPOLoss("und", sft_und=0.5, sft_gen=2.0)(lp).loss
-    torch.testing.assert_close(with_sft - base, -0.5 * lp.policy_und_chosen)
+    base = PairDPOLoss("und")(**lp).loss
+    with_sft = PairDPOLoss("und", sft_und=0.5, sft_gen=2.0)(**lp).loss
+    torch.testing.assert_close(with_sft - base, -0.5 * lp["und"].policy_chosen)
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
+def test_a_loss_needs_exactly_its_branches(loss_type):
+    lp = random_logps(8)
+    out = PairDPOLoss(loss_type)(**{b: lp[b] for b in BRANCHES[loss_type]})  # the other branch is never scored
+    assert set(out.branch_losses) == set(BRANCHES[loss_type])
+    for missing in BRANCHES[loss_type]:
+        with pytest.raises(ValueError, match=f"needs the {missing} branch"):
+            PairDPOLoss(loss_type)(**{b: lp[b] for b in BRANCHES[loss_type] if b != missing})
 
 
 def test_mismatched_shapes_are_refused():
-    lp = random_logps(7)
+    lp = random_logps(7)["gen"]
     with pytest.raises(ValueError, match="one shape"):
-        PairLogps(**{**vars(lp), "ref_gen_rejected": lp.ref_gen_rejected[:, None]})
+        BranchLogps(**{**vars(lp), "ref_rejected": lp.ref_rejected[:, None]})

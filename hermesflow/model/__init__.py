@@ -1,6 +1,7 @@
-"""The built-in unified model (Show-o-style) and its tokenizers."""
+"""The built-in model's parts: its transformer and its tokenizers (the backbone is
+`hermesflow.backbones.builtin.UnifiedModel`)."""
 
 from hermesflow.model.tokenizers import ImageTokenizer, TextTokenizer
-from hermesflow.model.unified import UnifiedConfig, UnifiedModel
+from hermesflow.model.transformer import Transformer, TransformerConfig
 
-__all__ = ["ImageTokenizer", "TextTokenizer", "UnifiedConfig", "UnifiedModel"]
+__all__ = ["ImageTokenizer", "TextTokenizer", "Transformer", "TransformerConfig"]

@@ -1,0 +1,449 @@
+"""Janus and Janus-Pro (DeepSeek, arXiv 2410.13848 / 2501.17811) behind HermesFlow's backbone protocol.
+
+The model is transformers' `JanusForConditionalGeneration`: one Llama language model that reads
+images through a SigLIP encoder and an aligner (understanding), and writes them as VQ token ids
+predicted one by one through a separate embedding and head (generation). Both directions are
+autoregressive, so image log-probs are exact (`ExactEstimator`).
+
+Sequences follow Janus's "deepseek" SFT format with an empty system prompt, as the official
+inference code builds them (janus/models/conversation.py):
+
+    understanding  <bos><|User|>: <begin_of_image><image_placeholder>×N<end_of_image>\\n{question}\\n\\n<|Assistant|>: {answer}<eos>
+    generation     <bos><|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>{image tokens}
+    unconditional  the generation prompt with every token between <bos> and <begin_of_image> made <pad>
+
+The N placeholders are replaced by the aligned SigLIP features of the image. A caption is the answer
+to `CAPTION_QUESTION`; a multiple-choice answer is the answer to its question. The unconditional
+prompt is Janus's classifier-free-guidance branch; the prompt "" stands for it (condition dropout).
+
+Generation runs its own KV-cached loop rather than `generate(generation_mode="image")`, which can
+neither turn guidance off nor take a seed. Sampling draws on the CPU from a seeded generator, so a
+seed gives the same draws on any device.
+
+Images are prepared by Janus's PIL image processor (resize the longest side to the model's side, pad
+to a square with the mean colour, normalise with SigLIP's mean and std 0.5), read from the folder's
+processor config when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, DynamicCache, JanusForConditionalGeneration, JanusProcessor
+from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+from hermesflow.backbones.base import BackboneBase, ExactEstimator, GenerationConfig, ImageEstimator, LogProbs
+from hermesflow.errors import UsageError
+
+CAPTION_QUESTION = "Describe this image in one sentence."
+UNDERSTANDING_TEMPLATE = "<|User|>: {image}\n{question}\n\n<|Assistant|>:"
+GENERATION_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Janus's image processor config; used when a folder has none
+LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LANGUAGE_MODEL = "model.model.language_model"  # its path inside the backbone, the module PEFT wraps
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """One token id per row of `logits` (B, V): the argmax at temperature 0, else a draw from
+    softmax(logits / temperature) over the `top_k` largest logits (all when 0). The draw happens on
+    the CPU with `generator`, so a seed samples the same tokens on any device."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The ids of the tokens Janus's sequences are built from."""
+
+    bos: int
+    eos: int
+    pad: int
+    image: int  # the image placeholder of understanding prompts
+    boi: int  # begin of image
+    eoi: int  # end of image
+
+    @classmethod
+    def of(cls, tokenizer, config) -> "SpecialTokens":
+        """Read from the tokenizer (Janus folders name them `image_token`, `boi_token`, `eoi_token`),
+        falling back to Janus's own token strings and the text config's ids."""
+        text = config.text_config
+
+        def token_id(attribute: str, default: str | None, fallback: int | None) -> int:
+            token = getattr(tokenizer, attribute, None) or default
+            i = tokenizer.convert_tokens_to_ids(token) if token is not None else None
+            if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
+                i = fallback
+            if i is None:
+                raise UsageError(f"Janus tokenizer: no {attribute} ({default or 'not set'}) and no id for it in config.json")
+            return int(i)
+
+        ids = cls(
+            bos=token_id("bos_token", None, text.bos_token_id),
+            eos=token_id("eos_token", None, text.eos_token_id),
+            pad=token_id("pad_token", "<｜▁pad▁｜>", text.pad_token_id),
+            image=token_id("image_token", "<image_placeholder>", config.image_token_id),
+            boi=token_id("boi_token", "<begin_of_image>", None),
+            eoi=token_id("eoi_token", "<end_of_image>", None),
+        )
+        if ids.image != config.image_token_id:
+            raise UsageError(f"Janus folder: the tokenizer's image token has id {ids.image}, config.json's image_token_id "
+                             f"is {config.image_token_id}")
+        return ids
+
+
+class JanusBackbone(BackboneBase):
+    """Janus / Janus-Pro through `JanusForConditionalGeneration` (see the module docstring)."""
+
+    model_type: ClassVar[str] = "janus"
+    caption_max_tokens: ClassVar[int] = 64  # sampled captions stop here if no <eos> came first
+
+    def __init__(self, model: JanusForConditionalGeneration, tokenizer, image_processor: JanusImageProcessorPil):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        config = model.config
+        self.tokens = SpecialTokens.of(tokenizer, config)
+        self.image_size: int = config.vision_config.image_size
+        self.n_understanding_tokens = (self.image_size // config.vision_config.patch_size) ** 2
+        rows, cols = model.model.vqmodel.quantize.quant_state_dims
+        self.n_image_tokens = rows * cols
+        self.codebook_size = config.vq_config.num_embeddings
+        self.context = config.text_config.max_position_embeddings
+        drawn = rows * 2 ** (len(config.vq_config.channel_multiplier) - 1)  # the VQ decoder upsamples per level
+        if drawn != self.image_size or image_processor.size.height != self.image_size:
+            raise UsageError(f"Janus folder: the vision encoder reads {self.image_size}px images, the VQ decoder draws "
+                             f"{drawn}px and the image processor resizes to {image_processor.size.height}px; they must agree")
+        self._image_start = self._understanding_ids("").index(self.tokens.image)
+
+    # ----- loading and saving ---------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "JanusBackbone":
+        """A Janus folder in transformers' format (config.json, safetensors, tokenizer; processor
+        config optional), never from the hub."""
+        directory = Path(directory)
+        try:
+            model = JanusForConditionalGeneration.from_pretrained(directory, dtype=dtype, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"model folder {directory}: cannot load it as Janus ({e})") from None
+        return cls(model, tokenizer, _image_processor(directory, model.config)).eval()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Weights, config, tokenizer and processor config: a plain Janus folder (loads with
+        `JanusForConditionalGeneration` and `AutoProcessor`)."""
+        if self.peft_model is not None:
+            raise UsageError("the model has a LoRA adapter: merge it first (merge_lora) or save it alone (save_adapter)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        JanusProcessor(image_processor=self.image_processor, tokenizer=self.tokenizer,
+                       num_image_tokens=self.n_understanding_tokens).save_pretrained(directory)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """The language model's attention projections, by full path: PEFT matches a name against
+        the end of each module's path, and the SigLIP encoder's projections are also called
+        q_proj/k_proj/v_proj, so plain names would put adapters on the vision tower too."""
+        return tuple(name for name, _ in self.named_modules()
+                     if name.startswith(LANGUAGE_MODEL + ".") and name.rsplit(".", 1)[-1] in LM_PROJECTIONS)
+
+    def default_estimator(self) -> ImageEstimator:
+        return ExactEstimator()
+
+    # ----- what the model can represent -----------------------------------------------------------
+
+    def fit_problems(self, image: np.ndarray | None, texts: Sequence[str]) -> list[str]:
+        problems = []
+        if image is not None:
+            problems += _rgb_problems(np.asarray(image))
+        specials = set(vars(self.tokens).values())
+        caption_prompt = len(self._understanding_ids(CAPTION_QUESTION))
+        for text in texts:
+            ids = self._encode(text)
+            if not text.strip():
+                problems.append(f"text {text!r} is empty")
+            elif specials & set(ids):
+                problems.append(f"text {_short(text)} contains Janus special tokens")
+            elif self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
+                problems.append(f"text {_short(text)} has words the Janus tokenizer does not know")
+            else:
+                # The positions the text needs in its longest use: a caption or answer after the
+                # caption prompt, a question before a one-token answer, an image prompt before the image.
+                need = max(caption_prompt + len(self._answer_ids(text)), len(self._understanding_ids(text)) + 1,
+                           len(self._generation_ids(text)) + self.n_image_tokens - 1)
+                if need > self.context:
+                    problems.append(f"text {_short(text)} is {len(ids)} tokens and needs {need} positions; the Janus "
+                                    f"model's context is {self.context}")
+        return problems
+
+    # ----- understanding --------------------------------------------------------------------------
+
+    def prepare_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(N, 3, S, S) pixel values in the model's dtype, from RGB arrays of any size."""
+        arrays = [_check_rgb(np.asarray(image)) for image in images]
+        if not arrays:
+            return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
+        pixels = self.image_processor(images=arrays, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+        return pixels.to(self.device, self.dtype)
+
+    def caption_logps(self, inputs: torch.Tensor, captions: Sequence[str]) -> LogProbs:
+        if len(inputs) != len(captions):
+            raise UsageError(f"caption_logps: {len(inputs)} images but {len(captions)} captions")
+        features = self._image_features(inputs)
+        return self._answer_logps(features, [CAPTION_QUESTION] * len(captions), captions)
+
+    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
+               batch_size: int = 64) -> list[str]:
+        """The choice with the highest log π(choice <eos> | image, question), summed over its tokens."""
+        if not (len(inputs) == len(questions) == len(choices)):
+            raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
+        if any(len(options) == 0 for options in choices):
+            raise UsageError("answer: every question needs at least one choice")
+        rows = [(i, option) for i, options in enumerate(choices) for option in options]
+        scores = []
+        with self.sampling():
+            features = self._image_features(inputs)
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s : s + batch_size]
+                owners = torch.tensor([i for i, _ in chunk], device=self.device)
+                scores.append(self._answer_logps(features[owners], [questions[i] for i, _ in chunk],
+                                                 [option for _, option in chunk]).total)
+        scores = torch.cat(scores).cpu() if scores else torch.zeros(0)
+        answers, s = [], 0
+        for options in choices:
+            answers.append(options[int(scores[s : s + len(options)].argmax())])
+            s += len(options)
+        return answers
+
+    def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig) -> list[list[str]]:
+        """`n` captions per image, sampled with a KV cache until <eos> or `caption_max_tokens`."""
+        if n < 1:
+            raise UsageError(f"sample_captions: n must be at least 1, got {n}")
+        prompt = self._understanding_ids(CAPTION_QUESTION)
+        budget = min(self.caption_max_tokens, self.context - len(prompt))
+        generator = torch.Generator().manual_seed(gen.seed)
+        eos = self.tokens.eos
+        with self.sampling():
+            features = self._image_features(inputs).repeat_interleave(n, dim=0)
+            ids = torch.tensor([prompt], device=self.device).expand(len(features), -1)
+            cache = DynamicCache(config=self.model.config.text_config)
+            # Every row has the same prompt, so there is no padding and positions count from 0.
+            hidden = self._language_model(self._embed_understanding(ids, features), cache=cache)
+            out, done = [], torch.zeros(len(features), dtype=torch.bool, device=self.device)
+            for step in range(budget):
+                token = sample_token(self.model.lm_head(hidden[:, -1]), gen.temperature, gen.top_k, generator)
+                token = torch.where(done, eos, token)
+                out.append(token)
+                done = done | (token == eos)
+                if step == budget - 1 or bool(done.all()):
+                    break
+                hidden = self._language_model(self._embed_text(token[:, None]), cache=cache)
+        captions = [self._decode_text(row) for row in torch.stack(out, dim=1).tolist()]
+        return [captions[i * n : (i + 1) * n] for i in range(len(inputs))]
+
+    # ----- generation -----------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str], n: int, gen: GenerationConfig) -> torch.Tensor:
+        """(len(prompts) * n, L) image token ids, the n samples of a prompt adjacent, drawn token by
+        token with a KV cache and guidance (1 + w)·cond − w·uncond on the logits (w = 0: no
+        unconditional branch at all)."""
+        if n < 1:
+            raise UsageError(f"generate: n must be at least 1, got {n}")
+        rows = [ids for ids in map(self._generation_ids, prompts) for _ in range(n)]
+        w = gen.guidance
+        if w:  # the unconditional branch rides in the same batch, after the conditional rows
+            rows += [self._unconditional(ids) for ids in rows]
+        generator = torch.Generator().manual_seed(gen.seed)
+        head = self.model.model.generation_head
+        tokens = []
+        with self.sampling():
+            ids, mask = self._left_pad(rows)
+            cache = DynamicCache(config=self.model.config.text_config)
+            hidden = self._language_model(self._embed_text(ids), mask, cache)
+            for step in range(self.n_image_tokens):
+                logits = head(hidden[:, -1]).float()
+                if w:
+                    cond, uncond = logits.chunk(2)
+                    logits = (1 + w) * cond - w * uncond
+                token = sample_token(logits, gen.temperature, gen.top_k, generator)
+                tokens.append(token)
+                if step == self.n_image_tokens - 1:
+                    break
+                fed = token.repeat(2) if w else token
+                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+                hidden = self._language_model(self._embed_image(fed[:, None]), mask, cache)
+        return torch.stack(tokens, dim=1)
+
+    def image_logps(self, prompts: Sequence[str], tokens: torch.Tensor, estimator: ImageEstimator,
+                    seeds: Sequence[int]) -> LogProbs:
+        """Exact log π(tokens | prompt) by teacher forcing; `seeds` are not needed."""
+        if not isinstance(estimator, ExactEstimator):
+            raise UsageError(f"Janus generates image tokens autoregressively, so its image log-probs are exact: use the "
+                             f"exact estimator, not {estimator.key()!r}")
+        tokens = self._check_tokens(tokens)
+        if len(prompts) != len(tokens):
+            raise UsageError(f"image_logps: {len(prompts)} prompts but {len(tokens)} token rows")
+        ids, mask = self._left_pad([self._generation_ids(p) for p in prompts])
+        width = ids.shape[1]
+        embeds = torch.cat([self._embed_text(ids), self._embed_image(tokens[:, :-1])], dim=1)
+        mask = torch.cat([mask, mask.new_ones(len(mask), tokens.shape[1] - 1)], dim=1)
+        # Left padding puts every prompt's last token (<begin_of_image>) at width - 1: from there on,
+        # position width - 1 + j predicts image token j.
+        hidden = self._language_model(embeds, mask)[:, width - 1 :]
+        logps = self.model.model.generation_head(hidden).float().log_softmax(-1)
+        logps = logps.gather(-1, tokens[..., None])[..., 0]
+        return LogProbs(logps.sum(-1), torch.full((len(tokens),), float(tokens.shape[1]), device=self.device))
+
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """(N, S, S, 3) uint8 through the VQ decoder, un-normalised as Janus's processor does."""
+        tokens = self._check_tokens(tokens)
+        with self.sampling():
+            pixels = self.model.decode_image_tokens(tokens).float()  # (N, S, S, 3), roughly in [-1, 1]
+        mean = torch.tensor(self.image_processor.image_mean, device=pixels.device)
+        std = torch.tensor(self.image_processor.image_std, device=pixels.device)
+        # The decoder's pixels are not clamped; Janus clips to [0, 255] and truncates to uint8.
+        return ((pixels * std + mean) * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+    # ----- sequences ------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _understanding_ids(self, question: str) -> list[int]:
+        """<bos> and the prompt, its one image placeholder expanded to <boi> <image>×N <eoi>."""
+        placeholder = self.tokenizer.convert_ids_to_tokens(self.tokens.image)
+        ids = [self.tokens.bos] + self._encode(UNDERSTANDING_TEMPLATE.format(image=placeholder, question=question))
+        at = ids.index(self.tokens.image)
+        block = [self.tokens.boi] + [self.tokens.image] * self.n_understanding_tokens + [self.tokens.eoi]
+        return ids[:at] + block + ids[at + 1 :]
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        # "<|Assistant|>: {answer}": the space after the colon belongs to the answer (Janus's SFT format).
+        return self._encode(" " + answer) + [self.tokens.eos]
+
+    def _generation_ids(self, prompt: str) -> list[int]:
+        """The image-generation prompt; "" is the unconditional one."""
+        ids = [self.tokens.bos] + self._encode(GENERATION_TEMPLATE.format(prompt=prompt)) + [self.tokens.boi]
+        return self._unconditional(ids) if prompt == "" else ids
+
+    def _unconditional(self, ids: list[int]) -> list[int]:
+        """Janus's CFG branch: all but <bos> and <begin_of_image> made <pad>, the length kept."""
+        return ids[:1] + [self.tokens.pad] * (len(ids) - 2) + ids[-1:]
+
+    def _decode_text(self, ids: list[int]) -> str:
+        if self.tokens.eos in ids:
+            ids = ids[: ids.index(self.tokens.eos)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids padded on the left and their attention mask, so every row ends at T - 1."""
+        width = max(map(len, rows))
+        ids = [[self.tokens.pad] * (width - len(r)) + r for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
+
+    def _check_tokens(self, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != self.n_image_tokens:
+            raise UsageError(f"image tokens must be (N, {self.n_image_tokens}) for this Janus model, got {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise UsageError(f"image tokens must be integer ids, got {tokens.dtype}")
+        if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise UsageError(f"image token ids must lie in [0, {self.codebook_size}), got {int(tokens.min())}..{int(tokens.max())}")
+        return tokens.to(self.device, torch.long)
+
+    # ----- forward pieces -------------------------------------------------------------------------
+
+    def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, N, H) aligned SigLIP features, the language model's inputs at the image placeholders."""
+        return self.model.model.get_image_features(pixel_values.to(self.device, self.dtype)).pooler_output
+
+    def _embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def _embed_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.prepare_embeddings_for_image_generation(tokens)
+
+    def _embed_understanding(self, ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the image placeholders replaced by `features`. The image block sits
+        at the same place in every understanding prompt, so a slice does what Janus's masked scatter
+        does, without a data-dependent count."""
+        embeds = self._embed_text(ids)
+        start, end = self._image_start, self._image_start + self.n_understanding_tokens
+        return torch.cat([embeds[:, :start], features.to(embeds.dtype), embeds[:, end:]], dim=1)
+
+    def _language_model(self, embeds: torch.Tensor, mask: torch.Tensor | None = None,
+                        cache: DynamicCache | None = None) -> torch.Tensor:
+        """Last hidden states (B, t, H) of the newest `t` inputs. With a (B, T) attention mask the
+        rows are left-padded: positions count real tokens only, so padding changes nothing."""
+        positions = None
+        if mask is not None:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                              cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def _answer_logps(self, features: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
+        """log π(answer <eos> | image, question) per row, teacher-forced in one right-padded batch
+        (causal attention: the padding after a row's end is never seen by it, so no mask)."""
+        prompts = [self._understanding_ids(q) for q in questions]
+        targets = [self._answer_ids(a) for a in answers]
+        rows = [p + t for p, t in zip(prompts, targets)]
+        width, longest = max(map(len, rows)), max(map(len, targets))
+        pad = self.tokens.pad
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        hidden = self._language_model(self._embed_understanding(ids, features))
+        # Target j of a row is predicted at position len(prompt) - 1 + j; padding slots reuse the last one.
+        where = torch.tensor([[len(p) - 1 + min(j, len(t) - 1) for j in range(longest)] for p, t in zip(prompts, targets)],
+                             device=self.device)
+        target = torch.tensor([t + [pad] * (longest - len(t)) for t in targets], device=self.device)
+        valid = torch.tensor([[j < len(t) for j in range(longest)] for t in targets], device=self.device)
+        hidden = hidden.gather(1, where[..., None].expand(-1, -1, hidden.shape[-1]))
+        logps = self.model.lm_head(hidden).float().log_softmax(-1).gather(-1, target[..., None])[..., 0]
+        logps = torch.where(valid, logps, 0.0)
+        return LogProbs(logps.sum(-1), valid.sum(-1).float())
+
+
+def _image_processor(directory: Path, config) -> JanusImageProcessorPil:
+    """The folder's image processor config if it has one (as preprocessor_config.json or inside
+    processor_config.json), else Janus's defaults at the vision encoder's side. The PIL backend
+    always, so the pixels do not depend on whether torchvision is installed."""
+    processor_config = directory / "processor_config.json"
+    nested = processor_config.is_file() and "image_processor" in json.loads(processor_config.read_text(encoding="utf-8"))
+    if nested or (directory / "preprocessor_config.json").is_file():
+        return JanusImageProcessorPil.from_pretrained(directory, local_files_only=True)
+    side = config.vision_config.image_size
+    return JanusImageProcessorPil(size={"height": side, "width": side}, image_mean=list(SIGLIP_MEAN),
+                                  image_std=list(SIGLIP_STD))
+
+
+def _rgb_problems(image: np.ndarray) -> list[str]:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        return [f"image is {image.dtype} {tuple(image.shape)}; expected an (H, W, 3) uint8 RGB image"]
+    if min(image.shape[:2]) < 1:
+        return [f"image {tuple(image.shape)} has no pixels"]
+    return []
+
+
+def _check_rgb(image: np.ndarray) -> np.ndarray:
+    problems = _rgb_problems(image)
+    if problems:
+        raise UsageError(problems[0])
+    return image
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")

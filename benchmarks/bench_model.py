@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hermesflow.model import UnifiedConfig, UnifiedModel
+from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
 from hermesflow.pretrain import losses, make_batch
 from hermesflow.world.build import world_records
 

@@ -22,7 +22,7 @@ import torch
 
 
 def _setup(batch_size: int):
-    from hermesflow.model import UnifiedConfig, UnifiedModel
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
     from hermesflow.settings import TrainConfig
     from hermesflow.train import Example, PolicyLogps
     from hermesflow.world.build import world_records

@@ -17,18 +17,15 @@ Results: `ablation.json`, and `ablation.md` with the Table 5 and Table 4 analogs
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from hermesflow import config
-from hermesflow.data import read_homologous
 from hermesflow.io import atomic_write_json, atomic_write_text
-from hermesflow.iterate import BASE_MODEL, curate_round, evaluate_into, train_round
-from hermesflow.model import UnifiedModel
+from hermesflow.backbones import BASE_MODEL, load_backbone
+from hermesflow.iterate import curate_round, evaluate_into, train_data, train_round
 from hermesflow.settings import AblateConfig, RunConfig
-from hermesflow.world.build import write_world
 from hermesflow.world.prompts import CATEGORIES
 
 PRESETS = {
@@ -49,17 +46,15 @@ def ablate(cfg: AblateConfig) -> dict:
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     preset = {k: getattr(cfg, k) or v for k, v in PRESETS[cfg.preset].items()}
-    state = PartialState(cpu=True)
+    state = PartialState()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out / "ablate_config.yaml")
     base_cfg = _run_config(cfg, preset)
-    if not (out / "data" / "data.jsonl").exists():
-        write_world(out / "data", preset["n_train"], seed=cfg.seed + 1, split="train")
-    data = read_homologous(out / "data")
-    similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
     base_dir = Path(cfg.model) if cfg.model else BASE_MODEL
-    base = UnifiedModel.from_pretrained(base_dir).eval()
+    base = load_backbone(base_dir, cfg.dtype).eval()
+    data = train_data(base, base_cfg, out, state)
+    similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
 
     results = {"base": [evaluate_into(base, out / "base" / "eval", base_cfg, similarity)]}
     round0 = out / "round-0"
@@ -68,11 +63,11 @@ def ablate(cfg: AblateConfig) -> dict:
         for arm, loss_type in ONE_ROUND_ARMS.items():
             arm_cfg = _run_config(cfg, preset, loss_type=loss_type, seed=seed)
             folder = out / arm / f"seed-{seed}"
-            model = train_round(UnifiedModel.from_pretrained(base_dir), data, round0, arm_cfg, state, out=folder)
+            model = train_round(load_backbone(base_dir, cfg.dtype), data, round0, arm_cfg, state, out=folder)
             results.setdefault(arm, []).append(evaluate_into(model.eval(), folder / "eval", arm_cfg, similarity, cfg.seed))
         # self-play: pair_sum's model curates rounds 2 and 3 (Eq. 10 against the previous pairs)
         sum_cfg = _run_config(cfg, preset, loss_type="sum", seed=seed)
-        model, previous = UnifiedModel.from_pretrained(out / "pair_sum" / f"seed-{seed}" / "model").eval(), round0
+        model, previous = load_backbone(out / "pair_sum" / f"seed-{seed}" / "model", cfg.dtype).eval(), round0
         for r in (2, 3):
             folder = out / f"sum_r{r}" / f"seed-{seed}"
             curate_round(model, similarity, data, folder, sum_cfg, r - 1, previous, state)

@@ -31,7 +31,7 @@ from hermesflow.settings import (
 def run_world(cfg: WorldConfig) -> int:
     from hermesflow.world.build import write_world
 
-    path = write_world(cfg.out, cfg.n, cfg.seed, cfg.split)
+    path = write_world(cfg.out, cfg.n, cfg.seed, cfg.split, image_size=cfg.image_size)
     print_summary(read_homologous(path).summary())
     return 0
 
@@ -53,13 +53,20 @@ def run_pretrain(cfg) -> int:
 
 
 def run_eval(cfg: EvalConfig) -> int:
+    from hermesflow.backbones import GenerationConfig, load_backbone
+    from hermesflow.data import check_fit
     from hermesflow.evaluate import data_eval_items, evaluate, format_table, save_sample_sheet, world_eval_items
-    from hermesflow.model import UnifiedModel
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    items = data_eval_items(cfg.data, cfg.n) if cfg.data else world_eval_items(cfg.n, cfg.seed)
-    model = UnifiedModel.from_pretrained(cfg.model).eval()
-    metrics, generated = evaluate(model, items, cfg, SentenceSimilarity(cfg.encoder))
+    backbone = load_backbone(cfg.model, cfg.dtype).eval()
+    if cfg.data:
+        data = read_homologous(cfg.data)
+        check_fit(backbone, data)
+        items = data_eval_items(data, cfg.n)
+    else:
+        items = world_eval_items(cfg.n, cfg.seed, backbone.image_size)
+    gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
+    metrics, generated = evaluate(backbone, items, gen, SentenceSimilarity(cfg.encoder))
     metrics["model"] = str(cfg.model)
     cfg.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.out / "metrics.json", metrics)
@@ -73,14 +80,16 @@ def run_eval(cfg: EvalConfig) -> int:
 def run_curate(cfg: CurateConfig) -> int:
     from accelerate import PartialState
 
+    from hermesflow.backbones import load_backbone
+    from hermesflow.data import check_fit
     from hermesflow.iterate import curate_round, require_qa
-    from hermesflow.model import UnifiedModel
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     data = require_qa(read_homologous(cfg.data))
-    model = UnifiedModel.from_pretrained(cfg.model).eval()
-    state = PartialState(cpu=True)
-    manifest = curate_round(model, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round, cfg.previous, state)
+    state = PartialState()
+    backbone = load_backbone(cfg.model, cfg.dtype).to(state.device).eval()
+    check_fit(backbone, data)
+    manifest = curate_round(backbone, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round, cfg.previous, state)
     if state.is_main_process:
         config.save(cfg, cfg.out / "curate_config.yaml")
         print(json.dumps(manifest["counts"], indent=2))
@@ -90,16 +99,17 @@ def run_curate(cfg: CurateConfig) -> int:
 def run_train(cfg: TrainConfig) -> int:
     from accelerate import PartialState
 
+    from hermesflow.backbones import load_backbone
     from hermesflow.iterate import train_round
-    from hermesflow.model import UnifiedModel
 
     data = read_homologous(cfg.data)
-    model = UnifiedModel.from_pretrained(cfg.model)
-    state = PartialState(cpu=True)
-    train_round(model, data, cfg.prefs, cfg, state, out=cfg.out)
+    backbone = load_backbone(cfg.model)
+    state = PartialState()
+    train_round(backbone, data, cfg.prefs, cfg, state, out=cfg.out)
     if state.is_main_process:
         config.save(cfg, cfg.out / "train_config.yaml")
-        print(f"model written to {cfg.out / 'model'}")
+        written = "model" if not cfg.lora_r or cfg.lora_merge else "adapter"
+        print(f"{written} written to {cfg.out / written}")
     return 0
 
 

@@ -17,7 +17,6 @@ one. Shards are merged in input order into `prefs.jsonl`, with a `manifest.json`
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hermesflow.backbones import Backbone, GenerationConfig
 from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError
 from hermesflow.io import atomic_write_json, atomic_write_text
+from hermesflow.prefs import PREFS, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.selfplay import Pair, Sample, initial_pair, update_pair
 from hermesflow.settings import CurationOptions
 from hermesflow.world.oracle import parse_batch
 from hermesflow.world.questions import answer_on_scene
 
-PREFS, MANIFEST = "prefs.jsonl", "manifest.json"
+MANIFEST = "manifest.json"
+UNSCORABLE = "unscorable"  # every sampled caption is one the model cannot score
 
 
 @dataclass
@@ -45,9 +47,9 @@ class CurationSettings(CurationOptions):
     seed: int = 0
 
 
-def self_vqa_accuracy(model, images: np.ndarray, qa: tuple, owners: list[int]) -> np.ndarray:
+def self_vqa_accuracy(backbone: Backbone, inputs: torch.Tensor, qa: tuple, owners: list[int]) -> np.ndarray:
     """Acc(x_j): the share of the record's questions the model answers correctly about each image.
-    `owners[j]` is the record of image j; `qa[r]` its questions."""
+    `inputs[j]` are image j's understanding inputs, `owners[j]` its record, `qa[r]` that record's questions."""
     rows, questions, choices, truth = [], [], [], []
     for j, r in enumerate(owners):
         for q in qa[r]:
@@ -55,7 +57,7 @@ def self_vqa_accuracy(model, images: np.ndarray, qa: tuple, owners: list[int]) -
             questions.append(q.question)
             choices.append(list(q.choices))
             truth.append(q.answer)
-    answers = model.answer(images[rows], questions, choices)
+    answers = backbone.answer(inputs[rows], questions, choices)
     return _share_correct(rows, [a == t for a, t in zip(answers, truth)], len(owners))
 
 
@@ -77,68 +79,63 @@ def _share_correct(rows: list[int], correct: list[bool], n: int) -> np.ndarray:
     return totals / np.maximum(counts, 1)
 
 
-def _pair_json(pair: Pair | None, reason: str, extra: dict) -> dict:
-    if pair is None:
-        return {"dropped": reason, **extra}
-    return {"chosen": pair.chosen.key, "rejected": pair.rejected.key, "reason": reason,
-            "chosen_score": pair.chosen.score, "rejected_score": pair.rejected.score, **extra}
-
-
-def curate_batch(model, similarity, records: list[Record], previous: dict[str, dict], s: CurationSettings, batch_seed: int) -> list[dict]:
-    """Preference rows for one batch of records (see the module docstring)."""
-    images = np.stack([r.load_image() for r in records])
-    captions = model.sample_captions(images, n=s.n_captions, temperature=s.caption_temperature,
-                                     top_k=s.caption_top_k or None, seed=batch_seed)
+def curate_batch(backbone: Backbone, similarity, records: list[Record], previous: dict[str, Preference],
+                 s: CurationSettings, batch_seed: int) -> list[Preference]:
+    """Preference records for one batch of records (see the module docstring)."""
+    inputs = backbone.prepare_images([r.load_image() for r in records])
+    caption_gen = GenerationConfig(temperature=s.caption_temperature, top_k=s.caption_top_k, seed=batch_seed)
+    captions = backbone.sample_captions(inputs, s.n_captions, caption_gen)
     flat = [c for cs in captions for c in cs]
     cap_scores = similarity.similarity(flat, [r.caption for r in records for _ in range(s.n_captions)]).tolist()
 
-    tokens = model.generate([r.caption for r in records], n=s.n_images, steps=s.steps, guidance=s.guidance,
-                            temperature=s.image_temperature, seed=batch_seed)
+    image_gen = GenerationConfig(guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed)
+    tokens = backbone.generate([r.caption for r in records], s.n_images, image_gen).cpu()
     # Each record's candidates: its n new images, then (from round 1 on) the previous pair, which
     # is judged again by the current model so that Eq. 10 compares scores of one judge.
     candidates = []
     for i, record in enumerate(records):
-        prev_gen = previous.get(record.id, {}).get("gen", {})
-        carried = [prev_gen["chosen"], prev_gen["rejected"]] if "chosen" in prev_gen else []
+        prev = previous.get(record.id)
+        carried = [list(prev.gen.chosen), list(prev.gen.rejected)] if prev is not None and prev.has("gen") else []
         candidates.append(tokens[i * s.n_images : (i + 1) * s.n_images].tolist() + carried)
     owners = [i for i, c in enumerate(candidates) for _ in c]
-    generated = model.decode(torch.tensor([t for c in candidates for t in c]))
+    all_tokens = torch.tensor([t for c in candidates for t in c])
     qa = tuple(r.qa for r in records)
-    self_acc = self_vqa_accuracy(model, generated, qa, owners).tolist()
-    true_acc = oracle_accuracy(generated, qa, owners).tolist()
+    self_acc = self_vqa_accuracy(backbone, backbone.prepare_generated(all_tokens), qa, owners).tolist()
+    # the oracle judges only data it knows (the world's scenes), and only to measure the self-judge
+    judged = all(r.scene is not None for r in records)
+    true_acc = oracle_accuracy(backbone.decode(all_tokens), qa, owners).tolist() if judged else None
 
-    rows, offset = [], 0
+    out, offset = [], 0
     for i, record in enumerate(records):
         n = s.n_images
         own = slice(offset, offset + len(candidates[i]))
         offset += len(candidates[i])
-        scores, truth = self_acc[own], true_acc[own]
-        # an empty caption, or one with no room for [EOS], cannot be scored by the model: it does not compete
-        und_samples = [Sample(c, float(x)) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
-                       if 0 < len(c.split()) < model.cfg.text_len]
-        und_pair, und_reason = _choose(_previous_pair(previous.get(record.id, {}).get("und")), und_samples, None, s.round)
+        scores = self_acc[own]
+        truth = true_acc[own] if judged else None
+        prev = previous.get(record.id)
+        # a caption the model cannot score (no words, too long) does not compete
+        mine = captions[i]
+        und_samples = [Sample(c, float(x)) for c, x in zip(mine, cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
+                       if c.strip() and not backbone.fit_problems(None, [c])]
+        if und_samples:
+            prev_und = Pair(Sample(prev.und.chosen, prev.und.chosen_score), Sample(prev.und.rejected, prev.und.rejected_score)) \
+                if prev is not None and prev.has("und") else None
+            und_pair, und_reason = _choose(prev_und, und_samples, None, s.round)
+        else:
+            und_pair, und_reason = None, UNSCORABLE
         gen_prev = Pair(Sample(n, scores[n]), Sample(n + 1, scores[n + 1])) if len(candidates[i]) > n else None
-        gen_samples = [Sample(j, scores[j]) for j in range(n)]
-        gen_pair, gen_reason = _choose(gen_prev, gen_samples, s.min_chosen_accuracy, s.round)
-        gen_json = _pair_json(gen_pair, gen_reason, {"self_scores": scores[:n], "oracle_scores": truth[:n]})
-        if gen_pair is not None:
+        gen_pair, gen_reason = _choose(gen_prev, [Sample(j, scores[j]) for j in range(n)], s.min_chosen_accuracy, s.round)
+        und = Dropped(und_reason) if und_pair is None else CaptionPair(
+            und_pair.chosen.key, und_pair.rejected.key, und_pair.chosen.score, und_pair.rejected.score, und_reason)
+        if gen_pair is None:
+            gen = Dropped(gen_reason)
+        else:
             c, r = gen_pair.chosen.key, gen_pair.rejected.key
-            gen_json.update(chosen=candidates[i][c], rejected=candidates[i][r], chosen_oracle=truth[c], rejected_oracle=truth[r])
-        rows.append({
-            "id": record.id,
-            "round": s.round,
-            "caption": record.caption,
-            "und": _pair_json(und_pair, und_reason, {"samples": captions[i]}),
-            "gen": gen_json,
-        })
-    return rows
-
-
-def _previous_pair(saved: dict | None) -> Pair | None:
-    """The caption pair of the previous round (its similarity scores come from a fixed encoder)."""
-    if not saved or "chosen" not in saved:
-        return None
-    return Pair(Sample(saved["chosen"], saved["chosen_score"]), Sample(saved["rejected"], saved["rejected_score"]))
+            gen = ImagePair(tuple(candidates[i][c]), tuple(candidates[i][r]), gen_pair.chosen.score, gen_pair.rejected.score,
+                            gen_reason, truth[c] if judged else None, truth[r] if judged else None)
+        out.append(Preference(record.id, s.round, record.caption, und, gen, tuple(mine), tuple(scores[:n]),
+                              tuple(truth[:n]) if judged else None))
+    return out
 
 
 def _choose(previous: Pair | None, samples: list[Sample], threshold: float | None, round_index: int) -> tuple[Pair | None, str]:
@@ -147,35 +144,15 @@ def _choose(previous: Pair | None, samples: list[Sample], threshold: float | Non
     return update_pair(previous, samples, min_chosen_score=threshold)
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Complete rows of a shard; a line cut short by a kill is ignored (it is redone)."""
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
-def read_prefs(round_dir: Path) -> dict[str, dict]:
-    """The merged preference rows of a finished round, by id."""
-    path = Path(round_dir) / PREFS
-    if not path.is_file():
-        raise DataError([f"{path}: no preference file (has the round been curated?)"])
-    return {row["id"]: row for row in read_rows(path)}
-
-
-def curate(model, similarity, data: HomologousData, out: Path, s: CurationSettings, previous: dict[str, dict],
-           rank: int = 0, world: int = 1) -> None:
+def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: CurationSettings,
+           previous: dict[str, Preference], rank: int = 0, world: int = 1) -> None:
     """Curate this process's share of the batches into its shard (resumable)."""
     out.mkdir(parents=True, exist_ok=True)
     shard = out / "shards" / f"shard-{rank}-of-{world}.jsonl"
     shard.parent.mkdir(exist_ok=True)
-    rows = read_rows(shard)
-    atomic_write_text(shard, "".join(json.dumps(r) + "\n" for r in rows))  # drop a cut line, if any
-    done = {r["id"] for r in rows}
+    done_prefs = read_lines(shard)
+    atomic_write_text(shard, "".join(to_line(p) for p in done_prefs))  # drop a cut line, if any
+    done = {p.id for p in done_prefs}
     records = data.records
     batches = [records[i : i + s.curate_batch_size] for i in range(0, len(records), s.curate_batch_size)]
     mine = [(b, batch) for b, batch in enumerate(batches) if b % world == rank]
@@ -184,48 +161,45 @@ def curate(model, similarity, data: HomologousData, out: Path, s: CurationSettin
             if all(r.id in done for r in batch):
                 continue
             seed = s.seed * 1_000_003 + s.round * 10_007 + b
-            new = [row for row in curate_batch(model, similarity, batch, previous, s, seed) if row["id"] not in done]
-            f.write("".join(json.dumps(row) + "\n" for row in new))
+            new = [p for p in curate_batch(backbone, similarity, batch, previous, s, seed) if p.id not in done]
+            f.write("".join(to_line(p) for p in new))
             f.flush()
 
 
 def merge(out: Path, data: HomologousData, world: int, extra_manifest: dict) -> dict:
     """Join the shards by id in input order into prefs.jsonl and write the manifest."""
-    by_id: dict[str, dict] = {}
+    by_id: dict[str, Preference] = {}
     for rank in range(world):
-        for row in read_rows(out / "shards" / f"shard-{rank}-of-{world}.jsonl"):
-            by_id[row["id"]] = row
+        for pref in read_lines(out / "shards" / f"shard-{rank}-of-{world}.jsonl"):
+            by_id[pref.id] = pref
     missing = [r.id for r in data.records if r.id not in by_id]
     if missing:
         raise DataError([f"{out}: curation incomplete, {len(missing)} records missing (first: {missing[0]})"])
-    rows = [by_id[r.id] for r in data.records]
-    atomic_write_text(out / PREFS, "".join(json.dumps(row) + "\n" for row in rows))
-    counts = {
-        "records": len(rows),
-        "und_kept": sum("chosen" in r["und"] for r in rows),
-        "gen_kept": sum("chosen" in r["gen"] for r in rows),
-        "both_kept": sum("chosen" in r["und"] and "chosen" in r["gen"] for r in rows),
-        "und_dropped": dict(Counter(r["und"]["dropped"] for r in rows if "dropped" in r["und"])),
-        "gen_dropped": dict(Counter(r["gen"]["dropped"] for r in rows if "dropped" in r["gen"])),
-        "und_kept_by": dict(Counter(r["und"].get("reason", "unrecorded") for r in rows if "chosen" in r["und"])),
-        "gen_kept_by": dict(Counter(r["gen"].get("reason", "unrecorded") for r in rows if "chosen" in r["gen"])),
-    }
-    manifest = {**extra_manifest, "counts": counts, "self_judge": self_judge_agreement(rows)}
+    prefs = [by_id[r.id] for r in data.records]
+    atomic_write_text(out / PREFS, "".join(to_line(p) for p in prefs))
+    counts = {"records": len(prefs)}
+    for b in ("und", "gen"):
+        counts[f"{b}_kept"] = sum(p.has(b) for p in prefs)
+    counts["both_kept"] = sum(p.has("und") and p.has("gen") for p in prefs)
+    for b in ("und", "gen"):
+        counts[f"{b}_dropped"] = dict(Counter(getattr(p, b).reason for p in prefs if not p.has(b)))
+    for b in ("und", "gen"):
+        counts[f"{b}_kept_by"] = dict(Counter(getattr(p, b).reason for p in prefs if p.has(b)))
+    manifest = {**extra_manifest, "counts": counts, "self_judge": self_judge_agreement(prefs)}
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
 
-def self_judge_agreement(rows: list[dict]) -> dict:
-    """How often the model's own ranking of a kept generated pair agrees with the oracle's."""
-    kept = [r["gen"] for r in rows if "chosen" in r["gen"]]
+def self_judge_agreement(prefs: list[Preference]) -> dict:
+    """How often the model's own ranking of a kept generated pair agrees with the oracle's (when the
+    oracle could judge the data)."""
+    kept = [p.gen for p in prefs if p.has("gen") and p.gen.chosen_oracle is not None]
     if not kept:
         return {"pairs": 0}
-    agree = [g["chosen_oracle"] > g["rejected_oracle"] for g in kept]
-    ties = [g["chosen_oracle"] == g["rejected_oracle"] for g in kept]
     return {
         "pairs": len(kept),
-        "oracle_prefers_chosen": float(np.mean(agree)),
-        "oracle_ties": float(np.mean(ties)),
-        "chosen_oracle_accuracy": float(np.mean([g["chosen_oracle"] for g in kept])),
-        "rejected_oracle_accuracy": float(np.mean([g["rejected_oracle"] for g in kept])),
+        "oracle_prefers_chosen": float(np.mean([g.chosen_oracle > g.rejected_oracle for g in kept])),
+        "oracle_ties": float(np.mean([g.chosen_oracle == g.rejected_oracle for g in kept])),
+        "chosen_oracle_accuracy": float(np.mean([g.chosen_oracle for g in kept])),
+        "rejected_oracle_accuracy": float(np.mean([g.rejected_oracle for g in kept])),
     }

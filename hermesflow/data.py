@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hermesflow.errors import DataError, UsageError
 from hermesflow.world.questions import QA
-from hermesflow.world.scenes import IMAGE_SIZE, Scene
+from hermesflow.world.scenes import Scene
 
 IMAGE_FORMATS = ("PNG", "JPEG")
 
@@ -172,11 +172,12 @@ def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None)
     return Record(record_id, path, caption, qa, category, scene)
 
 
-def read_homologous(path: str | Path, *, image_size: int | None = IMAGE_SIZE, skip_bad: bool = False) -> HomologousData:
+def read_homologous(path: str | Path, *, image_size: int | None = None, skip_bad: bool = False) -> HomologousData:
     """Read and check a homologous data file (or a folder holding `data.jsonl`).
 
     Raises DataError listing every bad record unless `skip_bad`, in which case they are listed in
-    `HomologousData.skipped`. `image_size=None` accepts images of any size.
+    `HomologousData.skipped`. `image_size=None` (the default) accepts images of any size: whether a
+    backbone can read them is `check_fit`'s question.
     """
     path = Path(path)
     if path.is_dir():
@@ -225,3 +226,17 @@ def read_homologous(path: str | Path, *, image_size: int | None = IMAGE_SIZE, sk
     if not records:  # with skip_bad, say why each record went, or "no usable records" explains nothing
         raise DataError([*problems, f"{path}: no usable records"])
     return HomologousData(path, records, problems)
+
+
+def check_fit(backbone, data: HomologousData, limit: int = 20) -> None:
+    """Refuse, before any work, data the backbone cannot represent (unknown words, over-long texts,
+    images its tokenizer cannot read): every record's problems, by line and id, at once."""
+    problems = []
+    for r in data.records:
+        texts = [r.caption] + [t for q in r.qa for t in (q.question, *q.choices)]
+        for problem in backbone.fit_problems(r.load_image(), texts):
+            problems.append(f"{data.path.name} line {r.line} (id {_quote(r.id)}): {problem}")
+    if problems:
+        shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+        raise DataError([f"{data.path}: {len(problems)} problems for the {backbone.model_type} model "
+                         f"(it cannot represent this data; nothing was run)", *shown])

@@ -1,12 +1,16 @@
 """Self-play rounds (paper §3.3) and the default pipeline (`hermesflow run` / `iterate`).
 
-Layout of a run folder, each stage skipped when its output exists, so a killed run resumes in any
-round at the stage it was in (curation and training also resume inside themselves):
+A recipe: it loads a backbone by its folder's model_type and wires the components (curation,
+training, evaluation) round by round, never touching the model's internals. Layout of a run
+folder, each stage skipped when its output exists, so a killed run resumes in any round at the
+stage it was in (curation and training also resume inside themselves):
 
     base/eval/metrics.json                  the starting model's scores
     round-1/prefs.jsonl, manifest.json      curated with the round's starting model
-    round-1/reference-<weights>-<estimator>.json   reference log-probs (+ mask seeds), keyed by model and estimator
-    round-1/train/                          metrics.jsonl and accelerate state while training
+    round-1/train/                          reference-<key>.json (cached reference log-probs, keyed by
+                                            weights, estimator, precision and preference content),
+                                            metrics.jsonl, and accelerate state while training
+    round-1/adapter/                        the LoRA adapter in PEFT's format (with --lora-r)
     round-1/model/                          the trained model, the next round's start
     round-1/eval/metrics.json
     summary.json, summary.txt
@@ -14,24 +18,22 @@ round at the stage it was in (curation and training also resume inside themselve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import fields
 from pathlib import Path
 
 from hermesflow import config
-from hermesflow.curate import MANIFEST, CurationSettings, curate, merge, read_prefs
-from hermesflow.data import HomologousData, read_homologous
+from hermesflow.backbones import BASE_MODEL, Backbone, GenerationConfig, load_backbone
+from hermesflow.curate import MANIFEST, CurationSettings, curate, merge
+from hermesflow.data import HomologousData, check_fit, read_homologous
 from hermesflow.errors import DataError
-from hermesflow.evaluate import evaluate, save_sample_sheet, world_eval_items
+from hermesflow.evaluate import EvalItem, data_eval_items, evaluate, save_sample_sheet, world_eval_items
 from hermesflow.io import atomic_write_json, atomic_write_text
-from hermesflow.model import UnifiedModel
-from hermesflow.settings import CurationOptions, EvalConfig, RunConfig
-from hermesflow.train import examples_from_rows, precompute_reference, train
+from hermesflow.prefs import read_prefs
+from hermesflow.settings import CurationOptions, RunConfig
+from hermesflow.train import examples_from, train
 from hermesflow.world.build import write_world
-
-BASE_MODEL = Path(__file__).parent / "assets" / "base"
 
 
 def curation_settings(cfg, round_index: int) -> CurationSettings:
@@ -40,19 +42,20 @@ def curation_settings(cfg, round_index: int) -> CurationSettings:
     return CurationSettings(**options, round=round_index, seed=cfg.seed)
 
 
-def curate_round(model, similarity, data: HomologousData, round_dir: Path, cfg, round_index: int,
+def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir: Path, cfg, round_index: int,
                  previous_dir: Path | None, state) -> dict:
     """Curate (sharded over processes) and merge one round; returns its manifest."""
     if (round_dir / MANIFEST).exists():
         return json.loads((round_dir / MANIFEST).read_text())
     previous = read_prefs(previous_dir) if previous_dir is not None else {}
     settings = curation_settings(cfg, round_index)
-    curate(model, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes)
+    curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes)
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
             "round": round_index,
-            "model_sha1": weights_digest(model),
+            "model_type": backbone.model_type,
+            "model_sha1": backbone.fingerprint(),
             "data": str(data.path.resolve()),
             "previous": str(previous_dir) if previous_dir else None,
             "settings": config.to_dict(settings),
@@ -61,40 +64,33 @@ def curate_round(model, similarity, data: HomologousData, round_dir: Path, cfg, 
     return json.loads((round_dir / MANIFEST).read_text())
 
 
-def train_round(model: UnifiedModel, data: HomologousData, round_dir: Path, cfg, state, out: Path | None = None) -> UnifiedModel:
-    """Reference log-probs (cached once, in the round folder), then Pair-DPO; writes the trained
-    model to `out/model` (default: the round folder) and returns it."""
+def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, state, out: Path | None = None) -> Backbone:
+    """Pair-DPO on the round's preferences (reference cached in `out/train`); writes the trained
+    model to `out/model` (default: the round folder), with LoRA also its adapter to `out/adapter`,
+    and returns it. A finished round is loaded instead of trained again."""
     out = Path(out) if out is not None else round_dir
     if (out / "model" / "config.json").exists():
-        return UnifiedModel.from_pretrained(out / "model")
-    rows = list(read_prefs(round_dir).values())
-    images = {r.id: t for r, t in zip(data.records, model.encode_images(_load_all(data)).tolist())}
-    examples = examples_from_rows(rows, images, cfg.loss_type, cfg.seed)
-    refs = None
-    if cfg.reference == "cached":
-        # The cache holds what the estimator settings made, so variants never share a wrong one.
-        key = f"{weights_digest(model)}-k{cfg.mask_samples}{'-ratio' if cfg.ratio_weighting else ''}{'-mean' if cfg.length_normalize else ''}{'-uncond' if cfg.cond_dropout else ''}"
-        ref_path = round_dir / f"reference-{key}-{cfg.loss_type}-seed{cfg.seed}.json"
-        if state.is_main_process and not ref_path.exists():
-            atomic_write_json(ref_path, {"model_sha1": weights_digest(model), "mask_samples": cfg.mask_samples,
-                                         "refs": precompute_reference(model, examples, cfg)})
-        state.wait_for_everyone()
-        refs = json.loads(ref_path.read_text())["refs"]
-    trained = train(model, examples, refs, cfg, out / "train")
+        return load_backbone(out / "model", cfg.dtype)
+    if cfg.lora_r:
+        targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()] or None
+        backbone.add_lora(cfg.lora_r, cfg.lora_alpha, targets)
+        if (out / "adapter" / "adapter_config.json").exists():  # trained, not merged: no need to train again
+            backbone.load_adapter(out / "adapter")
+            backbone.merge_lora()
+            return backbone
+    examples = examples_from(list(read_prefs(round_dir).values()), data, cfg.loss_type, cfg.seed)
+    trained = train(backbone, examples, cfg, out / "train")
     if state.is_main_process:
-        trained.save_pretrained(out / "model")
+        if cfg.lora_r:
+            trained.save_adapter(out / "adapter")
+        trained.merge_lora()
+        if not cfg.lora_r or cfg.lora_merge:
+            trained.save_pretrained(out / "model")
         shutil.rmtree(out / "train" / "state", ignore_errors=True)  # only now: a kill before this resumes
+    else:
+        trained.merge_lora()
     state.wait_for_everyone()
     return trained
-
-
-def weights_digest(model: UnifiedModel) -> str:
-    """A short fingerprint of the weights, so a cached reference is never reused for another model."""
-    h = hashlib.sha1()
-    for name, tensor in sorted(model.net.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def require_qa(data: HomologousData) -> HomologousData:
@@ -106,21 +102,23 @@ def require_qa(data: HomologousData) -> HomologousData:
     return data
 
 
-def _load_all(data: HomologousData):
-    import numpy as np
+def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
+    """The user's held-out data (--eval-data), or the world's eval split at the backbone's resolution."""
+    if cfg.eval_data:
+        data = read_homologous(cfg.eval_data)
+        check_fit(backbone, data)
+        return data_eval_items(data, cfg.eval_n)
+    return world_eval_items(cfg.eval_n, seed, backbone.image_size)
 
-    return np.stack([r.load_image() for r in data.records])
 
-
-def evaluate_into(model: UnifiedModel, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> dict:
+def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> dict:
     """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
     seed = cfg.seed if seed is None else seed
     path = folder / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())
-    eval_cfg = EvalConfig(model=Path("."), out=folder, n=cfg.eval_n, seed=seed, steps=cfg.steps,
-                          guidance=cfg.eval_guidance, temperature=cfg.image_temperature)
-    metrics, generated = evaluate(model.eval(), world_eval_items(cfg.eval_n, seed), eval_cfg, similarity)
+    gen = GenerationConfig(guidance=cfg.eval_guidance, temperature=cfg.image_temperature, steps=cfg.steps, seed=seed)
+    metrics, generated = evaluate(backbone, eval_items(backbone, cfg, seed), gen, similarity)
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
     atomic_write_json(path, metrics)
@@ -148,8 +146,24 @@ def format_summary(rows: list[dict]) -> str:
         und = f"{r['understanding']:.3f} [{r['understanding_ci95'][0]:.3f},{r['understanding_ci95'][1]:.3f}]"
         gen = f"{r['generation']:.3f} [{r['generation_ci95'][0]:.3f},{r['generation_ci95'][1]:.3f}]"
         pairs = "-" if r["pairs_kept"] is None else str(r["pairs_kept"])
-        lines.append(f"{r['round']:<8}{und:>22}{gen:>22}{r['gap']:>8.3f}{r['geneval_overall']:>9.3f}{r['caption_similarity']:>9.3f}{pairs:>7}")
+        geneval = "-" if r["geneval_overall"] is None else f"{r['geneval_overall']:.3f}"
+        lines.append(f"{r['round']:<8}{und:>22}{gen:>22}{r['gap']:>8.3f}{geneval:>9}{r['caption_similarity']:>9.3f}{pairs:>7}")
     return "\n".join(lines)
+
+
+def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> HomologousData:
+    """The user's data (--data), or a slice of the world's train split drawn at the backbone's
+    resolution; checked to fit the backbone before any work."""
+    if cfg.data:
+        data = require_qa(read_homologous(cfg.data))
+    else:
+        data_dir = out / "data"
+        if state.is_main_process and not (data_dir / "data.jsonl").exists():
+            write_world(data_dir, cfg.n_train, seed=cfg.seed + 1, split="train", image_size=max(32, backbone.image_size // 32 * 32))
+        state.wait_for_everyone()
+        data = read_homologous(data_dir)
+    check_fit(backbone, data)
+    return data
 
 
 def run(cfg: RunConfig) -> list[dict]:
@@ -158,18 +172,10 @@ def run(cfg: RunConfig) -> list[dict]:
 
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    state = PartialState(cpu=True)
+    state = PartialState()
     out = Path(cfg.out)
-    model_dir = Path(cfg.model) if cfg.model else BASE_MODEL
-    model = UnifiedModel.from_pretrained(model_dir).eval()
-    if cfg.data:
-        data = require_qa(read_homologous(cfg.data))
-    else:
-        data_dir = out / "data"
-        if state.is_main_process and not (data_dir / "data.jsonl").exists():
-            write_world(data_dir, cfg.n_train, seed=cfg.seed + 1, split="train")
-        state.wait_for_everyone()
-        data = read_homologous(data_dir)
+    backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()
+    data = train_data(backbone, cfg, out, state)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         config.save(cfg, out / "run_config.yaml")
@@ -177,15 +183,17 @@ def run(cfg: RunConfig) -> list[dict]:
 
     rows = []
     if state.is_main_process:
-        base = evaluate_into(model, out / "base" / "eval", cfg, similarity)
+        base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
         rows.append(summary_row("base", base, None))
     previous = None
     for r in range(1, cfg.rounds + 1):
         round_dir = out / f"round-{r}"
-        manifest = curate_round(model, similarity, data, round_dir, cfg, r - 1, previous, state)
-        model = train_round(model, data, round_dir, cfg, state).eval()
+        manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, previous, state)
+        backbone = train_round(backbone, data, round_dir, cfg, state).to(state.device).eval()
+        if cfg.dtype == "bf16":
+            backbone = backbone.bfloat16()  # trained over fp32 weights; sampled and scored in bf16
         if state.is_main_process:
-            rows.append(summary_row(str(r), evaluate_into(model, round_dir / "eval", cfg, similarity), manifest))
+            rows.append(summary_row(str(r), evaluate_into(backbone, round_dir / "eval", cfg, similarity), manifest))
         state.wait_for_everyone()
         previous = round_dir
     if state.is_main_process:

@@ -24,7 +24,8 @@ from hermesflow import config
 from hermesflow.errors import UsageError
 from hermesflow.io import keep_rows_up_to
 from hermesflow.settings import PRESETS, PretrainConfig
-from hermesflow.model.unified import UnifiedConfig, UnifiedModel, mask_ratio
+from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+from hermesflow.backbones.maskgit import mask_ratio
 from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
 from hermesflow.world.questions import questions_for
 from hermesflow.world.scenes import split_of

@@ -20,6 +20,7 @@ class WorldConfig:
     n: int = option(1000, "number of scenes", minimum=1)
     seed: int = option(0, "random seed; the same seed and split give the same files")
     split: str = option("train", "which split; train and eval never share a scene", choices=("train", "eval"))
+    image_size: int = option(32, "image side in pixels, a multiple of 32 (the world drawn larger for a backbone that reads larger images)", minimum=32)
 
 
 @dataclass
@@ -27,7 +28,7 @@ class ValidateConfig:
     """`hermesflow validate DATA`: check a homologous data file and summarise it."""
 
     data: Path = option(None, "data.jsonl, or a folder holding it", positional=True, required=True)
-    image_size: int = option(32, "expected image width and height in pixels; 0 accepts any size")
+    image_size: int = option(0, "expected image width and height in pixels; 0 accepts any size")
     skip_bad: bool = option(False, "report bad records and go on without them instead of failing")
 
 
@@ -69,6 +70,7 @@ class EvalConfig:
     guidance: float = option(2.0, "classifier-free guidance scale w in (1 + w) cond - w uncond", minimum=0.0)
     temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
+    dtype: str = option("fp32", "precision of the model's weights while evaluating", choices=("fp32", "bf16"))
 
 
 @dataclass
@@ -86,6 +88,8 @@ class CurationOptions:
     curate_batch_size: int = option(16, "records per curation batch", minimum=1)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))
+    dtype: str = option("fp32", "precision of sampling and scoring (weights), and of training (bf16 = mixed precision over fp32 weights)",
+                        choices=("fp32", "bf16"))
 
 
 @dataclass
@@ -111,7 +115,11 @@ class TrainingOptions:
     train_steps: int = option(150, "optimizer steps per round", minimum=1)
     batch_size: int = option(8, "global batch (split across processes)", minimum=1)
     max_grad_norm: float = option(1.0, "gradient clipping; 0 = off", minimum=0.0)
-    bf16: bool = option(False, "bfloat16 autocast during training")
+    lora_r: int = option(0, "LoRA rank; 0 trains every weight. With LoRA the online reference is the model with its adapter disabled", minimum=0)
+    lora_alpha: float = option(16.0, "LoRA alpha (scale alpha / r)", minimum=0.0)
+    lora_target_modules: str = option("", "comma-separated module names LoRA wraps; empty takes the backbone's defaults")
+    lora_merge: bool = option(True, "write the trained model with the adapter merged (model/) besides the adapter (adapter/)")
+    report_to: str = option("", "accelerate trackers besides metrics.jsonl (tensorboard, wandb, ...); empty = none")
     save_every: int = option(50, "steps between resumable accelerate save_state checkpoints", minimum=0)
     max_nonfinite: int = option(5, "stop after this many non-finite losses in a row", minimum=1)
     log_branch_grad_norms: bool = option(False, "log und/grad_norm and gen/grad_norm, each branch's DPO gradient alone (two extra backward passes)")
@@ -138,6 +146,7 @@ class TrainConfig(TrainingOptions):
     prefs: Path = option(None, "round folder holding prefs.jsonl", required=True)
     out: Path = option(None, "output folder for the trained model, metrics.jsonl and the training state", required=True)
     seed: int = option(0, "seed of batch order and mask seeds")
+    dtype: str = option("fp32", "fp32, or bf16 mixed precision over fp32 weights", choices=("fp32", "bf16"))
 
 
 @dataclass
@@ -150,6 +159,7 @@ class RunConfig(CurationOptions, TrainingOptions):
     rounds: int = option(1, "self-play rounds", minimum=0)
     n_train: int = option(400, "world train records to curate from when --data is not given", minimum=1)
     eval_n: int = option(500, "eval split examples per evaluation", minimum=1)
+    eval_data: Path = option(None, "held-out homologous data with qa to evaluate on instead of the world's eval split")
     eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of everything")
 

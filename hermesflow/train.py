@@ -1,14 +1,18 @@
 """Pair-DPO training on one round's preference data, through Hugging Face `accelerate`.
 
-The loop only wires components: the rows and the reference log-probs of a round (`reference`),
-the policy log-probs (`PolicyLogps`, an nn.Module so that DDP sees one forward), and a loss from
-`hermesflow.losses`. Batches are a pure function of (seed, step), and each process takes its
-slice of the global batch, so a run resumed from `save_state` continues exactly, and N processes
-match one process with the same global batch.
+The loop only wires components: the round's `Example`s (a data record joined by id with its
+`Preference`), the reference log-probs (cached once per round, computed in parallel across
+processes, or online), the policy log-probs (`PolicyLogps`, an nn.Module so that DDP sees one
+forward), and a loss from `hermesflow.losses`, which names the branches it trains: only those are
+scored. The accelerator picks the device; `dtype` bf16 trains in mixed precision. Batches are a pure
+function of (seed, step), and each process takes its slice of the global batch, so a run resumed
+from `save_state` continues exactly, and N processes match one process with the same global batch.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 import random
@@ -20,99 +24,124 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from hermesflow.backbones import Backbone, ImageEstimator, LogProbs, MaskedEstimator
+from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError, HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json, keep_rows_up_to
-from hermesflow.losses import PairDPOLoss, PairLogps
+from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
+from hermesflow.prefs import Preference, to_line
 from hermesflow.settings import TrainConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class Example:
-    """One homologous training tuple (x, y, x_w, x_l, y_w, y_l) with its cached reference log-probs."""
+    """One homologous training tuple (x, y, x_w, x_l, y_w, y_l): the data record (x, y) and its
+    preference pairs, with the seed of its image masks."""
 
-    id: str
-    image_tokens: list[int]
-    caption: str
-    und_chosen: str
-    und_rejected: str
-    gen_chosen: list[int]
-    gen_rejected: list[int]
+    record: Record
+    pref: Preference
     mask_seed: int
-    ref: dict[str, float] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
 
 
-class PolicyLogps(nn.Module):
-    """Log-probs of the four sides of a batch of tuples under the wrapped backbone.
-
-    The gen branch uses the same mask seeds for chosen and rejected, and for policy and reference."""
-
-    def __init__(self, backbone: nn.Module, cfg: TrainConfig):
-        super().__init__()
-        self.backbone = backbone
-        self.cfg = cfg
-
-    def forward(self, batch: list[Example], uncond: list[bool] | None = None) -> dict[str, torch.Tensor]:
-        """`uncond[i]` scores example i's images under the empty prompt (condition dropout)."""
-        b = self.backbone
-        cfg = self.cfg
-        images = torch.tensor([e.image_tokens for e in batch] * 2)
-        captions = [e.und_chosen for e in batch] + [e.und_rejected for e in batch]
-        und = b.caption_logprob(images, captions, average=cfg.length_normalize)
-        uncond = uncond or [False] * len(batch)
-        prompts = ["" if u else e.caption for e, u in zip(batch, uncond)] * 2
-        tokens = torch.tensor([e.gen_chosen for e in batch] + [e.gen_rejected for e in batch])
-        seeds = [e.mask_seed for e in batch] * 2
-        gen = b.image_logprob(prompts, tokens, seeds, samples=cfg.mask_samples,
-                              ratio_weighting=cfg.ratio_weighting, average=cfg.length_normalize)
-        n = len(batch)
-        return {"und_chosen": und[:n], "und_rejected": und[n:], "gen_chosen": gen[:n], "gen_rejected": gen[n:]}
-
-
-def examples_from_rows(rows: list[dict], images: dict[str, list[int]], loss_type: str, seed: int) -> list[Example]:
-    """Training tuples from preference rows joined with the data's image tokens by id.
-    Pair-DPO needs both pairs of a row; a one-branch loss needs only its own."""
-    need = {"und": ("und",), "gen": ("gen",)}.get(loss_type, ("und", "gen"))
-    missing = [row["id"] for row in rows if row["id"] not in images]
+def examples_from(prefs: list[Preference], data: HomologousData, loss_type: str, seed: int) -> list[Example]:
+    """Training tuples: each preference joined with its data record by id, kept when it has a pair in
+    every branch the loss trains."""
+    records = {r.id: r for r in data.records}
+    missing = [p.id for p in prefs if p.id not in records]
     if missing:
         raise DataError([f"preference rows name ids that the data does not hold: {missing[:5]} ({len(missing)} in all); "
                          "pass the --data the round was curated from"])
-    out = []
-    for row in rows:
-        if not all("chosen" in row[k] for k in need):
-            continue
-        und, gen = row["und"], row["gen"]
-        out.append(Example(
-            id=row["id"],
-            image_tokens=images[row["id"]],
-            caption=row["caption"],
-            und_chosen=und.get("chosen", row["caption"]),
-            und_rejected=und.get("rejected", row["caption"]),
-            gen_chosen=gen.get("chosen", [0] * 16),
-            gen_rejected=gen.get("rejected", [0] * 16),
-            mask_seed=_mask_seed(seed, row["round"], row["id"]),
-        ))
-    return out
+    return [Example(records[p.id], p, _mask_seed(seed, p.round, p.id))
+            for p in prefs if all(p.has(b) for b in BRANCHES[loss_type])]
 
 
 def _mask_seed(seed: int, round_index: int, example_id: str) -> int:
     return random.Random(f"mask/{seed}/{round_index}/{example_id}").randrange(2**31)
 
 
+def estimator_of(backbone: Backbone, cfg: TrainConfig) -> ImageEstimator:
+    """The backbone's own kind of estimator, with the config's mask settings for masked generators."""
+    estimator = backbone.default_estimator()
+    if isinstance(estimator, MaskedEstimator):
+        return MaskedEstimator(cfg.mask_samples, "ratio" if cfg.ratio_weighting else "none")
+    return estimator
+
+
+class PolicyLogps(nn.Module):
+    """Log-probs of the chosen and rejected samples of the trained branches of a batch of tuples,
+    under the wrapped backbone: {branch: (chosen, rejected)}, each a LogProbs of (B,).
+
+    The gen branch uses the same mask seeds for chosen and rejected, and for policy and reference."""
+
+    def __init__(self, backbone: Backbone, branches: tuple[str, ...], estimator: ImageEstimator):
+        super().__init__()
+        self.backbone = backbone
+        self.branches = branches
+        self.estimator = estimator
+
+    def forward(self, batch: list[Example], uncond: list[bool] | None = None) -> dict[str, tuple[LogProbs, LogProbs]]:
+        """`uncond[i]` scores example i's images under the empty prompt (condition dropout)."""
+        b, n, out = self.backbone, len(batch), {}
+        if "und" in self.branches:
+            inputs = b.prepare_images([e.record.load_image() for e in batch])
+            captions = [e.pref.und.chosen for e in batch] + [e.pref.und.rejected for e in batch]
+            lp = b.caption_logps(torch.cat([inputs, inputs]), captions)
+            out["und"] = (lp[:n], lp[n:])
+        if "gen" in self.branches:
+            uncond = uncond or [False] * n
+            prompts = ["" if u else e.record.caption for e, u in zip(batch, uncond)] * 2
+            tokens = torch.tensor([e.pref.gen.chosen for e in batch] + [e.pref.gen.rejected for e in batch], device=b.device)
+            lp = b.image_logps(prompts, tokens, self.estimator, [e.mask_seed for e in batch] * 2)
+            out["gen"] = (lp[:n], lp[n:])
+        return out
+
+
+def logp_values(lp: LogProbs, cfg: TrainConfig) -> torch.Tensor:
+    """What the loss sees: sums, or per-token means with --length-normalize."""
+    return (lp.mean() if cfg.length_normalize else lp.total).float()
+
+
+def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: TrainConfig, estimator: ImageEstimator) -> str:
+    """Everything the cached reference depends on: the weights, the estimator, the precision, the
+    condition dropout, and the content of the preference records with their mask seeds."""
+    h = hashlib.sha1()
+    for e in examples:
+        h.update(to_line(e.pref).encode())
+        h.update(f"{e.mask_seed}\n".encode())
+    settings = f"{estimator.key()}-{cfg.dtype}-{'mean' if cfg.length_normalize else 'sum'}-uncond{cfg.cond_dropout > 0}"
+    return f"{backbone.fingerprint()}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}-{h.hexdigest()[:12]}"
+
+
 @torch.no_grad()
-def precompute_reference(model: nn.Module, examples: list[Example], cfg: TrainConfig, batch_size: int = 64) -> dict[str, dict]:
-    """Reference log-probs of every example (once per round), with the mask seeds that made them."""
-    policy = PolicyLogps(model, cfg).eval()
-    refs = {}
-    for s in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", dynamic_ncols=True):
-        chunk = examples[s : s + batch_size]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):  # as the policy will run
+def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainConfig, accelerator, batch_size: int = 64) -> dict[str, dict]:
+    """Reference log-probs of every example, computed once per round under the policy's precision,
+    each process taking its share; returns {id: {"und_chosen": ..., "mask_seed": ...}} on every process."""
+    from accelerate.utils import gather_object
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    mine = examples[rank::world]
+    refs = []
+    was_training = policy.training
+    policy.eval()
+    for s in tqdm(range(0, len(mine), batch_size), desc="reference log-probs", disable=not accelerator.is_main_process, dynamic_ncols=True):
+        chunk = mine[s : s + batch_size]
+        with accelerator.autocast():
             out = policy(chunk)
-            if cfg.cond_dropout > 0:  # condition dropout needs the reference under the empty prompt too
-                uncond = policy(chunk, [True] * len(chunk))
-                out |= {"gen_chosen_uncond": uncond["gen_chosen"], "gen_rejected_uncond": uncond["gen_rejected"]}
+            if cfg.cond_dropout > 0 and "gen" in out:  # condition dropout needs the reference under the empty prompt too
+                uncond = policy(chunk, [True] * len(chunk))["gen"]
+                out["gen_uncond"] = uncond
         for i, e in enumerate(chunk):
-            refs[e.id] = {k: float(v[i]) for k, v in out.items()} | {"mask_seed": e.mask_seed}
-    return refs
+            row = {"mask_seed": e.mask_seed}
+            for key, (chosen, rejected) in out.items():
+                row[f"{key}_chosen"] = float(logp_values(chosen, cfg)[i])
+                row[f"{key}_rejected"] = float(logp_values(rejected, cfg)[i])
+            refs.append((e.id, row))
+    policy.train(was_training)
+    return dict(gather_object(refs))
 
 
 def dropped_conditions(step: int, batch: list[Example], p: float, seed: int) -> list[bool]:
@@ -133,6 +162,8 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 
 def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up, then cosine decay to zero. Kept over transformers' get_cosine_schedule_with_warmup,
+    whose first step runs at learning rate 0 (a wasted step); here step 0 runs at lr / warmup."""
     def factor(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
@@ -141,55 +172,81 @@ def lr_lambda(cfg: TrainConfig):
     return factor
 
 
-def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | None, cfg: TrainConfig, out: Path) -> nn.Module:
-    """Train the policy on the examples (resuming from `out/state` if present); returns the model."""
+def make_accelerator(cfg: TrainConfig):
+    """The accelerator picks the device; bf16 trains in mixed precision over fp32 weights. A loss that
+    leaves part of a model unused (a one-branch loss on Janus) needs DDP to look for unused parameters."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
+    return Accelerator(mixed_precision="bf16" if cfg.dtype == "bf16" else "no", log_with=cfg.report_to or None,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainConfig, accelerator, out: Path) -> dict[str, dict]:
+    """The reference log-probs of this round's examples, from `out/reference-<key>.json` or computed
+    (in parallel across processes) and written there. The key names what made them; the stored mask
+    seeds are checked against the examples'."""
+    path = out / f"reference-{reference_cache_key(policy.backbone, examples, cfg, policy.estimator)}.json"
+    if not path.exists():
+        refs = reference_logps(policy, examples, cfg, accelerator)
+        if accelerator.is_main_process:
+            atomic_write_json(path, {"model": policy.backbone.fingerprint(), "estimator": policy.estimator.key(), "refs": refs})
+        accelerator.wait_for_everyone()
+    refs = json.loads(path.read_text())["refs"]
+    wrong = [e.id for e in examples if e.id not in refs or refs[e.id]["mask_seed"] != e.mask_seed]
+    if wrong:
+        raise DataError([f"{path}: cached reference log-probs do not match the examples (first: {wrong[0]}); delete the file"])
+    return refs
+
+
+def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Path) -> Backbone:
+    """Train the policy on the examples (resuming from `out/state` if present); returns the backbone."""
     if not examples:
         raise UsageError("no training examples: every preference pair was dropped")
-    accelerator = Accelerator(cpu=True)  # the built-in model builds its tensors on the CPU
+    accelerator = make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    reference = None
-    if cfg.reference == "online":
-        import copy
-
-        reference = PolicyLogps(copy.deepcopy(model).eval().requires_grad_(False), cfg)
-    policy = PolicyLogps(model, cfg).train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    branches = BRANCHES[cfg.loss_type]
+    policy = PolicyLogps(backbone.float().to(accelerator.device), branches, estimator_of(backbone, cfg))
+    refs, reference = None, None
+    if cfg.reference == "cached":
+        refs = cached_reference(policy, examples, cfg, accelerator, out)
+    elif backbone.peft_model is None:  # online, with a frozen copy
+        reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), branches, policy.estimator)
+    policy.train()
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     # The scheduler is not prepared: accelerate would step it once per process per step.
     policy, opt = accelerator.prepare(policy, opt)
     accelerator.register_for_checkpointing(sched)
     loss_fn = PairDPOLoss(cfg.loss_type, beta_und=cfg.beta_und, beta_gen=cfg.beta_gen, sft_und=cfg.sft_und, sft_gen=cfg.sft_gen)
+    inner = accelerator.unwrap_model(policy)
 
-    out.mkdir(parents=True, exist_ok=True)
-    state_dir, start = out / "state", 0
+    state_dir, start, skipped = out / "state", 0, 0
     if (state_dir / "step.json").exists():
         accelerator.load_state(str(state_dir))
-        start = json.loads((state_dir / "step.json").read_text())["step"]
+        saved = json.loads((state_dir / "step.json").read_text())
+        start, skipped = saved["step"], saved.get("skipped_nonfinite", 0)
+    if cfg.report_to:
+        accelerator.init_trackers("hermesflow", config={k: str(v) for k, v in vars(cfg).items()})
     if accelerator.is_main_process:
         keep_rows_up_to(out / "metrics.jsonl", start)
     metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
-    nonfinite_in_a_row, skipped = 0, 0
+    nonfinite_in_a_row = 0
     bar = tqdm(range(start, cfg.train_steps), initial=start, total=cfg.train_steps, desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
     for step in bar:
         indices = batch_indices(step, len(examples), cfg.batch_size, cfg.seed)
         local = [examples[i] for i in indices[rank::world]]
         uncond = dropped_conditions(step, local, cfg.cond_dropout, cfg.seed)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logps = policy(local, uncond)
-            if reference is not None:
-                with torch.no_grad():
-                    ref = reference(local, uncond)
-            else:
-                ref = {k: torch.tensor([refs[e.id][k + ("_uncond" if u and k.startswith("gen") else "")]
-                                        for e, u in zip(local, uncond)]) for k in logps}
-        out_ = loss_fn(PairLogps(**{f"policy_{k}": v.float() for k, v in logps.items()}, **{f"ref_{k}": v.float() for k, v in ref.items()}))
+        logps = policy(local, uncond)
+        ref = _reference(inner, reference, refs, local, uncond, cfg, accelerator)
+        logs = {b: BranchLogps(logp_values(c, cfg), logp_values(r, cfg), ref[b][0], ref[b][1]) for b, (c, r) in logps.items()}
+        out_ = loss_fn(**logs)
         loss = out_.loss.mean()
-        finite = accelerator.reduce(torch.tensor(float(torch.isfinite(loss))), reduction="mean").item() == 1.0
+        finite = accelerator.reduce(torch.tensor(float(torch.isfinite(loss)), device=accelerator.device), reduction="mean").item() == 1.0
         opt.zero_grad(set_to_none=True)
         if not finite:
             nonfinite_in_a_row, skipped = nonfinite_in_a_row + 1, skipped + 1
@@ -199,21 +256,25 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
             sched.step()
             continue
         nonfinite_in_a_row = 0
-        grad_norms = branch_grad_norms(policy, logps, ref, cfg) if cfg.log_branch_grad_norms else {}
+        grad_norms = branch_grad_norms(policy, logs, cfg) if cfg.log_branch_grad_norms else {}
         accelerator.backward(loss)
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()
         row = _step_metrics(accelerator, out_, step + 1, sched.get_last_lr()[0], skipped, grad_norms)
+        if cfg.report_to:
+            accelerator.log(row, step=step + 1)
         if metrics_file is not None:
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            bar.set_postfix(loss=f"{row['loss']:.4f}", und=f"{row['und/rewards/margins']:.3f}", gen=f"{row['gen/rewards/margins']:.3f}")
+            bar.set_postfix({"loss": f"{row['loss']:.4f}", **{b: f"{row[f'{b}/rewards/margins']:.3f}" for b in branches}})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.train_steps:
-            _save_state(accelerator, state_dir, step + 1)
+            _save_state(accelerator, state_dir, step + 1, skipped)
     if metrics_file is not None:
         metrics_file.close()
+    if cfg.report_to:
+        accelerator.end_training()
     accelerator.wait_for_everyone()
     backbone = accelerator.unwrap_model(policy).backbone
     # DDP should keep every rank's parameters identical; check it rather than trust it.
@@ -221,33 +282,49 @@ def train(model: nn.Module, examples: list[Example], refs: dict[str, dict] | Non
     identical = bool((accelerator.gather(digest[None]) == digest).all())
     if accelerator.is_main_process:
         atomic_write_json(out / "summary.json", {"steps": cfg.train_steps, "processes": world, "ranks_identical": identical,
-                                                 "skipped_nonfinite": skipped, "examples": len(examples)})
+                                                 "skipped_nonfinite": skipped, "examples": len(examples),
+                                                 "branches": list(branches)})
     accelerator.wait_for_everyone()
     return backbone
 
 
-def branch_grad_norms(policy: nn.Module, logps: dict, ref: dict, cfg) -> dict[str, torch.Tensor]:
+def _reference(inner: PolicyLogps, reference: PolicyLogps | None, refs: dict | None, batch: list[Example],
+               uncond: list[bool], cfg: TrainConfig, accelerator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The reference's (chosen, rejected) log-probs per trained branch: from the cache, from a frozen
+    copy, or from the policy itself with its LoRA adapter disabled."""
+    if refs is not None:
+        def cached(branch: str, side: str) -> torch.Tensor:
+            key = lambda u: f"{branch}{'_uncond' if u and branch == 'gen' else ''}_{side}"  # noqa: E731
+            return torch.tensor([refs[e.id][key(u)] for e, u in zip(batch, uncond)], device=accelerator.device)
+        return {b: (cached(b, "chosen"), cached(b, "rejected")) for b in inner.branches}
+    with torch.no_grad(), accelerator.autocast():
+        if reference is not None:
+            out = reference(batch, uncond)
+        else:
+            with inner.backbone.reference_context():
+                out = inner(batch, uncond)
+    return {b: (logp_values(c, cfg), logp_values(r, cfg)) for b, (c, r) in out.items()}
+
+
+def branch_grad_norms(policy: nn.Module, logs: dict[str, BranchLogps], cfg) -> dict[str, torch.Tensor]:
     """The gradient norm of each branch's DPO loss alone (this process's batch), to see whether one
     branch dominates the update: summed image log-probs over many tokens can outweigh captions."""
     params = [p for p in policy.parameters() if p.requires_grad]
     norms = {}
-    for branch, beta in (("und", cfg.beta_und), ("gen", cfg.beta_gen)):
-        margin = beta * ((logps[f"{branch}_chosen"] - ref[f"{branch}_chosen"]) - (logps[f"{branch}_rejected"] - ref[f"{branch}_rejected"]))
+    betas = {"und": cfg.beta_und, "gen": cfg.beta_gen}
+    for branch, lp in logs.items():
+        margin = betas[branch] * ((lp.policy_chosen - lp.ref_chosen) - (lp.policy_rejected - lp.ref_rejected))
         grads = torch.autograd.grad(-torch.nn.functional.logsigmoid(margin.float()).mean(), params, retain_graph=True, allow_unused=True)
         norms[f"{branch}/grad_norm"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))[None]
     return norms
 
 
 def _step_metrics(accelerator, out, step: int, lr: float, skipped: int, extra: dict) -> dict:
-    """TRL's metric names per branch, averaged over the global batch across processes."""
-    local = {
-        **extra,
-        "loss": out.loss.detach(),
-        "loss/und": out.loss_und.detach(),
-        "loss/gen": out.loss_gen.detach(),
-    }
-    for branch in ("und", "gen"):
-        chosen, rejected = getattr(out, f"{branch}_chosen_rewards"), getattr(out, f"{branch}_rejected_rewards")
+    """TRL's metric names per trained branch, averaged over the global batch across processes."""
+    local = {**extra, "loss": out.loss.detach()}
+    for branch, branch_loss in out.branch_losses.items():
+        chosen, rejected = out.chosen_rewards[branch], out.rejected_rewards[branch]
+        local[f"loss/{branch}"] = branch_loss
         local[f"{branch}/rewards/chosen"] = chosen
         local[f"{branch}/rewards/rejected"] = rejected
         local[f"{branch}/rewards/margins"] = chosen - rejected
@@ -256,7 +333,7 @@ def _step_metrics(accelerator, out, step: int, lr: float, skipped: int, extra: d
     return {"step": step, **gathered, "lr": lr, "skipped_nonfinite": skipped}
 
 
-def _save_state(accelerator, state_dir: Path, step: int) -> None:
+def _save_state(accelerator, state_dir: Path, step: int, skipped: int) -> None:
     """accelerate's save_state into a temporary folder, then swapped in place."""
     tmp = state_dir.with_name("state.tmp")
     if accelerator.is_main_process:
@@ -265,7 +342,7 @@ def _save_state(accelerator, state_dir: Path, step: int) -> None:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / "step.json", {"step": step})
+        atomic_write_json(tmp / "step.json", {"step": step, "skipped_nonfinite": skipped})
         old = state_dir.with_name("state.old")
         shutil.rmtree(old, ignore_errors=True)
         if state_dir.exists():

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from hermesflow.errors import UsageError
-from hermesflow.model import ImageTokenizer, UnifiedConfig, UnifiedModel
-from hermesflow.model.unified import cfg_logits
+from hermesflow.backbones import GenerationConfig, MaskedEstimator
+from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+from hermesflow.backbones.maskgit import cfg_logits, draw_masks
+from hermesflow.model import ImageTokenizer
 from hermesflow.world import Obj, Scene, render
 from hermesflow.world.build import world_records
 
@@ -60,8 +62,8 @@ def test_understanding_text_is_causal(model):
 
 def test_caption_logprob_equals_a_naive_per_token_loop(model, images):
     captions = ["a photo of a red circle", "two squares"]
-    fast = model.caption_logprob(images[:2], captions)
-    codes = model.encode_images(images[:2])
+    codes = model.prepare_images(images[:2])
+    fast = model.caption_logps(codes, captions).total
     for i, caption in enumerate(captions):
         target = model.encode_text(caption) + [model.text.eos]
         total = 0.0
@@ -75,24 +77,24 @@ def test_caption_logprob_equals_a_naive_per_token_loop(model, images):
 
 def test_image_logprob_is_repeatable_and_has_zero_margin_against_a_copy(model):
     prompts = ["a red circle", "two squares", "a blue triangle"]
-    tokens = model.generate(prompts, steps=4, seed=1)
-    seeds = [11, 12, 13]
-    a = model.image_logprob(prompts, tokens, seeds, samples=3)
-    assert torch.equal(a, model.image_logprob(prompts, tokens, seeds, samples=3))
+    tokens = model.generate(prompts, 1, GenerationConfig(steps=4, seed=1))
+    seeds, k3 = [11, 12, 13], MaskedEstimator(samples=3)
+    a = model.image_logps(prompts, tokens, k3, seeds).total
+    assert torch.equal(a, model.image_logps(prompts, tokens, k3, seeds).total)
     ref = copy.deepcopy(model)
-    assert torch.equal(a - ref.image_logprob(prompts, tokens, seeds, samples=3), torch.zeros(3))
-    assert not torch.equal(a, model.image_logprob(prompts, tokens, [1, 2, 3], samples=3))
+    assert torch.equal(a - ref.image_logps(prompts, tokens, k3, seeds).total, torch.zeros(3))
+    assert not torch.equal(a, model.image_logps(prompts, tokens, k3, [1, 2, 3]).total)
 
 
 def test_shared_seeds_give_shared_masks(model):
-    m1, r1 = model.draw_masks([5, 5, 6], samples=4)
+    m1, r1 = draw_masks([5, 5, 6], 4, 16)
     assert torch.equal(m1[0], m1[1]) and not torch.equal(m1[0], m1[2])
     assert ((m1.sum(-1) >= 1) & (m1.sum(-1) <= 16)).all()
     assert torch.allclose(r1, m1.float().mean(-1))
 
 
 def test_guidance_zero_ignores_the_unconditional_branch(model):
-    plain = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=0.0, seed=4)
+    plain = model.generate(["a red circle", "four triangles"], 3, GenerationConfig(steps=5, guidance=0.0, seed=4))
     cond = torch.randn(2, 16, 19)
     assert torch.equal(cfg_logits(cond, torch.randn(2, 16, 19), 0.0), cond)
     rows = []
@@ -104,13 +106,13 @@ def test_guidance_zero_ignores_the_unconditional_branch(model):
 
     model._guided_logits = spy
     try:
-        again = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=0.0, seed=4)
-        model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=3.0, seed=4)
+        again = model.generate(["a red circle", "four triangles"], 3, GenerationConfig(steps=5, guidance=0.0, seed=4))
+        model.generate(["a red circle", "four triangles"], 3, GenerationConfig(steps=5, guidance=3.0, seed=4))
     finally:
         del model._guided_logits
     assert torch.equal(plain, again)
     assert rows == [6] * 5 + [12] * 5  # prompts x n in one batch per step; guidance adds the empty prompts
-    guided = model.generate(["a red circle", "four triangles"], n=3, steps=5, guidance=3.0, seed=4)
+    guided = model.generate(["a red circle", "four triangles"], 3, GenerationConfig(steps=5, guidance=3.0, seed=4))
     assert guided.shape == plain.shape and not torch.equal(guided, plain)
 
 
@@ -126,25 +128,24 @@ def test_cached_prompt_gives_the_logits_of_the_full_sequence(model):
 
 
 def test_generation_is_seeded_and_fills_every_cell(model):
-    a = model.generate(["a red circle"], n=4, steps=6, seed=9)
-    assert torch.equal(a, model.generate(["a red circle"], n=4, steps=6, seed=9))
+    a = model.generate(["a red circle"], 4, GenerationConfig(steps=6, seed=9))
+    assert torch.equal(a, model.generate(["a red circle"], 4, GenerationConfig(steps=6, seed=9)))
     assert a.shape == (4, 16) and (a >= 0).all() and (a < 19).all()
 
 
 def test_kv_cache_sampling_equals_full_recomputation(model, images):
-    with_cache = model.sample_captions(images[:3], n=2, temperature=1.0, seed=3)
-    without = model.sample_captions(images[:3], n=2, temperature=1.0, seed=3, use_cache=False)
-    assert with_cache == without
-    assert model.sample_captions(images[:3], temperature=0) == model.sample_captions(images[:3], temperature=0, use_cache=False)
+    codes, sampled, greedy = model.prepare_images(images[:3]), GenerationConfig(temperature=1.0, seed=3), GenerationConfig(temperature=0)
+    assert model.sample_captions(codes, 2, sampled) == model.sample_captions(codes, 2, sampled, use_cache=False)
+    assert model.sample_captions(codes, 1, greedy) == model.sample_captions(codes, 1, greedy, use_cache=False)
 
 
 def test_answer_picks_the_most_likely_choice(model, images):
     questions, choices = ["is there a circle?", "what color is the square?"], [["yes", "no"], ["red", "green", "blue"]]
-    picked = model.answer(images[:2], questions, choices)
+    picked = model.answer(model.prepare_images(images[:2]), questions, choices)
     for i, (q, options) in enumerate(zip(questions, choices)):
         prefix = model.encode_text(q) + [model.text.ans]
-        codes = model.encode_images(images[i : i + 1]).repeat(len(options), 1)
-        scores, _ = model.text_logprob(codes, [prefix] * len(options), [model.encode_text(c) + [model.text.eos] for c in options])
+        codes = model.prepare_images(images[i : i + 1]).repeat(len(options), 1)
+        scores = model.text_logprob(codes, [prefix] * len(options), [model.encode_text(c) + [model.text.eos] for c in options]).total
         assert picked[i] == options[int(scores.argmax())]
 
 
@@ -153,22 +154,24 @@ def test_save_then_load_is_bitwise_identical(model, images, tmp_path):
     loaded = UnifiedModel.from_pretrained(tmp_path / "m")
     for (k, a), (_, b) in zip(model.net.state_dict().items(), loaded.net.state_dict().items()):
         assert torch.equal(a, b), k
-    assert torch.equal(model.caption_logprob(images[:2], ["a red circle"] * 2), loaded.caption_logprob(images[:2], ["a red circle"] * 2))
+    codes = model.prepare_images(images[:2])
+    assert torch.equal(model.caption_logps(codes, ["a red circle"] * 2).total, loaded.caption_logps(codes, ["a red circle"] * 2).total)
+    assert model.fingerprint() == loaded.fingerprint()
 
 
 def test_unknown_words_and_wrong_shapes_raise_clear_errors(model, images):
     with pytest.raises(UsageError, match=r"unknown words \['hexagon'\]"):
-        model.generate(["a red hexagon"])
+        model.generate(["a red hexagon"], 1, GenerationConfig())
     with pytest.raises(UsageError, match="unknown words"):
-        model.caption_logprob(images[:1], ["a zebra"])
-    with pytest.raises(UsageError, match=r"\(N, 32, 32, 3\) uint8"):
-        model.answer(np.zeros((1, 16, 16, 3), np.uint8), ["is there a circle?"], [["yes", "no"]])
+        model.caption_logps(model.prepare_images(images[:1]), ["a zebra"])
+    with pytest.raises(UsageError, match=r"\(H, W, 3\) uint8"):
+        model.prepare_images(np.zeros((1, 32, 32), np.uint8))
     with pytest.raises(UsageError, match=r"shape \(N, 16\)"):
-        model.image_logprob(["a red circle"], torch.zeros(1, 9, dtype=torch.long), [0])
+        model.image_logps(["a red circle"], torch.zeros(1, 9, dtype=torch.long), MaskedEstimator(), [0])
     with pytest.raises(UsageError, match="limit"):
-        model.generate([" and ".join(["a red circle"] * 6)])
+        model.generate([" and ".join(["a red circle"] * 6)], 1, GenerationConfig())
     with pytest.raises(UsageError, match="3 images, 1 questions"):
-        model.answer(images[:3], ["is there a circle?"], [["yes", "no"]])
+        model.answer(model.prepare_images(images[:3]), ["is there a circle?"], [["yes", "no"]])
 
 
 def test_loading_a_bad_model_folder_names_the_problem(model, tmp_path):
@@ -191,9 +194,9 @@ def test_blank_image_is_all_empty_tokens():
 
 
 def test_shared_image_prefix_gives_the_same_log_probs(model, images):
-    codes = model.encode_images(images[:3])
+    codes = model.prepare_images(images[:3])
     owners = [0, 0, 2, 1, 2]
     prefixes = [model.encode_text(q) + [model.text.ans] for q in ["is there a circle?"] * 2 + ["what color is the square?"] * 3]
     targets = [model.encode_text(a) + [model.text.eos] for a in ["yes", "no", "red", "left of", "blue"]]
-    full, _ = model.text_logprob(codes[owners], prefixes, targets)
+    full = model.text_logprob(codes[owners], prefixes, targets).total
     assert torch.allclose(model.text_logprob_shared_image(codes, owners, prefixes, targets), full, atol=1e-4)

@@ -8,7 +8,7 @@ Two sequence layouts share one vocabulary (text words, then 19 image codes) and 
 Image tokens are predicted by masked modelling (MaskGIT, cosine schedule) with classifier-free
 guidance from an empty prompt; text is predicted autoregressively. It reads and draws the shapes
 world's 32x32 images through an exact patch palette (one token per grid cell); images of the world
-rendered larger (a multiple of 32) are reduced to 32x32 by averaging each block of pixels.
+drawn larger (a multiple of 32) are reduced to 32x32 by averaging each block of pixels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator
@@ -30,6 +29,7 @@ from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
 from hermesflow.model.tokenizers import SPECIALS, ImageTokenizer, TextTokenizer, split_words, world_words
 from hermesflow.model.transformer import KVCache, Transformer, TransformerConfig, omni_attention_mask
+from hermesflow.world.render import to_world_size
 from hermesflow.world.scenes import IMAGE_SIZE
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -45,20 +45,6 @@ class UnifiedConfig:
     n_heads: int = 4
     text_len: int = 16
     words: list[str] = field(default_factory=world_words)
-
-
-def to_world_size(image: np.ndarray) -> np.ndarray:
-    """An RGB uint8 image of any size as 32x32: a multiple of 32 by block means (exact on the world
-    rendered larger), anything else by PIL's box filter."""
-    image = np.asarray(image)
-    h, w = image.shape[:2]
-    if (h, w) == (IMAGE_SIZE, IMAGE_SIZE):
-        return image
-    if h == w and h % IMAGE_SIZE == 0:
-        k = h // IMAGE_SIZE
-        blocks = image.reshape(IMAGE_SIZE, k, IMAGE_SIZE, k, 3).astype(np.float32).mean(axis=(1, 3))
-        return np.rint(blocks).astype(np.uint8)
-    return np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX))
 
 
 class UnifiedModel(BackboneBase):

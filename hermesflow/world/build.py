@@ -13,14 +13,15 @@ from PIL import Image
 from hermesflow.errors import UsageError
 from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
 from hermesflow.world.questions import questions_for
-from hermesflow.world.render import render
+from hermesflow.world.render import at_size, render
 from hermesflow.world.scenes import split_of
 
 SPLITS = ("train", "eval")
 
 
-def world_records(n: int, seed: int, split: str, eval_fraction: float = 0.2):
-    """Yield (record, image) for `n` scenes of a split; categories cycle so each gets n/6.
+def world_records(n: int, seed: int, split: str, eval_fraction: float = 0.2, image_size: int = 32):
+    """Yield (record, image) for `n` scenes of a split, drawn at `image_size` pixels (a multiple of
+    32); categories cycle so each gets n/6.
 
     Deterministic from (seed, split); a scene belongs to the split its content hashes to, so train
     and eval never share a scene whatever seeds they were made with.
@@ -42,10 +43,10 @@ def world_records(n: int, seed: int, split: str, eval_fraction: float = 0.2):
             "qa": [qa.to_json() for qa in questions_for(spec, scene, rng)],
             "scene": scene.to_json(),
         }
-        yield record, render(scene)
+        yield record, at_size(render(scene), image_size)
 
 
-def write_world(out: Path, n: int, seed: int, split: str, eval_fraction: float = 0.2) -> Path:
+def write_world(out: Path, n: int, seed: int, split: str, eval_fraction: float = 0.2, image_size: int = 32) -> Path:
     """Write the split to `out` (which must not exist or be empty), atomically: everything is
     built in a temporary sibling folder and renamed into place at the end."""
     out = Path(out)
@@ -53,12 +54,14 @@ def write_world(out: Path, n: int, seed: int, split: str, eval_fraction: float =
         raise UsageError(f"output folder {out} is not empty; choose a new --out")
     if n < 1:
         raise UsageError(f"--n must be at least 1, got {n}")
+    if image_size < 32 or image_size % 32:
+        raise UsageError(f"--image-size must be a multiple of 32, got {image_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "images").mkdir()
         with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
-            for record, image in world_records(n, seed, split, eval_fraction):
+            for record, image in world_records(n, seed, split, eval_fraction, image_size):
                 Image.fromarray(image).save(tmp / record["image"])
                 f.write(json.dumps(record) + "\n")
         if out.exists():

@@ -14,6 +14,7 @@ import numpy as np
 from hermesflow.world.prompts import PromptSpec, parse_prompt, satisfied_by
 from hermesflow.world.questions import answer_on_scene
 from hermesflow.world.render import PALETTE, TEMPLATES
+from hermesflow.world.render import to_world_size
 from hermesflow.world.scenes import BACKGROUND, CELL, COLOR_NAMES, GRID, IMAGE_SIZE, SHAPES, Obj, Scene
 
 FOREGROUND_DISTANCE = 96.0  # RGB distance from the background above which a pixel is foreground
@@ -25,11 +26,14 @@ EMPTY = -1
 
 
 def _as_batch(images: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) images of the world at any S that is a multiple of 32, judged at 32x32."""
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
-    if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise ValueError(f"expected images of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {images.shape}")
+    if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2] or images.shape[1] % IMAGE_SIZE:
+        raise ValueError(f"expected images of shape (N, S, S, 3) with S a multiple of {IMAGE_SIZE}, got {images.shape}")
+    if images.shape[1] != IMAGE_SIZE:
+        images = np.stack([to_world_size(image) for image in images])
     return images
 
 

@@ -18,7 +18,6 @@ from hermesflow.world.scenes import (
     COLOR_NAMES,
     GRID,
     NUMBERS,
-    RELATIONS,
     SHAPES,
     Obj,
     Scene,

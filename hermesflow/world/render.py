@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
-from hermesflow.world.scenes import BACKGROUND, CELL, COLORS, GRID, IMAGE_SIZE, SHAPES, Scene
+from hermesflow.world.scenes import BACKGROUND, CELL, COLORS, IMAGE_SIZE, SHAPES, Scene
 
 _TEMPLATE_ART = {
     "circle": """
@@ -62,3 +63,24 @@ def upscale(image: np.ndarray, factor: int = 8) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+
+
+def at_size(image: np.ndarray, size: int) -> np.ndarray:
+    """A 32x32 world image drawn at `size` pixels (a multiple of 32), each pixel a block."""
+    if size % IMAGE_SIZE:
+        raise ValueError(f"world images are drawn at multiples of {IMAGE_SIZE} pixels, not {size}")
+    return upscale(image, size // IMAGE_SIZE)
+
+
+def to_world_size(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image of any size as 32x32: a square multiple of 32 by block means (exact on the
+    world drawn larger; a generated image's soft edges average out), anything else by a box filter."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    if (h, w) == (IMAGE_SIZE, IMAGE_SIZE):
+        return image
+    if h == w and h % IMAGE_SIZE == 0:
+        k = h // IMAGE_SIZE
+        blocks = image.reshape(IMAGE_SIZE, k, IMAGE_SIZE, k, 3).astype(np.float32).mean(axis=(1, 3))
+        return np.rint(blocks).astype(np.uint8)
+    return np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX))

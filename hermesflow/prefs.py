@@ -1,0 +1,139 @@
+"""One preference record from curation to the loss, written and read here only.
+
+A `Preference` holds, for one homologous record, the round it was curated in and both branches,
+each either a pair (chosen over rejected, with scores and the rule that kept it) or a `Dropped`
+with its reason. On disk it is one JSON line of `prefs.jsonl`:
+
+    {"id", "round", "caption",
+     "und": {"chosen", "rejected", "chosen_score", "rejected_score", "reason", "samples"}
+            or {"dropped", "samples"},
+     "gen": {"chosen", "rejected" (image token ids), "chosen_score", "rejected_score", "reason",
+             "chosen_oracle", "rejected_oracle", "self_scores", "oracle_scores"}
+            or {"dropped", "self_scores", "oracle_scores"}}
+
+`oracle_*` are present only when the data has scenes the world's oracle can judge.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hermesflow.errors import DataError
+
+PREFS = "prefs.jsonl"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A branch with no pair, and why (a selfplay reason, or "unscorable")."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class CaptionPair:
+    """y_w over y_l: captions scored by sentence similarity to the record's caption."""
+
+    chosen: str
+    rejected: str
+    chosen_score: float
+    rejected_score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """x_w over x_l: image token ids scored by self-VQA accuracy (and by the oracle, when it can)."""
+
+    chosen: tuple[int, ...]
+    rejected: tuple[int, ...]
+    chosen_score: float
+    rejected_score: float
+    reason: str
+    chosen_oracle: float | None = None
+    rejected_oracle: float | None = None
+
+
+@dataclass(frozen=True)
+class Preference:
+    """Both branches of one record in one round."""
+
+    id: str
+    round: int
+    caption: str
+    und: CaptionPair | Dropped
+    gen: ImagePair | Dropped
+    caption_samples: tuple[str, ...] = ()
+    self_scores: tuple[float, ...] = ()
+    oracle_scores: tuple[float, ...] | None = None
+    extra: dict = field(default_factory=dict, compare=False)  # fields of other writers, kept on rewrite
+
+    def has(self, branch: str) -> bool:
+        return not isinstance(getattr(self, branch), Dropped)
+
+    def to_json(self) -> dict:
+        und = ({"dropped": self.und.reason} if isinstance(self.und, Dropped) else
+               {"chosen": self.und.chosen, "rejected": self.und.rejected, "reason": self.und.reason,
+                "chosen_score": self.und.chosen_score, "rejected_score": self.und.rejected_score})
+        gen = ({"dropped": self.gen.reason} if isinstance(self.gen, Dropped) else
+               {"chosen": list(self.gen.chosen), "rejected": list(self.gen.rejected), "reason": self.gen.reason,
+                "chosen_score": self.gen.chosen_score, "rejected_score": self.gen.rejected_score})
+        if isinstance(self.gen, ImagePair) and self.gen.chosen_oracle is not None:
+            gen |= {"chosen_oracle": self.gen.chosen_oracle, "rejected_oracle": self.gen.rejected_oracle}
+        und["samples"] = list(self.caption_samples)
+        gen["self_scores"] = list(self.self_scores)
+        if self.oracle_scores is not None:
+            gen["oracle_scores"] = list(self.oracle_scores)
+        return {**self.extra, "id": self.id, "round": self.round, "caption": self.caption, "und": und, "gen": gen}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Preference":
+        """Raises KeyError/TypeError/ValueError on a malformed row (`read_prefs` names the line)."""
+        und, gen = obj["und"], obj["gen"]
+        und_pair = (Dropped(str(und["dropped"])) if "dropped" in und else
+                    CaptionPair(str(und["chosen"]), str(und["rejected"]), float(und["chosen_score"]),
+                                float(und["rejected_score"]), str(und.get("reason", "unrecorded"))))
+        gen_pair = (Dropped(str(gen["dropped"])) if "dropped" in gen else
+                    ImagePair(tuple(int(t) for t in gen["chosen"]), tuple(int(t) for t in gen["rejected"]),
+                              float(gen["chosen_score"]), float(gen["rejected_score"]), str(gen.get("reason", "unrecorded")),
+                              _maybe_float(gen.get("chosen_oracle")), _maybe_float(gen.get("rejected_oracle"))))
+        oracle = gen.get("oracle_scores")
+        known = {"id", "round", "caption", "und", "gen"}
+        return cls(str(obj["id"]), int(obj["round"]), str(obj["caption"]), und_pair, gen_pair,
+                   tuple(str(c) for c in und.get("samples", ())), tuple(float(x) for x in gen.get("self_scores", ())),
+                   None if oracle is None else tuple(float(x) for x in oracle),
+                   {k: v for k, v in obj.items() if k not in known})
+
+
+def _maybe_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def to_line(pref: Preference) -> str:
+    return json.dumps(pref.to_json()) + "\n"
+
+
+def read_lines(path: Path) -> list[Preference]:
+    """Complete records of a (shard) file; a last line cut short by a kill is ignored (it is redone)."""
+    prefs = []
+    if path.exists():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            try:
+                prefs.append(Preference.from_json(obj))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise DataError([f"{path} line {number}: not a preference record ({type(e).__name__}: {e})"]) from None
+    return prefs
+
+
+def read_prefs(round_dir: Path) -> dict[str, Preference]:
+    """The merged preference records of a finished round, by id."""
+    path = Path(round_dir) / PREFS
+    if not path.is_file():
+        raise DataError([f"{path}: no preference file (has the round been curated?)"])
+    return {p.id: p for p in read_lines(path)}

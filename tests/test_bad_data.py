@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -209,7 +210,7 @@ CASES = [
 @pytest.mark.parametrize("corrupt, line, record_id, reason", CASES)
 def test_validate_refuses_bad_record_in_one_line(bad: Path, corrupt, line: int, record_id: str | None, reason: str):
     corrupt(bad)
-    result = run_cli("validate", str(bad))
+    result = run_cli("validate", str(bad), "--image-size", "32")
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -332,3 +333,29 @@ def test_no_nesting_depth_crashes_the_reader(bad: Path):
     data = read_homologous(bad, skip_bad=True)
     assert len(data.skipped) == len(depths)
     assert all("must be a JSON object" in s or "nested too deeply" in s for s in data.skipped)
+
+
+def test_data_the_model_cannot_represent_is_refused_before_any_work(tmp_path: Path):
+    """A third-party set of 64x64 photos-like images with words the built-in model does not know:
+    `curate` names every problem by line and id and creates nothing, instead of scoring blank grids."""
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+
+    UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, caption in enumerate(["a red circle", "a hexagon on a table"]):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / "images" / f"{i}.png")
+        qa = [{"question": "is there a circle?", "choices": ["yes", "no"], "answer": "yes", "type": "object"}]
+        lines.append(json.dumps({"id": f"r{i}", "image": f"images/{i}.png", "caption": caption, "qa": qa}))
+    (data / "data.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+
+    result = run_cli("curate", "--model", str(tmp_path / "model"), "--data", str(data), "--out", str(out))
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "3 problems for the hermesflow-unified model" in result.stderr
+    assert 'data.jsonl line 1 (id "r0"): the built-in image tokenizer cannot represent this image' in result.stderr
+    assert "line 2 (id \"r1\"): text 'a hexagon on a table' has words the built-in model does not know: ['hexagon', 'on', 'table']" in result.stderr
+    assert not out.exists()

@@ -200,3 +200,26 @@ def test_shared_image_prefix_gives_the_same_log_probs(model, images):
     targets = [model.encode_text(a) + [model.text.eos] for a in ["yes", "no", "red", "left of", "blue"]]
     full = model.text_logprob(codes[owners], prefixes, targets).total
     assert torch.allclose(model.text_logprob_shared_image(codes, owners, prefixes, targets), full, atol=1e-4)
+
+
+def test_the_world_drawn_larger_fits_and_reads_as_the_same_tokens(model, tmp_path):
+    from hermesflow.data import check_fit, read_homologous
+    from hermesflow.world.build import write_world
+
+    write_world(tmp_path / "w64", n=12, seed=1, split="train", image_size=64)
+    write_world(tmp_path / "w32", n=12, seed=1, split="train")
+    big, small = read_homologous(tmp_path / "w64"), read_homologous(tmp_path / "w32")
+    check_fit(model, big)  # no error
+    images = lambda d: [r.load_image() for r in d.records]  # noqa: E731
+    assert images(big)[0].shape == (64, 64, 3)
+    assert torch.equal(model.prepare_images(images(big)), model.prepare_images(images(small)))
+
+
+def test_fit_problems_name_what_the_model_cannot_represent(model):
+    rng = np.random.default_rng(0)
+    assert model.fit_problems(np.zeros((32, 32, 3), np.uint8), ["a red circle"]) == []
+    noise = model.fit_problems(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), [])
+    assert len(noise) == 1 and "cannot represent this image" in noise[0]
+    assert "multiple of 32" in model.fit_problems(np.zeros((50, 70, 3), np.uint8), [])[0]
+    assert "limit" in model.fit_problems(None, [" ".join(["red"] * 15)])[0]
+    assert model.fit_problems(None, ["a?"]) == []  # two tokens, as the tokenizer counts them

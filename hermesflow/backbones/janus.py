@@ -238,10 +238,9 @@ class JanusBackbone(BackboneBase):
         eos = self.tokens.eos
         with self.sampling():
             features = self._image_features(inputs).repeat_interleave(n, dim=0)
-            ids = torch.tensor([prompt], device=self.device).expand(len(features), -1)
+            ids, mask = self._left_pad([prompt] * len(features))  # one prompt for all rows: no padding
             cache = DynamicCache(config=self.model.config.text_config)
-            # Every row has the same prompt, so there is no padding and positions count from 0.
-            hidden = self._language_model(self._embed_understanding(ids, features), cache=cache)
+            hidden = self._language_model(self._embed_understanding(ids, features), mask, cache)
             out, done = [], torch.zeros(len(features), dtype=torch.bool, device=self.device)
             for step in range(budget):
                 token = sample_token(self.model.lm_head(hidden[:, -1]), gen.temperature, gen.top_k, generator)
@@ -250,7 +249,8 @@ class JanusBackbone(BackboneBase):
                 done = done | (token == eos)
                 if step == budget - 1 or bool(done.all()):
                     break
-                hidden = self._language_model(self._embed_text(token[:, None]), cache=cache)
+                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+                hidden = self._language_model(self._embed_text(token[:, None]), mask, cache)
         captions = [self._decode_text(row) for row in torch.stack(out, dim=1).tolist()]
         return [captions[i * n : (i + 1) * n] for i in range(len(inputs))]
 
@@ -385,27 +385,26 @@ class JanusBackbone(BackboneBase):
         start, end = self._image_start, self._image_start + self.n_understanding_tokens
         return torch.cat([embeds[:, :start], features.to(embeds.dtype), embeds[:, end:]], dim=1)
 
-    def _language_model(self, embeds: torch.Tensor, mask: torch.Tensor | None = None,
-                        cache: DynamicCache | None = None) -> torch.Tensor:
-        """Last hidden states (B, t, H) of the newest `t` inputs. With a (B, T) attention mask the
-        rows are left-padded: positions count real tokens only, so padding changes nothing."""
-        positions = None
-        if mask is not None:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
+    def _language_model(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+        """Last hidden states (B, t, H) of the newest `t` inputs, given the (B, T) attention mask of
+        all inputs so far. Positions count real tokens only, so left padding changes nothing."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
         out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                               cache=cache, use_cache=cache is not None)
         return out.last_hidden_state
 
     def _answer_logps(self, features: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
-        """log π(answer <eos> | image, question) per row, teacher-forced in one right-padded batch
-        (causal attention: the padding after a row's end is never seen by it, so no mask)."""
+        """log π(answer <eos> | image, question) per row, teacher-forced in one right-padded batch.
+        Causal attention keeps a row's tokens from seeing the padding after it; the mask is passed
+        anyway, because without one transformers looks for packed sequences with a host sync."""
         prompts = [self._understanding_ids(q) for q in questions]
         targets = [self._answer_ids(a) for a in answers]
         rows = [p + t for p, t in zip(prompts, targets)]
         width, longest = max(map(len, rows)), max(map(len, targets))
         pad = self.tokens.pad
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
-        hidden = self._language_model(self._embed_understanding(ids, features))
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        hidden = self._language_model(self._embed_understanding(ids, features), mask)
         # Target j of a row is predicted at position len(prompt) - 1 + j; padding slots reuse the last one.
         where = torch.tensor([[len(p) - 1 + min(j, len(t) - 1) for j in range(longest)] for p, t in zip(prompts, targets)],
                              device=self.device)

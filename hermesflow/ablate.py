@@ -41,12 +41,12 @@ def _run_config(cfg: AblateConfig, preset: dict, **changes) -> RunConfig:
 
 
 def ablate(cfg: AblateConfig) -> dict:
-    from accelerate import PartialState
+    from hermesflow.accel import partial_state
 
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     preset = {k: getattr(cfg, k) or v for k, v in PRESETS[cfg.preset].items()}
-    state = PartialState()
+    state = partial_state()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out / "ablate_config.yaml")

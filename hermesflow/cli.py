@@ -78,7 +78,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
 
 def run_curate(cfg: CurateConfig) -> int:
-    from accelerate import PartialState
+    from hermesflow.accel import partial_state
 
     from hermesflow.backbones import load_backbone
     from hermesflow.data import check_fit
@@ -86,7 +86,7 @@ def run_curate(cfg: CurateConfig) -> int:
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     data = require_qa(read_homologous(cfg.data))
-    state = PartialState()
+    state = partial_state()
     backbone = load_backbone(cfg.model, cfg.dtype).to(state.device).eval()
     check_fit(backbone, data)
     manifest = curate_round(backbone, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round, cfg.previous, state)
@@ -97,14 +97,14 @@ def run_curate(cfg: CurateConfig) -> int:
 
 
 def run_train(cfg: TrainConfig) -> int:
-    from accelerate import PartialState
+    from hermesflow.accel import partial_state
 
     from hermesflow.backbones import load_backbone
     from hermesflow.iterate import train_round
 
     data = read_homologous(cfg.data)
     backbone = load_backbone(cfg.model)
-    state = PartialState()
+    state = partial_state()
     train_round(backbone, data, cfg.prefs, cfg, state, out=cfg.out)
     if state.is_main_process:
         config.save(cfg, cfg.out / "train_config.yaml")

@@ -81,8 +81,8 @@ def _by_type(correct: list[bool], types: list[str]) -> dict:
     return out
 
 
-def evaluate(backbone: Backbone, items: list[EvalItem], gen: GenerationConfig, similarity=None) -> tuple[dict, np.ndarray]:
-    """All metrics for the backbone on `items`, images drawn with `gen`; also returns the generated images."""
+def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConfig, similarity=None) -> tuple[dict, np.ndarray]:
+    """All metrics for the backbone on `items`, images drawn with `sampling`; also returns the generated images."""
     inputs = backbone.prepare_images([it.image for it in items])
     owners = [i for i, it in enumerate(items) for _ in it.qa]
     qas = [qa for it in items for qa in it.qa]
@@ -94,7 +94,7 @@ def evaluate(backbone: Backbone, items: list[EvalItem], gen: GenerationConfig, s
     blank = backbone.prepare_images([np.zeros_like(items[0].image)])
     prior_correct = [a == t for a, t in zip(backbone.answer(blank[[0] * len(owners)], questions, choices), truth)]
 
-    tokens = backbone.generate([it.caption for it in items], 1, gen)
+    tokens = backbone.generate([it.caption for it in items], 1, sampling)
     generated = backbone.decode(tokens)
     judge = "oracle" if all(it.scene is not None for it in items) else "self"
     if judge == "oracle":
@@ -134,7 +134,7 @@ def evaluate(backbone: Backbone, items: list[EvalItem], gen: GenerationConfig, s
         captions = [c[0] for c in backbone.sample_captions(inputs, 1, GenerationConfig(temperature=0.0))]
         metrics["caption_similarity"] = mean_ci(similarity.similarity(captions, [it.caption for it in items]).numpy())
         metrics["caption_examples"] = [{"id": it.id, "true": it.caption, "greedy": c} for it, c in zip(items[:8], captions)]
-    metrics["settings"] = {"steps": gen.steps, "guidance": gen.guidance, "temperature": gen.temperature, "seed": gen.seed,
+    metrics["settings"] = {"steps": sampling.steps, "guidance": sampling.guidance, "temperature": sampling.temperature, "seed": sampling.seed,
                            "dtype": str(backbone.dtype).removeprefix("torch."), "model_type": backbone.model_type}
     return metrics, generated
 

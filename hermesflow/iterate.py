@@ -168,11 +168,11 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
 
 def run(cfg: RunConfig) -> list[dict]:
     """Evaluate the base model, then `cfg.rounds` rounds of curate -> reference -> train -> evaluate."""
-    from accelerate import PartialState
+    from hermesflow.accel import partial_state
 
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    state = PartialState()
+    state = partial_state()
     out = Path(cfg.out)
     backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()
     data = train_data(backbone, cfg, out, state)

@@ -17,12 +17,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from hermesflow.backbones import BASE_MODEL, load_backbone  # noqa: E402
 from hermesflow.data import read_homologous  # noqa: E402
 from hermesflow.errors import UsageError  # noqa: E402
 from hermesflow.io import atomic_write_text  # noqa: E402
-from hermesflow.model.tokenizers import ImageTokenizer  # noqa: E402
 from hermesflow.world.prompts import CATEGORIES  # noqa: E402
 from hermesflow.world.render import upscale  # noqa: E402
 
@@ -92,10 +94,10 @@ def _plot_training(curves: dict[str, list[dict]], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
     for name, rows in curves.items():
         steps = [r["step"] for r in rows]
-        a.plot(steps, [r["loss/und"] for r in rows], label=f"und, {name}")
-        a.plot(steps, [r["loss/gen"] for r in rows], linestyle="--", label=f"gen, {name}")
-        b.plot(steps, [r["und/rewards/margins"] for r in rows], label=f"und, {name}")
-        b.plot(steps, [r["gen/rewards/margins"] for r in rows], linestyle="--", label=f"gen, {name}")
+        for branch, style in (("und", "-"), ("gen", "--")):  # a one-branch loss logs only its branch
+            if rows and f"loss/{branch}" in rows[0]:
+                a.plot(steps, [r[f"loss/{branch}"] for r in rows], linestyle=style, label=f"{branch}, {name}")
+                b.plot(steps, [r[f"{branch}/rewards/margins"] for r in rows], linestyle=style, label=f"{branch}, {name}")
     a.set_title("DPO loss per branch, −log σ(Δ)")
     b.set_title("rewards/margins per branch")
     for ax in (a, b):
@@ -108,22 +110,29 @@ def _plot_training(curves: dict[str, list[dict]], path: Path) -> None:
 
 
 def _save_image(image: np.ndarray, path: Path) -> None:
-    Image.fromarray(upscale(image, 4)).save(path)
+    Image.fromarray(upscale(image, max(1, 128 // image.shape[0]))).save(path)
 
 
-def _gallery(run: Path, round_dir: Path, out: Path, n: int) -> str:
+def _base_model(config_path: Path) -> Path:
+    """The folder of the model a run or ablation started from (its image decoder draws the pairs:
+    preference training never changes a backbone's decoder)."""
+    model = yaml.safe_load(config_path.read_text()).get("model") if config_path.exists() else None
+    return Path(model) if model else BASE_MODEL
+
+
+def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path) -> str:
     """Cards of the first `n` kept homologous tuples of a round, with every score."""
     rows = [json.loads(line) for line in (round_dir / "prefs.jsonl").read_text(encoding="utf-8").splitlines()]
     kept = [r for r in rows if "chosen" in r["und"] and "chosen" in r["gen"]][:n]
     data = run / "data" if (run / "data" / "data.jsonl").exists() else Path(_read_json(round_dir / "manifest.json")["data"])
     records = {r.id: r for r in read_homologous(data).records}
-    tokens = ImageTokenizer()
+    backbone = load_backbone(model)
     cards = []
     for i, row in enumerate(kept):
         names = {}
         for side, image in (("true", records[row["id"]].load_image()),
-                            ("chosen", tokens.decode(np.array([row["gen"]["chosen"]]))[0]),
-                            ("rejected", tokens.decode(np.array([row["gen"]["rejected"]]))[0])):
+                            ("chosen", backbone.decode(torch.tensor([row["gen"]["chosen"]]))[0]),
+                            ("rejected", backbone.decode(torch.tensor([row["gen"]["rejected"]]))[0])):
             names[side] = f"gallery/{round_dir.name}-{i}-{side}.png"
             _save_image(image, out / names[side])
         u, g = row["und"], row["gen"]
@@ -187,7 +196,7 @@ def build_report(run: str | Path, gallery_size: int = 8) -> Path:
                            f"{j.get('rejected_oracle_accuracy', float('nan')):.3f}",
                            html.escape(json.dumps(c.get("gen_dropped", {}))), html.escape(json.dumps(c.get("und_dropped", {})))])
     last = next((folder for name, folder in reversed(rounds) if name in manifests), None)
-    gallery = _gallery(run, last, out, gallery_size) if last is not None else "<p>No curated round yet.</p>"
+    gallery = _gallery(run, last, out, gallery_size, _base_model(run / "run_config.yaml")) if last is not None else "<p>No curated round yet.</p>"
     config_path = run / "run_config.yaml"
     config_text = config_path.read_text() if config_path.exists() else "(no run_config.yaml)"
 
@@ -291,7 +300,7 @@ same eval scenes with the same sampling seed; the seed changes the training batc
 <h2>{ABLATION_SECTIONS[4]}</h2>
 {_table(["curation", "image pairs", "oracle prefers chosen", "oracle ties", "chosen oracle acc.", "rejected oracle acc."], judge_rows)}
 <h2>{ABLATION_SECTIONS[5]}</h2>
-{_gallery(folder, folder / "round-0", out, gallery_size)}
+{_gallery(folder, folder / "round-0", out, gallery_size, _base_model(folder / "ablate_config.yaml"))}
 <h2>{ABLATION_SECTIONS[6]}</h2>
 <pre>{html.escape((folder / "ablate_config.yaml").read_text())}</pre>
 </body></html>

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from hermesflow.accel import cpu_only
 from hermesflow.backbones import Backbone, ImageEstimator, LogProbs, MaskedEstimator
 from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError, HermesFlowError, UsageError
@@ -178,7 +179,7 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(mixed_precision="bf16" if cfg.dtype == "bf16" else "no", log_with=cfg.report_to or None,
+    return Accelerator(cpu=cpu_only(), mixed_precision="bf16" if cfg.dtype == "bf16" else "no", log_with=cfg.report_to or None,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import make_tiny_janus
 from transformers import AutoProcessor, JanusForConditionalGeneration
 
 from hermesflow.backbones import ExactEstimator, GenerationConfig, MaskedEstimator, load_backbone
 from hermesflow.backbones.janus import CAPTION_QUESTION, JanusBackbone, sample_token
 from hermesflow.errors import UsageError
 from hermesflow.world.build import world_records
-from tiny_models import make_tiny_janus
 
 EXACT = ExactEstimator()
 N_IMAGE_TOKENS = 16  # the tiny Janus: 64px images, 16px patches, a 4x4 VQ grid
@@ -134,7 +134,8 @@ def test_tiny_folder_loads_through_the_registry_and_as_plain_janus(folder, backb
     assert isinstance(backbone, JanusBackbone) and backbone.model_type == "janus"
     assert backbone.image_size == 64 and backbone.n_image_tokens == N_IMAGE_TOKENS
     assert backbone.default_estimator() == EXACT
-    assert isinstance(JanusForConditionalGeneration.from_pretrained(folder, local_files_only=True), JanusForConditionalGeneration)
+    plain = JanusForConditionalGeneration.from_pretrained(folder, local_files_only=True)
+    assert isinstance(plain, JanusForConditionalGeneration)
     assert AutoProcessor.from_pretrained(folder, local_files_only=True).num_image_tokens == N_IMAGE_TOKENS
 
 
@@ -332,13 +333,15 @@ def test_meta_device_builds_every_tensor_on_the_models_device(folder, world):
     assert tokens.is_meta and tokens.shape == (4, N_IMAGE_TOKENS)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; the meta-device test covers device placement on CPU machines")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device; the meta-device test covers device placement on CPU machines")
 def test_cuda_matches_cpu(folder, backbone, world):
     records, images = world
     cuda = load_backbone(folder).to("cuda")
     captions, tokens = [r["caption"] for r in records], random_tokens(4)
     torch.testing.assert_close(cuda.caption_logps(cuda.prepare_images(images), captions).total.cpu(),
-                               backbone.caption_logps(backbone.prepare_images(images), captions).total, atol=1e-3, rtol=1e-4)
+                               backbone.caption_logps(backbone.prepare_images(images), captions).total,
+                               atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(cuda.image_logps(captions, tokens, EXACT, [0] * 4).total.cpu(),
                                backbone.image_logps(captions, tokens, EXACT, [0] * 4).total, atol=1e-3, rtol=1e-4)
     assert cuda.generate(captions, 2, GenerationConfig()).device.type == "cuda"
@@ -387,8 +390,8 @@ def test_lora_trains_only_adapters_on_the_language_model_and_merges_into_a_plain
         for merged, expected in zip(logps(), trained):
             torch.testing.assert_close(merged, expected, atol=1e-4, rtol=1e-5)
     model.save_pretrained(tmp_path / "merged")
-    plain, info = JanusForConditionalGeneration.from_pretrained(tmp_path / "merged", local_files_only=True,
-                                                               output_loading_info=True)
+    _, info = JanusForConditionalGeneration.from_pretrained(tmp_path / "merged", local_files_only=True,
+                                                           output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     reloaded = load_backbone(tmp_path / "merged")
     with torch.no_grad():
@@ -410,7 +413,8 @@ def test_save_refuses_an_unmerged_adapter(folder, tmp_path):
 def test_every_world_record_fits(backbone, world):
     records, images = world
     for record, image in zip(records, images):
-        texts = [record["caption"]] + [q["question"] for q in record["qa"]] + [c for q in record["qa"] for c in q["choices"]]
+        qas = record["qa"]
+        texts = [record["caption"]] + [q["question"] for q in qas] + [c for q in qas for c in q["choices"]]
         assert backbone.fit_problems(image, texts) == []
 
 
@@ -424,3 +428,13 @@ def test_fit_problems_name_each_text_that_cannot_be_represented(backbone):
     assert backbone.fit_problems(np.zeros((10, 10), np.uint8), []) == [
         "image is uint8 (10, 10); expected an (H, W, 3) uint8 RGB image"]
     assert backbone.fit_problems(np.zeros((50, 70, 3), np.uint8), ["a red circle"]) == []
+
+
+def test_empty_batches_give_empty_results(backbone):
+    none = backbone.prepare_images([])
+    assert none.shape == (0, 3, 64, 64)
+    assert backbone.caption_logps(none, []).total.shape == (0,)
+    assert backbone.image_logps([], torch.zeros(0, N_IMAGE_TOKENS, dtype=torch.long), EXACT, []).count.shape == (0,)
+    assert backbone.generate([], 2, GenerationConfig()).shape == (0, N_IMAGE_TOKENS)
+    assert backbone.sample_captions(none, 2, GenerationConfig()) == []
+    assert backbone.answer(none, [], []) == []

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
-from transformers import JanusConfig, JanusForConditionalGeneration, JanusProcessor, LlamaConfig, PreTrainedTokenizerFast
+from transformers import (
+    JanusConfig,
+    JanusForConditionalGeneration,
+    JanusProcessor,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
 from transformers.models.janus.configuration_janus import JanusVisionConfig, JanusVQVAEConfig
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
@@ -31,7 +37,7 @@ JANUS_ROLES = ("<|User|>", "<|Assistant|>")
 
 def tiny_janus_words() -> list[str]:
     """The shapes world's words plus those of the adapter's prompt templates."""
-    templates = " ".join([CAPTION_QUESTION, UNDERSTANDING_TEMPLATE, GENERATION_TEMPLATE])
+    templates = f"{CAPTION_QUESTION} {UNDERSTANDING_TEMPLATE} {GENERATION_TEMPLATE}"
     templates = re.sub(r"<\|\w+\|>|\{\w+\}", " ", templates)
     template_words = re.findall(r"\w+|[^\w\s]+", templates.lower())  # what the Whitespace pre-tokenizer splits
     return sorted(set(world_words()) | set(template_words))

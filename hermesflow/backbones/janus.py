@@ -8,7 +8,8 @@ autoregressive, so image log-probs are exact (`ExactEstimator`).
 Sequences follow Janus's "deepseek" SFT format with an empty system prompt, as the official
 inference code builds them (janus/models/conversation.py):
 
-    understanding  <bos><|User|>: <begin_of_image><image_placeholder>×N<end_of_image>\\n{question}\\n\\n<|Assistant|>: {answer}<eos>
+    understanding  <bos><|User|>: <begin_of_image><image_placeholder>×N<end_of_image>\\n{question}\\n\\n
+                   <|Assistant|>: {answer}<eos>
     generation     <bos><|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>{image tokens}
     unconditional  the generation prompt with every token between <bos> and <begin_of_image> made <pad>
 
@@ -28,13 +29,21 @@ processor config when there is one.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, DynamicCache, JanusForConditionalGeneration, JanusProcessor
+from transformers import (
+    AutoTokenizer,
+    DynamicCache,
+    JanusConfig,
+    JanusForConditionalGeneration,
+    JanusProcessor,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
 from hermesflow.backbones.base import BackboneBase, ExactEstimator, GenerationConfig, ImageEstimator, LogProbs
@@ -48,7 +57,8 @@ LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LANGUAGE_MODEL = "model.model.language_model"  # its path inside the backbone, the module PEFT wraps
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
+def sample_token(logits: torch.Tensor, temperature: float, top_k: int,
+                 generator: torch.Generator | None) -> torch.Tensor:
     """One token id per row of `logits` (B, V): the argmax at temperature 0, else a draw from
     softmax(logits / temperature) over the `top_k` largest logits (all when 0). The draw happens on
     the CPU with `generator`, so a seed samples the same tokens on any device."""
@@ -74,7 +84,7 @@ class SpecialTokens:
     eoi: int  # end of image
 
     @classmethod
-    def of(cls, tokenizer, config) -> "SpecialTokens":
+    def of(cls, tokenizer: PreTrainedTokenizerBase, config: JanusConfig) -> SpecialTokens:
         """Read from the tokenizer (Janus folders name them `image_token`, `boi_token`, `eoi_token`),
         falling back to Janus's own token strings and the text config's ids."""
         text = config.text_config
@@ -85,7 +95,8 @@ class SpecialTokens:
             if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token):
                 i = fallback
             if i is None:
-                raise UsageError(f"Janus tokenizer: no {attribute} ({default or 'not set'}) and no id for it in config.json")
+                raise UsageError(f"Janus tokenizer: no {attribute} ({default or 'not set'}) and no id for it in "
+                                 f"config.json")
             return int(i)
 
         ids = cls(
@@ -97,8 +108,8 @@ class SpecialTokens:
             eoi=token_id("eoi_token", "<end_of_image>", None),
         )
         if ids.image != config.image_token_id:
-            raise UsageError(f"Janus folder: the tokenizer's image token has id {ids.image}, config.json's image_token_id "
-                             f"is {config.image_token_id}")
+            raise UsageError(f"Janus folder: the tokenizer's image token has id {ids.image}, config.json's "
+                             f"image_token_id is {config.image_token_id}")
         return ids
 
 
@@ -108,7 +119,8 @@ class JanusBackbone(BackboneBase):
     model_type: ClassVar[str] = "janus"
     caption_max_tokens: ClassVar[int] = 64  # sampled captions stop here if no <eos> came first
 
-    def __init__(self, model: JanusForConditionalGeneration, tokenizer, image_processor: JanusImageProcessorPil):
+    def __init__(self, model: JanusForConditionalGeneration, tokenizer: PreTrainedTokenizerBase,
+                 image_processor: JanusImageProcessorPil):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -123,14 +135,15 @@ class JanusBackbone(BackboneBase):
         self.context = config.text_config.max_position_embeddings
         drawn = rows * 2 ** (len(config.vq_config.channel_multiplier) - 1)  # the VQ decoder upsamples per level
         if drawn != self.image_size or image_processor.size.height != self.image_size:
-            raise UsageError(f"Janus folder: the vision encoder reads {self.image_size}px images, the VQ decoder draws "
-                             f"{drawn}px and the image processor resizes to {image_processor.size.height}px; they must agree")
+            raise UsageError(f"Janus folder: the vision encoder reads {self.image_size}px images, the VQ decoder "
+                             f"draws {drawn}px and the image processor resizes to {image_processor.size.height}px; "
+                             f"they must agree")
         self._image_start = self._understanding_ids("").index(self.tokens.image)
 
     # ----- loading and saving ---------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "JanusBackbone":
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> JanusBackbone:
         """A Janus folder in transformers' format (config.json, safetensors, tokenizer; processor
         config optional), never from the hub."""
         directory = Path(directory)
@@ -145,7 +158,8 @@ class JanusBackbone(BackboneBase):
         """Weights, config, tokenizer and processor config: a plain Janus folder (loads with
         `JanusForConditionalGeneration` and `AutoProcessor`)."""
         if self.peft_model is not None:
-            raise UsageError("the model has a LoRA adapter: merge it first (merge_lora) or save it alone (save_adapter)")
+            raise UsageError("the model has a LoRA adapter: merge it first (merge_lora) or save it alone "
+                             "(save_adapter)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
@@ -196,12 +210,14 @@ class JanusBackbone(BackboneBase):
         arrays = [_check_rgb(np.asarray(image)) for image in images]
         if not arrays:
             return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
-        pixels = self.image_processor(images=arrays, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
-        return pixels.to(self.device, self.dtype)
+        pixels = self.image_processor(images=arrays, return_tensors="pt", input_data_format="channels_last")
+        return pixels["pixel_values"].to(self.device, self.dtype)
 
     def caption_logps(self, inputs: torch.Tensor, captions: Sequence[str]) -> LogProbs:
         if len(inputs) != len(captions):
             raise UsageError(f"caption_logps: {len(inputs)} images but {len(captions)} captions")
+        if not captions:
+            return self._no_logps()
         features = self._image_features(inputs)
         return self._answer_logps(features, [CAPTION_QUESTION] * len(captions), captions)
 
@@ -212,6 +228,8 @@ class JanusBackbone(BackboneBase):
             raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
         if any(len(options) == 0 for options in choices):
             raise UsageError("answer: every question needs at least one choice")
+        if not questions:
+            return []
         rows = [(i, option) for i, options in enumerate(choices) for option in options]
         scores = []
         with self.sampling():
@@ -221,7 +239,7 @@ class JanusBackbone(BackboneBase):
                 owners = torch.tensor([i for i, _ in chunk], device=self.device)
                 scores.append(self._answer_logps(features[owners], [questions[i] for i, _ in chunk],
                                                  [option for _, option in chunk]).total)
-        scores = torch.cat(scores).cpu() if scores else torch.zeros(0)
+        scores = torch.cat(scores).cpu()
         answers, s = [], 0
         for options in choices:
             answers.append(options[int(scores[s : s + len(options)].argmax())])
@@ -232,8 +250,13 @@ class JanusBackbone(BackboneBase):
         """`n` captions per image, sampled with a KV cache until <eos> or `caption_max_tokens`."""
         if n < 1:
             raise UsageError(f"sample_captions: n must be at least 1, got {n}")
+        if not len(inputs):
+            return []
         prompt = self._understanding_ids(CAPTION_QUESTION)
         budget = min(self.caption_max_tokens, self.context - len(prompt))
+        if budget < 1:
+            raise UsageError(f"the caption prompt takes {len(prompt)} positions: no room for a caption in the Janus "
+                             f"model's context of {self.context}")
         generator = torch.Generator().manual_seed(gen.seed)
         eos = self.tokens.eos
         with self.sampling():
@@ -262,6 +285,8 @@ class JanusBackbone(BackboneBase):
         unconditional branch at all)."""
         if n < 1:
             raise UsageError(f"generate: n must be at least 1, got {n}")
+        if not prompts:
+            return torch.zeros(0, self.n_image_tokens, dtype=torch.long, device=self.device)
         rows = [ids for ids in map(self._generation_ids, prompts) for _ in range(n)]
         w = gen.guidance
         if w:  # the unconditional branch rides in the same batch, after the conditional rows
@@ -285,17 +310,19 @@ class JanusBackbone(BackboneBase):
                 fed = token.repeat(2) if w else token
                 mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
                 hidden = self._language_model(self._embed_image(fed[:, None]), mask, cache)
-        return torch.stack(tokens, dim=1)
+        return torch.stack(tokens, dim=1)  # outside inference mode: training reads these tokens later
 
     def image_logps(self, prompts: Sequence[str], tokens: torch.Tensor, estimator: ImageEstimator,
                     seeds: Sequence[int]) -> LogProbs:
         """Exact log π(tokens | prompt) by teacher forcing; `seeds` are not needed."""
         if not isinstance(estimator, ExactEstimator):
-            raise UsageError(f"Janus generates image tokens autoregressively, so its image log-probs are exact: use the "
-                             f"exact estimator, not {estimator.key()!r}")
+            raise UsageError(f"Janus generates image tokens autoregressively, so its image log-probs are exact: use "
+                             f"the exact estimator, not {estimator.key()!r}")
         tokens = self._check_tokens(tokens)
         if len(prompts) != len(tokens):
             raise UsageError(f"image_logps: {len(prompts)} prompts but {len(tokens)} token rows")
+        if not prompts:
+            return self._no_logps()
         ids, mask = self._left_pad([self._generation_ids(p) for p in prompts])
         width = ids.shape[1]
         embeds = torch.cat([self._embed_text(ids), self._embed_image(tokens[:, :-1])], dim=1)
@@ -355,14 +382,19 @@ class JanusBackbone(BackboneBase):
         mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
         return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
 
+    def _no_logps(self) -> LogProbs:
+        return LogProbs(torch.zeros(0, device=self.device), torch.zeros(0, device=self.device))
+
     def _check_tokens(self, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
         tokens = torch.as_tensor(tokens)
         if tokens.ndim != 2 or tokens.shape[1] != self.n_image_tokens:
-            raise UsageError(f"image tokens must be (N, {self.n_image_tokens}) for this Janus model, got {tuple(tokens.shape)}")
+            raise UsageError(f"image tokens must be (N, {self.n_image_tokens}) for this Janus model, "
+                             f"got {tuple(tokens.shape)}")
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise UsageError(f"image tokens must be integer ids, got {tokens.dtype}")
         if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
-            raise UsageError(f"image token ids must lie in [0, {self.codebook_size}), got {int(tokens.min())}..{int(tokens.max())}")
+            raise UsageError(f"image token ids must lie in [0, {self.codebook_size}), "
+                             f"got {int(tokens.min())}..{int(tokens.max())}")
         return tokens.to(self.device, torch.long)
 
     # ----- forward pieces -------------------------------------------------------------------------
@@ -385,7 +417,8 @@ class JanusBackbone(BackboneBase):
         start, end = self._image_start, self._image_start + self.n_understanding_tokens
         return torch.cat([embeds[:, :start], features.to(embeds.dtype), embeds[:, end:]], dim=1)
 
-    def _language_model(self, embeds: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+    def _language_model(self, embeds: torch.Tensor, mask: torch.Tensor,
+                        cache: DynamicCache | None = None) -> torch.Tensor:
         """Last hidden states (B, t, H) of the newest `t` inputs, given the (B, T) attention mask of
         all inputs so far. Positions count real tokens only, so left padding changes nothing."""
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
@@ -406,8 +439,8 @@ class JanusBackbone(BackboneBase):
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
         hidden = self._language_model(self._embed_understanding(ids, features), mask)
         # Target j of a row is predicted at position len(prompt) - 1 + j; padding slots reuse the last one.
-        where = torch.tensor([[len(p) - 1 + min(j, len(t) - 1) for j in range(longest)] for p, t in zip(prompts, targets)],
-                             device=self.device)
+        where = [[len(p) - 1 + min(j, len(t) - 1) for j in range(longest)] for p, t in zip(prompts, targets)]
+        where = torch.tensor(where, device=self.device)
         target = torch.tensor([t + [pad] * (longest - len(t)) for t in targets], device=self.device)
         valid = torch.tensor([[j < len(t) for j in range(longest)] for t in targets], device=self.device)
         hidden = hidden.gather(1, where[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -416,12 +449,12 @@ class JanusBackbone(BackboneBase):
         return LogProbs(logps.sum(-1), valid.sum(-1).float())
 
 
-def _image_processor(directory: Path, config) -> JanusImageProcessorPil:
+def _image_processor(directory: Path, config: JanusConfig) -> JanusImageProcessorPil:
     """The folder's image processor config if it has one (as preprocessor_config.json or inside
     processor_config.json), else Janus's defaults at the vision encoder's side. The PIL backend
     always, so the pixels do not depend on whether torchvision is installed."""
     processor_config = directory / "processor_config.json"
-    nested = processor_config.is_file() and "image_processor" in json.loads(processor_config.read_text(encoding="utf-8"))
+    nested = processor_config.is_file() and "image_processor" in json.loads(processor_config.read_text("utf-8"))
     if nested or (directory / "preprocessor_config.json").is_file():
         return JanusImageProcessorPil.from_pretrained(directory, local_files_only=True)
     side = config.vision_config.image_size

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, PhiConfig, PhiForCausalLM
+from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 from hermesflow.backbones.base import (
     BackboneBase,
@@ -173,15 +174,17 @@ def official_maskgit_decode(guided_logits: Callable[[torch.Tensor], torch.Tensor
       at least one token is revealed per step even where the cosine count repeats (it does at 50 steps
       and 256 tokens) and one stays masked until the end (the codes sampled at the last step are
       returned, so none stays masked in the result);
-    - a revealed token's confidence is log(float32 max), not +inf, before the Gumbel noise.
+    - a revealed token's confidence is log(float32 max), not +inf, before the Gumbel noise;
+    - the Gumbel noise is scaled by the running product T·Π_{i≤s}(1 − (i+1)/S) (the reference
+      overwrites its temperature with temperature·(1 − ratio) at every step), not by T(1 − (s+1)/S).
 
     Draws consume `generator` in the official order (a multinomial over the B·L rows, then B·L
     uniforms for the Gumbel noise) on the CPU, so the official code run on the CPU with the same
     generator gives the same codes. At temperature 1 (Show-o's) this is the official sampler;
-    temperature T divides the logits (0: argmax) and scales the noise by T(1 − (s+1)/S).
+    temperature T divides the logits (0: argmax) and starts the noise's scale.
     `trace`, if given, receives the codes after each step (masked positions MASKED)."""
     codes = torch.full((batch, length), MASKED, dtype=torch.long, device=device)
-    sampled = codes
+    sampled, noise_scale = codes, temperature
     for step in range(steps):
         logits = guided_logits(codes).float()
         probs = F.softmax(logits / temperature if temperature > 0 else logits, dim=-1)
@@ -199,7 +202,8 @@ def official_maskgit_decode(guided_logits: Callable[[torch.Tensor], torch.Tensor
         selected = torch.where(unknown, selected, torch.finfo(selected.dtype).max)
         noise = torch.zeros(selected.shape).uniform_(0, 1, generator=generator).to(device)
         gumbel = -torch.log((-torch.log(noise.clamp(min=1e-20))).clamp(min=1e-20))
-        confidence = torch.log(selected.clamp(min=1e-20)) + temperature * (1.0 - ratio) * gumbel
+        noise_scale = noise_scale * (1.0 - ratio)
+        confidence = torch.log(selected.clamp(min=1e-20)) + noise_scale * gumbel
         cut = confidence.sort(dim=-1).values.gather(1, keep.to(device))
         codes = torch.where(confidence < cut, MASKED, sampled)
         if trace is not None:
@@ -310,13 +314,12 @@ class ShowoBackbone(BackboneBase):
                                   f"wrong shapes {_listing(wrong)}" if wrong else "") if part))
         state = {k: v.float() if k.startswith("vq_model.") else v for k, v in state.items()}
         self.load_state_dict(state, strict=True, assign=True)
-        self.vq_model.bit_values = 2 ** torch.arange(self.vq_model.cfg.bits - 1, -1, -1)  # meta-built buffer
-        self.showo.model.rotary_emb.to_empty(device="cpu")
-        inv_freq, _ = self.showo.model.rotary_emb.rope_init_fn(self.showo.config) if hasattr(
-            self.showo.model.rotary_emb, "rope_init_fn") else self.showo.model.rotary_emb.compute_default_rope_parameters(
-            self.showo.config)
-        self.showo.model.rotary_emb.inv_freq = inv_freq
-        self.showo.model.rotary_emb.original_inv_freq = inv_freq.clone()
+        # Buffers that are not saved (rotary frequencies, LFQ bit values) are rebuilt when the model
+        # was built on the meta device to skip initialising weights about to be replaced.
+        if self.showo.model.rotary_emb.inv_freq.is_meta:
+            self.showo.model.rotary_emb = PhiRotaryEmbedding(config=self.showo.config)
+        if self.vq_model.bit_values.is_meta:
+            self.vq_model.bit_values = 2 ** torch.arange(self.vq_model.cfg.bits - 1, -1, -1)
         self.vq_model.requires_grad_(False)
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -1,0 +1,65 @@
+"""A tiny random Show-o folder for tests: the real architecture (Phi with q/k LayerNorm, MAGVIT-v2
+with LFQ) at toy size, written by `ShowoBackbone.save_pretrained`, so it loads through the registry
+like a converted checkpoint. Nothing is downloaded.
+
+Size: Phi hidden 32, 2 layers, 4 heads; MAGVIT-v2 with 32 channels (GroupNorm's 32 groups), four
+levels of 1x (three downsamplings: 32 px → 4x4 = 16 tokens, the shapes world's native side) and one
+residual block, 6 LFQ bits (64 codes); a 32-token text slot. The tokenizer is a lower-casing
+word-level one over the shapes world's words and the adapter's prompt words, with Phi's
+<|endoftext|> as <bos>/<eos> and Show-o's [PAD] and nine tokens added after it, as Show-o adds them
+to Phi's tokenizer."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from hermesflow.backbones.magvit2 import MagvitConfig
+from hermesflow.backbones.showo import PAD_TOKEN, SPECIAL_TOKENS, ShowoBackbone, ShowoConfig
+from hermesflow.model.tokenizers import world_words
+
+ENDOFTEXT, UNK = "<|endoftext|>", "<unk>"
+TINY_PHI = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                partial_rotary_factor=0.5, max_position_embeddings=256, hidden_act="gelu_new", layer_norm_eps=1e-5,
+                rope_theta=10000.0, embd_pdrop=0.0, resid_pdrop=0.0, attention_dropout=0.0)
+TINY_MAGVIT = MagvitConfig(ch=32, encoder_ch_mult=[1, 1, 1, 1], encoder_res_blocks=[1, 0, 0, 0],
+                           decoder_ch_mult=[1, 1, 1, 1], decoder_res_blocks=[1, 0, 0, 0], bits=6)
+
+
+def tiny_showo_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level: <|endoftext|> 0, <unk> 1, the words; then [PAD] and Show-o's nine tokens."""
+    defaults = ShowoConfig()
+    templates = re.sub(r"\{\w+\}", " ", defaults.caption_prompt + " " + defaults.question_template)
+    words = sorted(set(world_words()) | set(re.findall(r"\w+|[^\w\s]+", templates.lower())))
+    vocab = {token: i for i, token in enumerate([ENDOFTEXT, UNK] + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT,
+                                        unk_token=UNK)
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})  # as UniversalPrompting extends Phi's tokenizer
+    tokenizer.add_tokens(list(SPECIAL_TOKENS))
+    return tokenizer
+
+
+def tiny_showo_config(text_vocab: int) -> ShowoConfig:
+    return ShowoConfig(phi=dict(TINY_PHI), magvit=TINY_MAGVIT.to_dict(), llm_vocab_size=text_vocab, num_vq_tokens=16,
+                       image_size=32, max_seq_length=32, bos_id=0, eos_id=0)
+
+
+def make_tiny_showo(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Show-o folder (config.json, model.safetensors, tokenizer) and return it."""
+    folder = Path(folder)
+    tokenizer = tiny_showo_tokenizer()
+    torch.manual_seed(seed)
+    model = ShowoBackbone(tiny_showo_config(len(tokenizer) - 1 - len(SPECIAL_TOKENS)), tokenizer)
+    with torch.no_grad():  # Phi's 0.02-std init gives near-uniform outputs; wider weights make tests sharper
+        for name, p in model.showo.named_parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.3 if "embed" in name else 1 / p.shape[1] ** 0.5)
+    model.save_pretrained(folder)
+    return folder

@@ -158,12 +158,23 @@ def test_prepare_images_rejects_non_rgb(backbone):
         backbone.prepare_images([np.zeros((32, 32, 3), np.float32)])
 
 
-def test_folder_without_processor_config_uses_siglip_defaults(folder, backbone, tmp_path, world):
-    bare = tmp_path / "bare"
-    shutil.copytree(folder, bare)
-    (bare / "processor_config.json").unlink()
-    images = world[1][:2]
-    assert torch.equal(load_backbone(bare).prepare_images(images), backbone.prepare_images(images))
+HUB_PREPROCESSOR_CONFIG = """{"do_normalize": true, "do_rescale": true, "do_resize": true, "image_mean": [0.5, 0.5, 0.5],
+"image_processor_type": "JanusImageProcessor", "image_std": [0.5, 0.5, 0.5], "min_size": 14,
+"processor_class": "JanusProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
+"size": {"height": 64, "width": 64}}"""
+
+
+@pytest.mark.parametrize("layout", ["no processor config", "hub preprocessor_config.json"])
+def test_other_processor_layouts_prepare_the_same_pixels(folder, backbone, tmp_path, world, layout):
+    """Without a processor config the adapter uses SigLIP's mean and std at the encoder's side; the
+    hub's Janus folders keep the image processor in its own preprocessor_config.json."""
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    (other / "processor_config.json").unlink()
+    if layout.startswith("hub"):
+        (other / "preprocessor_config.json").write_text(HUB_PREPROCESSOR_CONFIG)
+    images = world[1][:2] + [np.zeros((50, 70, 3), np.uint8)]
+    assert torch.equal(load_backbone(other).prepare_images(images), backbone.prepare_images(images))
 
 
 def test_decode_is_uint8_and_clamps_the_vq_decoders_pixels(backbone):

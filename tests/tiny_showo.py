@@ -30,8 +30,8 @@ TINY_MAGVIT = MagvitConfig(ch=32, encoder_ch_mult=[1, 1, 1, 1], encoder_res_bloc
                            decoder_ch_mult=[1, 1, 1, 1], decoder_res_blocks=[1, 0, 0, 0], bits=6)
 
 
-def tiny_showo_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level: <|endoftext|> 0, <unk> 1, the words; then [PAD] and Show-o's nine tokens."""
+def tiny_phi_tokenizer() -> PreTrainedTokenizerFast:
+    """The stand-in for Phi-1.5's tokenizer: word-level, <|endoftext|> 0, <unk> 1, then the words."""
     defaults = ShowoConfig()
     templates = re.sub(r"\{\w+\}", " ", defaults.caption_prompt + " " + defaults.question_template)
     words = sorted(set(world_words()) | set(re.findall(r"\w+|[^\w\s]+", templates.lower())))
@@ -39,8 +39,12 @@ def tiny_showo_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT,
-                                        unk_token=UNK)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=UNK)
+
+
+def tiny_showo_tokenizer() -> PreTrainedTokenizerFast:
+    """`tiny_phi_tokenizer` with [PAD] and Show-o's nine tokens added after its words."""
+    tokenizer = tiny_phi_tokenizer()
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})  # as UniversalPrompting extends Phi's tokenizer
     tokenizer.add_tokens(list(SPECIAL_TOKENS))
     return tokenizer

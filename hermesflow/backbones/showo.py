@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import DynamicCache, PhiConfig, PhiForCausalLM
+from transformers import DynamicCache, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 from hermesflow.backbones.base import (
@@ -267,8 +267,6 @@ class ShowoBackbone(BackboneBase):
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "ShowoBackbone":
         """A folder written by `save_pretrained` or `convert_showo`: config.json, model.safetensors and
         the tokenizer. The language model in `dtype`, the MAGVIT-v2 tokenizer in float32."""
-        from transformers import AutoTokenizer
-
         directory = Path(directory)
         for name in (CONFIG, WEIGHTS):
             if not (directory / name).is_file():
@@ -285,7 +283,7 @@ class ShowoBackbone(BackboneBase):
         if unknown:
             raise UsageError(f"model folder {directory}: unknown Show-o config keys {sorted(unknown)}")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as e:
             raise UsageError(f"model folder {directory}: cannot load its tokenizer ({e})") from None
         with torch.device("meta"):

@@ -1,11 +1,13 @@
-"""Speed of the built-in unified model, measured side by side in one run.
+"""Speed of a backbone, measured side by side in one run.
 
-1. caption sampling with the KV cache vs recomputing the whole sequence each token (16-token captions);
-2. image generation: one prompt x 8 samples in one batch vs 8 sequential calls;
-3. the pretraining step's achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) over a plain
-   fp32 matmul's GFLOP/s on this machine.
+1. image generation: one prompt x 8 samples in one batch vs 8 sequential calls, in fp32 and bf16
+   (any backbone: `--model DIR`, e.g. a Janus folder);
+2. built-in model only: caption sampling with the KV cache vs recomputing the whole sequence each
+   token (16-token captions), and the pretraining step's achieved GFLOP/s (FLOPs counted by torch's
+   FlopCounterMode) over a plain fp32 matmul's GFLOP/s on this machine.
 
-Run: `python benchmarks/bench_model.py` (default model size; `--model DIR` to time a saved model).
+Run: `python benchmarks/bench_model.py` (an untrained default-size built-in model; `--model DIR` to
+time a saved model of any backbone).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from hermesflow.backbones import GenerationConfig, load_backbone
 from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
 from hermesflow.pretrain import losses, make_batch
 from hermesflow.world.build import world_records
@@ -35,18 +38,19 @@ def best_of(fn, repeats: int = 3) -> float:
 
 def bench_captions(model: UnifiedModel, images: np.ndarray) -> None:
     # An untrained model rarely emits [EOS], so every batch runs the full 16 tokens.
-    cached = best_of(lambda: model.sample_captions(images, temperature=1.0, use_cache=True))
-    full = best_of(lambda: model.sample_captions(images, temperature=1.0, use_cache=False))
+    codes, gen = model.prepare_images(images), GenerationConfig(temperature=1.0)
+    cached = best_of(lambda: model.sample_captions(codes, 1, gen, use_cache=True))
+    full = best_of(lambda: model.sample_captions(codes, 1, gen, use_cache=False))
     n = len(images)
     print(f"captions, {n} images x 16 tokens: KV cache {n / cached:8.1f}/s   recompute {n / full:8.1f}/s   "
           f"speed-up {full / cached:5.2f}x (goal >= 3x)")
 
 
-def bench_generation(model: UnifiedModel) -> None:
+def bench_generation(model, label: str) -> None:
     prompt = "a photo of a red circle and a blue square"
-    batched = best_of(lambda: model.generate([prompt], n=8, steps=10, guidance=2.0))
-    sequential = best_of(lambda: [model.generate([prompt], n=1, steps=10, guidance=2.0, seed=s) for s in range(8)])
-    print(f"images, 1 prompt x 8 samples: batched {8 / batched:8.1f}/s   sequential {8 / sequential:8.1f}/s   "
+    batched = best_of(lambda: model.generate([prompt], 8, GenerationConfig(steps=10, guidance=2.0)))
+    sequential = best_of(lambda: [model.generate([prompt], 1, GenerationConfig(steps=10, guidance=2.0, seed=s)) for s in range(8)])
+    print(f"images ({label}), 1 prompt x 8 samples: batched {8 / batched:8.1f}/s   sequential {8 / sequential:8.1f}/s   "
           f"speed-up {sequential / batched:5.2f}x (goal >= 4x)")
 
 
@@ -79,17 +83,21 @@ def bench_training(model: UnifiedModel, batch_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="a saved model folder (default: an untrained default-size model)")
+    parser.add_argument("--model", default=None, help="a saved model folder of any backbone (default: an untrained default-size built-in model)")
     parser.add_argument("--batch-size", type=int, default=63)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = UnifiedModel.from_pretrained(args.model) if args.model else UnifiedModel(UnifiedConfig())
+    model = load_backbone(args.model) if args.model else UnifiedModel(UnifiedConfig())
     model.eval()
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, torch threads {torch.get_num_threads()}")
-    images = np.stack([image for _, image in world_records(64, seed=0, split="eval")])
-    bench_captions(model, images)
-    bench_generation(model)
-    bench_training(model, args.batch_size)
+    print(f"model: {model.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"torch threads {torch.get_num_threads()}")
+    bench_generation(model, "fp32")
+    bench_generation(load_backbone(args.model, "bf16") if args.model else model.bfloat16(), "bf16")
+    if isinstance(model, UnifiedModel):
+        model.float()
+        images = np.stack([image for _, image in world_records(64, seed=0, split="eval")])
+        bench_captions(model, images)
+        bench_training(model, args.batch_size)
 
 
 if __name__ == "__main__":

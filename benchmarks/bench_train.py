@@ -22,40 +22,46 @@ import torch
 
 
 def _setup(batch_size: int):
+    import tempfile
+
+    from hermesflow.backbones import MaskedEstimator
     from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
-    from hermesflow.settings import TrainConfig
+    from hermesflow.data import read_homologous
+    from hermesflow.prefs import CaptionPair, ImagePair, Preference
     from hermesflow.train import Example, PolicyLogps
-    from hermesflow.world.build import world_records
+    from hermesflow.world.build import write_world
 
     torch.manual_seed(0)
     model = UnifiedModel(UnifiedConfig())
-    cfg = TrainConfig()
+    folder = Path(tempfile.mkdtemp(prefix="bench-train-")) / "data"
+    write_world(folder, batch_size, seed=0, split="train")
     examples = []
-    for record, image in world_records(batch_size, seed=0, split="train"):
-        tokens = model.encode_images(image[None])[0].tolist()
-        examples.append(Example(record["id"], tokens, record["caption"], record["caption"], "a photo of a circle",
-                                tokens, [0] * 16, mask_seed=len(examples)))
-    return model, cfg, examples, PolicyLogps
+    for record in read_homologous(folder).records:
+        tokens = tuple(model.prepare_images([record.load_image()])[0].tolist())
+        pref = Preference(record.id, 0, record.caption, CaptionPair(record.caption, "a photo of a circle", 1.0, 0.5, "initial"),
+                          ImagePair(tokens, (0,) * 16, 1.0, 0.5, "initial"))
+        examples.append(Example(record, pref, mask_seed=len(examples)))
+    return model, examples, lambda m: PolicyLogps(m, ("und", "gen"), MaskedEstimator())
 
 
 VARIANTS = ("cached", "online", "cross-entropy")
 
 
 def _make_step(variant: str, policy, reference, cached, opt, loss_fn, examples):
-    from hermesflow.losses import PairLogps
+    from hermesflow.losses import BranchLogps
 
     def step() -> None:
         logps = policy(examples)
         if variant == "cross-entropy":
-            loss = -sum(v.mean() for v in logps.values())
+            loss = -sum(c.total.mean() + r.total.mean() for c, r in logps.values())
         else:
             if variant == "online":
                 with torch.no_grad():
                     ref = reference(examples)
             else:
                 ref = cached
-            pair = PairLogps(**{f"policy_{k}": v for k, v in logps.items()}, **{f"ref_{k}": v for k, v in ref.items()})
-            loss = loss_fn(pair).loss.mean()
+            branches = {b: BranchLogps(c.total, r.total, ref[b][0].total, ref[b][1].total) for b, (c, r) in logps.items()}
+            loss = loss_fn(**branches).loss.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -66,11 +72,11 @@ def _make_step(variant: str, policy, reference, cached, opt, loss_fn, examples):
 def _components(batch_size: int, online: bool = True):
     from hermesflow.losses import PairDPOLoss
 
-    model, cfg, examples, PolicyLogps = _setup(batch_size)
-    policy = PolicyLogps(model, cfg).train()
+    model, examples, policy_of = _setup(batch_size)
+    policy = policy_of(model).train()
     with torch.no_grad():  # at the start the policy is the reference: no second model is needed
         cached = policy(examples)
-    reference = PolicyLogps(copy.deepcopy(model).eval().requires_grad_(False), cfg) if online else None
+    reference = policy_of(copy.deepcopy(model).eval().requires_grad_(False)) if online else None
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)  # lr 0: every variant times the same weights
     return policy, reference, cached, opt, PairDPOLoss("sum"), examples
 

@@ -17,12 +17,12 @@ import json
 import time
 from pathlib import Path
 
-from accelerate import PartialState
+from hermesflow.accel import partial_state
 
-from hermesflow.iterate import BASE_MODEL, curate_round, evaluate_into, summary_row, train_round
+from hermesflow.iterate import curate_round, evaluate_into, summary_row, train_round
 from hermesflow.data import read_homologous
 from hermesflow.io import atomic_write_json
-from hermesflow.model import UnifiedModel
+from hermesflow.backbones import BASE_MODEL, load_backbone
 from hermesflow.scorers.similarity import SentenceSimilarity
 from hermesflow.settings import RunConfig
 from hermesflow.world.build import write_world
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--common", default="", help="key=value,... applied to every variant")
     args = parser.parse_args()
 
-    state = PartialState(cpu=True)
+    state = partial_state()
     _, common = parse_variant("common:" + args.common)
     base_cfg = dataclasses.replace(RunConfig(out=args.out, model=args.model, n_train=args.n_train, eval_n=args.eval_n), **common)
     data_dir = args.out / "data"
@@ -57,7 +57,7 @@ def main() -> None:
         write_world(data_dir, base_cfg.n_train, seed=base_cfg.seed + 1, split="train")
     data = read_homologous(data_dir)
     similarity = SentenceSimilarity()
-    base = UnifiedModel.from_pretrained(args.model).eval()
+    base = load_backbone(args.model).eval()
     rows = [summary_row("base", evaluate_into(base, args.out / "base-eval", base_cfg, similarity), None)]
     manifest = curate_round(base, similarity, data, args.out / "round", base_cfg, 0, None, state)
     print(json.dumps(manifest["counts"]), json.dumps(manifest["self_judge"]))
@@ -65,7 +65,7 @@ def main() -> None:
         name, values = parse_variant(text)
         cfg = dataclasses.replace(base_cfg, **values)
         tic = time.perf_counter()
-        model = train_round(UnifiedModel.from_pretrained(args.model), data, args.out / "round", cfg, state,
+        model = train_round(load_backbone(args.model), data, args.out / "round", cfg, state,
                             out=args.out / name).eval()
         row = summary_row(name, evaluate_into(model, args.out / name / "eval", cfg, similarity), manifest)
         row["settings"] = values

@@ -14,9 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hermesflow.backbones.base import GenerationConfig
+from tiny_showo import TINY_MAGVIT, make_tiny_showo, tiny_phi_tokenizer
+
+from hermesflow.backbones.base import ExactEstimator, GenerationConfig, MaskedEstimator
 from hermesflow.backbones.magvit2 import MagvitConfig, MagvitV2, pixel_values, to_uint8
-from hermesflow.backbones.maskgit import MASKED
+from hermesflow.backbones.maskgit import MASKED, draw_masks
 from hermesflow.backbones.showo import (
     PHI_1_5,
     SPECIAL_TOKENS,
@@ -24,7 +26,11 @@ from hermesflow.backbones.showo import (
     ShowoBackbone,
     ShowoConfig,
     official_masks,
+    sample_token,
 )
+from hermesflow.convert_showo import convert_showo, lfq_tables
+from hermesflow.errors import UsageError
+from hermesflow.world.build import world_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "showo"
 ATOL = 1e-4
@@ -180,3 +186,267 @@ def test_official_image_logps_match_hermesflow_pair_dpo(showo, tiny, ref, seed):
         logps = showo.image_logps_ids([prompt, prompt], ref["codes"], OfficialMaskedEstimator(), [seed, seed])
     torch.testing.assert_close(logps.total, ref[f"official_logp_seed{seed}"], atol=ATOL, rtol=0)
     assert logps.count.tolist() == [float(masks.sum() + 2)] * 2
+
+
+# ----- the protocol on a tiny random Show-o folder ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_tiny_showo(tmp_path_factory.mktemp("showo") / "model")
+
+
+@pytest.fixture(scope="module")
+def model(folder) -> ShowoBackbone:
+    return ShowoBackbone.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[list[dict], list[np.ndarray]]:
+    pairs = list(world_records(3, seed=0, split="eval", image_size=32))
+    return [r for r, _ in pairs], [image for _, image in pairs]
+
+
+def naive_text_logp(model: ShowoBackbone, codes: torch.Tensor, prefix: list[int], target: list[int]) -> float:
+    """One forward per target token over the sequence up to it, no batching, no gathering."""
+    total = 0.0
+    for j, token in enumerate(target):
+        ids = model.mmu_ids(codes[None], [prefix + target[:j]])
+        logits = model.logits(ids, model.mmu_allowed(ids))[0, -1]
+        total += logits.log_softmax(-1)[token].item()
+    return total
+
+
+def test_caption_logps_equal_a_naive_per_token_loop(model, world):
+    records, images = world
+    captions = [r["caption"] for r in records]
+    with torch.no_grad():
+        codes = model.prepare_images(images)
+        batched = model.caption_logps(codes, captions)
+        prompt = model._encode(model.cfg.caption_prompt)
+        for i, caption in enumerate(captions):
+            target = model._answer_ids(caption)
+            assert batched.total[i].item() == pytest.approx(naive_text_logp(model, codes[i], prompt, target), abs=1e-4)
+            assert batched.count[i].item() == len(target)
+
+
+@pytest.mark.parametrize("estimator", [OfficialMaskedEstimator(samples=2), MaskedEstimator(samples=2)],
+                         ids=["official", "shared"])
+def test_image_logps_equal_a_naive_per_token_loop(model, world, estimator):
+    records, _ = world
+    prompts = [model._encode(r["caption"]) for r in records] + [[]]  # and the unconditional prompt
+    tokens = torch.randint(0, model.cfg.codebook_size, (4, model.n_image_tokens), generator=torch.Generator().manual_seed(0))
+    seeds = [11, 12, 13, 14]
+    official = isinstance(estimator, OfficialMaskedEstimator)
+    with torch.no_grad():
+        batched = model.image_logps_ids(prompts, tokens, estimator, seeds)
+        masks = (official_masks if official else draw_masks)(seeds, estimator.samples, model.n_image_tokens)[0]
+        for b in range(4):
+            draws = []
+            for k in range(estimator.samples):
+                ids = model.t2i_ids([prompts[b]], torch.where(masks[b, k], MASKED, tokens[b])[None])
+                logits = model.logits(ids, model.t2i_allowed(ids))[0]
+                total = 0.0
+                for i in range(model.n_image_tokens):
+                    if masks[b, k, i]:
+                        position = model.prefix_len + 1 + i
+                        if official:  # over the whole vocabulary, the true token's id
+                            total += logits[position].log_softmax(-1)[model.cfg.image_offset + tokens[b, i]].item()
+                        else:  # over the image codes only
+                            codes = logits[position, model.cfg.image_offset : model.cfg.mask_id]
+                            total += codes.log_softmax(-1)[tokens[b, i]].item()
+                if official:  # <|soi|> and <|eoi|> predicting themselves, as the official labels keep them
+                    total += logits[model.prefix_len].log_softmax(-1)[ids[0, model.prefix_len]].item()
+                    total += logits[-1].log_softmax(-1)[ids[0, -1]].item()
+                draws.append(total)
+            assert batched.total[b].item() == pytest.approx(sum(draws) / len(draws), abs=1e-3)
+            assert batched.count[b].item() == masks[b].sum().item() / estimator.samples + (2 if official else 0)
+
+
+def test_a_seed_shares_masks_between_chosen_rejected_policy_and_reference(model):
+    tokens = torch.randint(0, model.cfg.codebook_size, (2, model.n_image_tokens), generator=torch.Generator().manual_seed(1))
+    prompt = model._encode("a photo of a red circle")
+    est = model.default_estimator()
+    assert isinstance(est, OfficialMaskedEstimator) and isinstance(est, MaskedEstimator)
+    with torch.no_grad():
+        chosen = model.image_logps_ids([prompt], tokens[:1], est, [5])
+        pair = model.image_logps_ids([prompt, prompt], tokens, est, [5, 5])
+        other = model.image_logps_ids([prompt], tokens[:1], est, [6])
+    assert chosen.total.item() == pytest.approx(pair.total[0].item(), abs=1e-5)
+    assert pair.count[0] == pair.count[1]  # one mask for both
+    assert chosen.total.item() != other.total.item()
+    assert est.key() == "showo-official-k1-none"
+
+
+def test_generation_and_captions_are_seeded(model, world):
+    _, images = world
+    prompts = ["a photo of a red circle", "two blue squares"]
+    gen = GenerationConfig(guidance=2.0, steps=4, seed=3)
+    first = model.generate(prompts, 2, gen)
+    assert first.shape == (4, model.n_image_tokens) and first.dtype == torch.long
+    assert int(first.min()) >= 0 and int(first.max()) < model.cfg.codebook_size
+    assert torch.equal(first, model.generate(prompts, 2, gen))
+    assert not torch.equal(first, model.generate(prompts, 2, GenerationConfig(guidance=2.0, steps=4, seed=4)))
+    codes = model.prepare_images(images[:2])
+    captions = model.sample_captions(codes, 3, GenerationConfig(seed=9))
+    assert len(captions) == 2 and all(len(c) == 3 for c in captions)
+    assert captions == model.sample_captions(codes, 3, GenerationConfig(seed=9))
+
+
+def test_the_shared_sampler_is_available(folder):
+    raw = json.loads((folder / "config.json").read_text())
+    shared = ShowoBackbone(ShowoConfig(**{**{k: v for k, v in raw.items() if k != "model_type"}, "sampler": "shared"}))
+    shared.load_state_dict(ShowoBackbone.from_pretrained(folder).state_dict())
+    codes = shared.generate_ids([[5, 6]], GenerationConfig(guidance=1.0, steps=3, seed=0))
+    assert codes.shape == (1, shared.n_image_tokens) and int(codes.min()) >= 0
+
+
+def test_kv_cached_sampling_equals_recomputing_the_whole_sequence(model, world):
+    _, images = world
+    with torch.no_grad():
+        codes = model.prepare_images(images[:2])
+        ids = model.mmu_ids(codes, [model._encode(model.cfg.caption_prompt)] * 2)
+        cached = model.continue_text(ids, 8, 1.0, 5, torch.Generator().manual_seed(2))
+        g, seq, naive = torch.Generator().manual_seed(2), ids, []
+        done = torch.zeros(2, dtype=torch.bool)
+        for _ in range(cached.shape[1]):
+            logits = model.logits(seq, model.mmu_allowed(seq))[:, -1]
+            logits[:, model.cfg.llm_vocab_size :] = float("-inf")
+            token = torch.where(done, model.cfg.eos_id, sample_token(logits, 1.0, 5, g))
+            done |= token == model.cfg.eos_id
+            naive.append(token)
+            seq = torch.cat([seq, token[:, None]], dim=1)
+    assert torch.equal(cached, torch.stack(naive, dim=1))
+
+
+def test_save_then_load_is_identical(model, world, tmp_path):
+    records, images = world
+    model.save_pretrained(tmp_path / "copy")
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["model_type"] == "show-o"
+    again = ShowoBackbone.from_pretrained(tmp_path / "copy")
+    assert again.fingerprint() == model.fingerprint()
+    with torch.no_grad():
+        codes = model.prepare_images(images)
+        assert torch.equal(again.prepare_images(images), codes)
+        captions = [r["caption"] for r in records]
+        assert torch.equal(again.caption_logps(codes, captions).total, model.caption_logps(codes, captions).total)
+    assert again.tokenizer.encode("a red circle") == model.tokenizer.encode("a red circle")
+
+
+def test_bf16_agrees_with_fp32(folder, model, world):
+    records, images = world
+    half = ShowoBackbone.from_pretrained(folder, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.vq_model.dtype == torch.float32  # the tokenizer stays float32
+    captions = [r["caption"] for r in records]
+    with torch.no_grad():
+        codes = model.prepare_images(images)
+        assert torch.equal(half.prepare_images(images), codes)
+        tokens = model.generate(captions, 1, GenerationConfig(steps=3, seed=5))
+        for a, b in ((model.caption_logps(codes, captions), half.caption_logps(codes, captions)),
+                     (model.image_logps(captions, tokens, model.default_estimator(), [1, 2, 3]),
+                      half.image_logps(captions, tokens, half.default_estimator(), [1, 2, 3]))):
+            assert torch.equal(a.count, b.count)
+            torch.testing.assert_close(b.mean().float(), a.mean(), atol=0.05, rtol=0.02)
+        assert half.generate(captions, 1, GenerationConfig(steps=3, seed=5)).shape == tokens.shape
+
+
+def test_lora_trains_only_phi_and_its_disabled_adapter_is_the_reference(folder, world):
+    records, images = world
+    lora = ShowoBackbone.from_pretrained(folder)
+    captions = [r["caption"] for r in records]
+    with torch.no_grad():
+        codes = lora.prepare_images(images)
+        before = lora.caption_logps(codes, captions).total
+    lora.add_lora(r=4, alpha=8)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n and n.startswith("showo.") for n in names)
+    assert {n.split(".self_attn.")[1].split(".")[0] for n in names} == set(lora.lora_targets)
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+        after = lora.caption_logps(codes, captions).total
+        with lora.reference_context():
+            reference = lora.caption_logps(codes, captions).total
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(reference, before)
+
+
+def test_fit_problems_name_what_does_not_fit(model, world):
+    records, images = world
+    assert model.fit_problems(images[0], [records[0]["caption"]]) == []
+    too_long = " ".join(["red"] * (model.cfg.max_seq_length - 1))
+    problems = model.fit_problems(np.zeros((8, 8), dtype=np.uint8), [too_long, "a zebra", "", "a <|soi|> circle"])
+    assert any("(H, W, 3) uint8" in p for p in problems)
+    assert any("text-to-image prompt holds 30" in p for p in problems)
+    assert any("does not know" in p for p in problems)
+    assert any("is empty" in p for p in problems)
+    assert any("special tokens" in p for p in problems)
+
+
+def test_images_of_any_size_read_as_codes_and_generated_codes_pass_through(model, world):
+    _, images = world
+    big = np.kron(images[0], np.ones((3, 2, 1), dtype=np.uint8))  # 96x64, resized and centre-cropped
+    codes = model.prepare_images([images[0], big])
+    assert codes.shape == (2, model.n_image_tokens)
+    assert torch.equal(model.prepare_generated(codes), codes)
+    pixels = model.decode(codes)
+    assert pixels.shape == (2, 32, 32, 3) and pixels.dtype == np.uint8
+    with pytest.raises(UsageError, match="must be"):
+        model.decode(codes[:, :4])
+    with pytest.raises(UsageError, match="lie in"):
+        model.prepare_generated(codes + model.cfg.codebook_size)
+    with pytest.raises(UsageError, match="not exact"):
+        model.image_logps(["a red circle"], codes[:1], ExactEstimator(), [0])
+
+
+# ----- the converter ----------------------------------------------------------------------------------
+
+
+def write_official_folders(model: ShowoBackbone, root: Path) -> Path:
+    """The tiny model in the official layout: show-o (config.json, pytorch_model.bin of showo.*),
+    magvitv2 (pytorch_model.bin with encoder, decoder and the LFQ tables) and phi-1_5 (tokenizer, config)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    (root / "show-o").mkdir(parents=True)
+    torch.save({k: v for k, v in state.items() if k.startswith("showo.")}, root / "show-o" / "pytorch_model.bin")
+    cfg = model.cfg
+    (root / "show-o" / "config.json").write_text(json.dumps({
+        "_class_name": "Showo", "w_clip_vit": False, "vocab_size": cfg.vocab_size, "llm_vocab_size": cfg.llm_vocab_size,
+        "llm_model_path": "microsoft/phi-1_5", "codebook_size": cfg.codebook_size, "num_vq_tokens": cfg.num_vq_tokens,
+        "load_from_showo": False, "mask_token_id": cfg.mask_id}))
+    (root / "magvitv2").mkdir()
+    vq = {k.removeprefix("vq_model."): v for k, v in state.items() if k.startswith("vq_model.")}
+    torch.save({**vq, **lfq_tables(model.vq_model.cfg.bits)}, root / "magvitv2" / "pytorch_model.bin")
+    (root / "magvitv2" / "config.json").write_text(json.dumps({"_class_name": "MAGVITv2"}))
+    tiny_phi_tokenizer().save_pretrained(root / "phi-1_5")
+    (root / "phi-1_5" / "config.json").write_text(json.dumps(model.showo.config.to_dict()))
+    return root / "show-o"
+
+
+def test_converting_the_official_layout_gives_the_same_model(model, tmp_path):
+    src = write_official_folders(model, tmp_path / "official")
+    out = convert_showo(src, tmp_path / "converted", max_seq_length=model.cfg.max_seq_length,
+                        magvit_config=TINY_MAGVIT)
+    converted = ShowoBackbone.from_pretrained(out)
+    assert converted.fingerprint() == model.fingerprint()
+    assert converted.cfg == model.cfg
+    assert converted.tokenizer.encode("a red circle <|soi|>") == model.tokenizer.encode("a red circle <|soi|>")
+
+
+def test_the_converter_names_missing_unexpected_and_misshapen_weights(model, tmp_path):
+    src = write_official_folders(model, tmp_path / "official")
+    vq = torch.load(tmp_path / "official" / "magvitv2" / "pytorch_model.bin", weights_only=True)
+    del vq["decoder.conv_out.bias"]
+    vq["encoder.extra.weight"] = torch.zeros(1)
+    vq["encoder.conv_in.weight"] = torch.zeros(1, 2, 3)
+    torch.save(vq, tmp_path / "official" / "magvitv2" / "pytorch_model.bin")
+    with pytest.raises(UsageError) as e:
+        convert_showo(src, tmp_path / "out", max_seq_length=model.cfg.max_seq_length, magvit_config=TINY_MAGVIT)
+    message = str(e.value)
+    assert "missing vq_model.decoder.conv_out.bias" in message
+    assert "unexpected vq_model.encoder.extra.weight" in message
+    assert "vq_model.encoder.conv_in.weight (1, 2, 3) (expected (32, 3, 3, 3))" in message
+    with pytest.raises(UsageError, match="no magvitv2 folder found"):
+        convert_showo(src, tmp_path / "out", magvit=None, tokenizer=tmp_path / "official" / "phi-1_5",
+                      magvit_config=TINY_MAGVIT) if (tmp_path / "official" / "magvitv2").rename(
+            tmp_path / "official" / "elsewhere") is None else None

@@ -233,11 +233,12 @@ class BackboneBase(nn.Module):
 
     @contextlib.contextmanager
     def sampling(self) -> Iterator[None]:
-        """Eval mode and no autograd, restoring the training mode afterwards."""
+        """Eval mode and no autograd, restoring the training mode afterwards. no_grad rather than
+        inference_mode: sampled tokens may later enter a training step, which inference tensors cannot."""
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
+            with torch.no_grad():
                 yield
         finally:
             self.train(was_training)

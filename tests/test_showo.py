@@ -288,9 +288,9 @@ def test_generation_and_captions_are_seeded(model, world):
     assert torch.equal(first, model.generate(prompts, 2, gen))
     assert not torch.equal(first, model.generate(prompts, 2, GenerationConfig(guidance=2.0, steps=4, seed=4)))
     codes = model.prepare_images(images[:2])
-    captions = model.sample_captions(codes, 3, GenerationConfig(seed=9))
-    assert len(captions) == 2 and all(len(c) == 3 for c in captions)
-    assert captions == model.sample_captions(codes, 3, GenerationConfig(seed=9))
+    captions = model.sample_captions(codes, 2, GenerationConfig(seed=9))
+    assert len(captions) == 2 and all(len(c) == 2 and all(isinstance(t, str) for t in c) for c in captions)
+    assert captions == model.sample_captions(codes, 2, GenerationConfig(seed=9))
 
 
 def test_the_shared_sampler_is_available(folder):
@@ -446,7 +446,7 @@ def test_the_converter_names_missing_unexpected_and_misshapen_weights(model, tmp
     assert "missing vq_model.decoder.conv_out.bias" in message
     assert "unexpected vq_model.encoder.extra.weight" in message
     assert "vq_model.encoder.conv_in.weight (1, 2, 3) (expected (32, 3, 3, 3))" in message
+    (tmp_path / "official" / "magvitv2").rename(tmp_path / "official" / "elsewhere")
     with pytest.raises(UsageError, match="no magvitv2 folder found"):
-        convert_showo(src, tmp_path / "out", magvit=None, tokenizer=tmp_path / "official" / "phi-1_5",
-                      magvit_config=TINY_MAGVIT) if (tmp_path / "official" / "magvitv2").rename(
-            tmp_path / "official" / "elsewhere") is None else None
+        convert_showo(src, tmp_path / "out", magvit_config=TINY_MAGVIT)
+    assert not (tmp_path / "out").exists()  # nothing written on an error

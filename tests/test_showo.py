@@ -185,7 +185,7 @@ def test_official_image_logps_match_hermesflow_pair_dpo(showo, tiny, ref, seed):
     with torch.no_grad():  # chosen and rejected with the same seed: the official shared mask
         logps = showo.image_logps_ids([prompt, prompt], ref["codes"], OfficialMaskedEstimator(), [seed, seed])
     torch.testing.assert_close(logps.total, ref[f"official_logp_seed{seed}"], atol=ATOL, rtol=0)
-    assert logps.count.tolist() == [float(masks.sum() + 2)] * 2
+    assert logps.count.tolist() == [float(masks.sum())] * 2  # masked tokens; <|soi|>, <|eoi|> are in the sum only
 
 
 # ----- the protocol on a tiny random Show-o folder ----------------------------------------------------
@@ -260,7 +260,7 @@ def test_image_logps_equal_a_naive_per_token_loop(model, world, estimator):
                     total += logits[-1].log_softmax(-1)[ids[0, -1]].item()
                 draws.append(total)
             assert batched.total[b].item() == pytest.approx(sum(draws) / len(draws), abs=1e-3)
-            assert batched.count[b].item() == masks[b].sum().item() / estimator.samples + (2 if official else 0)
+            assert batched.count[b].item() == masks[b].sum().item() / estimator.samples
 
 
 def test_a_seed_shares_masks_between_chosen_rejected_policy_and_reference(model):

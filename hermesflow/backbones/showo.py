@@ -141,7 +141,7 @@ class OfficialMaskedEstimator(MaskedEstimator):
     vocabulary (text, image codes and the mask token), summed at the masked positions and, as the
     official code's t2i labels keep them, at the <|soi|> and <|eoi|> positions predicting themselves
     (Show-o is trained to predict them too, so for a trained model these two terms are near 0).
-    `count` is the number of masked positions plus those two.
+    `count` is the number of masked image tokens (the two boundary terms are in the sum, not the count).
 
     The draws come from a generator seeded with the example's seed alone, in the official order
     (t first, then the L uniforms), so with one draw a seed gives the official code's mask after
@@ -407,11 +407,12 @@ class ShowoBackbone(BackboneBase):
     def mmu_ids(self, codes: torch.Tensor, texts: list[list[int]], width: int | None = None) -> torch.Tensor:
         """(B, T) <|mmu|> <|soi|> image <|eoi|> <bos> text, right-padded with [PAD] to `width`
         (default: the longest row). `texts` carry their own <eos> where they have one."""
-        head = [self.cfg.special_id("<|mmu|>"), self.cfg.special_id("<|soi|>")]
-        rows = [head + (c + self.cfg.image_offset).tolist() + [self.cfg.special_id("<|eoi|>"), self.cfg.bos_id] + t
-                for c, t in zip(codes, texts)]
-        width = width or max(map(len, rows))
-        return torch.tensor([r + [self.cfg.pad_id] * (width - len(r)) for r in rows], device=codes.device)
+        b, device = len(codes), codes.device
+        room = (width - self.n_image_tokens - 4) if width else max(map(len, texts), default=0)
+        head = torch.tensor([self.cfg.special_id("<|mmu|>"), self.cfg.special_id("<|soi|>")], device=device)
+        tail = torch.tensor([self.cfg.special_id("<|eoi|>"), self.cfg.bos_id], device=device)
+        text = torch.tensor([t + [self.cfg.pad_id] * (room - len(t)) for t in texts], dtype=torch.long, device=device)
+        return torch.cat([head.expand(b, 2), codes + self.cfg.image_offset, tail.expand(b, 2), text.view(b, room)], 1)
 
     def mmu_allowed(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T, T): causal, and everything up to <|eoi|> sees everything up to <|eoi|>."""
@@ -604,9 +605,9 @@ class ShowoBackbone(BackboneBase):
         counted = F.pad(flat_masks, (1, 1), value=True)  # the <|soi|> and <|eoi|> positions count, as officially
         logp = self.showo.lm_head(hidden).float().log_softmax(-1).gather(-1, truth[..., None])[..., 0]
         per_draw = (logp * counted).sum(-1).view(b, k)
-        counts = counted.sum(-1).float().view(b, k)
+        counts = masks.sum(-1).float()
         if estimator.weighting == "ratio":
-            per_draw, counts = per_draw / ratios, torch.full_like(counts, codes.shape[1] + 2)
+            per_draw, counts = per_draw / ratios, torch.full_like(counts, codes.shape[1])
         return LogProbs(per_draw.mean(-1), counts.mean(-1))
 
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
@@ -622,7 +623,7 @@ class ShowoBackbone(BackboneBase):
                              f"{tuple(tokens.shape)}")
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise UsageError(f"image tokens must be integer ids, got {tokens.dtype}")
-        if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.codebook_size):
+        if len(tokens) and not tokens.is_meta and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.codebook_size):
             raise UsageError(f"image token ids must lie in [0, {self.cfg.codebook_size}), got "
                              f"{int(tokens.min())}..{int(tokens.max())}")
         return tokens.to(self.device, torch.long)

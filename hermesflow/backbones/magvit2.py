@@ -14,6 +14,7 @@ resized to the model's side (bicubic), a centre crop, values mapped to [-1, 1].
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -222,8 +223,10 @@ class MagvitV2(nn.Module):
         return self.encoder.conv_in.weight.dtype
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] → (B, H/d * W/d) codes. A latent > 0 is bit 1, else 0 (LFQ)."""
-        z = self.encoder(pixels.to(self.dtype))
+        """(B, 3, H, W) in [-1, 1] → (B, H/d * W/d) codes. A latent > 0 is bit 1, else 0 (LFQ).
+        Runs in the tokenizer's own dtype even under autocast: lower precision flips near-zero signs."""
+        with _without_autocast(pixels.device):
+            z = self.encoder(pixels.to(self.dtype))
         bits = (z > 0).long()
         return (bits * self.bit_values[:, None, None]).sum(1).flatten(1)
 
@@ -238,7 +241,14 @@ class MagvitV2(nn.Module):
         side = int(round(codes.shape[1] ** 0.5))
         if side * side != codes.shape[1]:
             raise ValueError(f"MAGVIT-v2 decodes a square grid of tokens; got {codes.shape[1]} per image")
-        return self.decoder(self.latents(codes.to(self.bit_values.device), side))
+        with _without_autocast(self.bit_values.device):
+            return self.decoder(self.latents(codes.to(self.bit_values.device), side))
+
+
+def _without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # e.g. the meta device, which has no autocast
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -561,13 +561,25 @@ class ShowoBackbone(BackboneBase):
             raise UsageError(f"generation steps must be at least 1, got {gen.steps}")
         w = gen.guidance
         rows = prompts + [[]] * len(prompts) if w else prompts
+        p = self.prefix_len
+        cache = DynamicCache(config=self.showo.config)
 
         def guided(codes: torch.Tensor) -> torch.Tensor:
-            logits = self.code_logits(self._image_hidden(rows, codes.repeat(2, 1) if w else codes))
+            # Text rows never see the image, so the text slot's keys and values are computed once
+            # (below) and every step runs only <|soi|> image <|eoi|> against them.
+            ids = self.t2i_ids(rows, codes.repeat(2, 1) if w else codes)
+            mask = additive_mask(self.t2i_allowed(ids)[:, p:], self.dtype)
+            hidden = self.showo.model(input_ids=ids[:, p:], attention_mask=mask, cache=cache,
+                                      use_cache=True).last_hidden_state
+            cache.crop(-(self.n_image_tokens + 2))  # back to the text slot
+            logits = self.code_logits(hidden[:, 1:-1])
             return cfg_logits(*logits.chunk(2), w) if w else logits
 
         generator = torch.Generator().manual_seed(gen.seed)
         with self.sampling():
+            ids = self.t2i_ids(rows, torch.full((len(rows), self.n_image_tokens), MASKED, device=self.device))[:, :p]
+            self.showo.model(input_ids=ids, attention_mask=additive_mask(self.t2i_allowed(ids), self.dtype), cache=cache,
+                             use_cache=True)
             if self.cfg.sampler == "official":
                 return official_maskgit_decode(guided, len(prompts), self.n_image_tokens, gen.steps, gen.temperature,
                                                generator, self.device, trace)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hermesflow.backbones.magvit2 import MagvitConfig
@@ -55,7 +57,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # damaged or pickled beyond plain tensors
+    except (OSError, RuntimeError, ValueError, SafetensorError, pickle.UnpicklingError) as e:  # damaged, or not plain tensors
         raise UsageError(f"{path}: cannot be read as weights ({e})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a training checkpoint {'model': state_dict, ...}

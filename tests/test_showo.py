@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tiny_showo import TINY_MAGVIT, make_tiny_showo, tiny_phi_tokenizer
 
 from hermesflow.backbones.base import ExactEstimator, GenerationConfig, MaskedEstimator

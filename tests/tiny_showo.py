@@ -23,9 +23,10 @@ from hermesflow.backbones.showo import PAD_TOKEN, SPECIAL_TOKENS, ShowoBackbone,
 from hermesflow.model.tokenizers import world_words
 
 ENDOFTEXT, UNK = "<|endoftext|>", "<unk>"
-TINY_PHI = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                partial_rotary_factor=0.5, max_position_embeddings=256, hidden_act="gelu_new", layer_norm_eps=1e-5,
-                rope_theta=10000.0, embd_pdrop=0.0, resid_pdrop=0.0, attention_dropout=0.0)
+TINY_PHI = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "partial_rotary_factor": 0.5, "max_position_embeddings": 256, "hidden_act": "gelu_new",
+            "layer_norm_eps": 1e-5, "rope_theta": 10000.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0,
+            "attention_dropout": 0.0}
 TINY_MAGVIT = MagvitConfig(ch=32, encoder_ch_mult=[1, 1, 1, 1], encoder_res_blocks=[1, 0, 0, 0],
                            decoder_ch_mult=[1, 1, 1, 1], decoder_res_blocks=[1, 0, 0, 0], bits=6)
 

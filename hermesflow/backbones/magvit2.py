@@ -15,8 +15,9 @@ resized to the model's side (bicubic), a centre crop, values mapped to [-1, 1].
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -238,7 +239,7 @@ class MagvitV2(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, L) codes of a square token grid → (B, 3, H, W) pixels, not clamped."""
-        side = int(round(codes.shape[1] ** 0.5))
+        side = math.isqrt(codes.shape[1])
         if side * side != codes.shape[1]:
             raise ValueError(f"MAGVIT-v2 decodes a square grid of tokens; got {codes.shape[1]} per image")
         with _without_autocast(self.bit_values.device):
@@ -271,8 +272,8 @@ def resize_center_crop(image: np.ndarray, side: int) -> np.ndarray:
     if pil.size != size:
         pil = pil.resize(size, Image.BICUBIC)
     out = np.asarray(pil)
-    top = int(round((out.shape[0] - side) / 2.0))
-    left = int(round((out.shape[1] - side) / 2.0))
+    top = round((out.shape[0] - side) / 2.0)  # Python's round, as torchvision
+    left = round((out.shape[1] - side) / 2.0)
     return out[top : top + side, left : left + side]
 
 

@@ -41,13 +41,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
@@ -72,9 +74,10 @@ SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|
 PAD_TOKEN = "[PAD]"
 N_NEW_TOKENS = 1 + len(SPECIAL_TOKENS)
 # microsoft/phi-1_5's config.json (what Show-o's `llm_model_path` names); Show-o turns qk_layernorm on.
-PHI_1_5 = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
-               partial_rotary_factor=0.5, max_position_embeddings=2048, hidden_act="gelu_new", layer_norm_eps=1e-5,
-               rope_theta=10000.0, embd_pdrop=0.0, resid_pdrop=0.0, attention_dropout=0.0)
+PHI_1_5 = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+           "partial_rotary_factor": 0.5, "max_position_embeddings": 2048, "hidden_act": "gelu_new",
+           "layer_norm_eps": 1e-5, "rope_theta": 10000.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0,
+           "attention_dropout": 0.0}
 PHI_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "dense")  # Phi's attention projections (its MLP: fc1, fc2)
 
 
@@ -242,7 +245,7 @@ class ShowoBackbone(BackboneBase):
         self.cfg = cfg
         self.tokenizer = tokenizer  # only the text-taking methods need it; the id-level ones do not
         magvit = MagvitConfig(**cfg.magvit)
-        side = int(round(cfg.num_vq_tokens ** 0.5))
+        side = math.isqrt(cfg.num_vq_tokens)
         if side * side != cfg.num_vq_tokens or side * magvit.downsample != cfg.image_size:
             raise UsageError(f"Show-o config: {cfg.num_vq_tokens} image tokens are not a square grid of "
                              f"{cfg.image_size}px / {magvit.downsample}px per token")
@@ -264,7 +267,7 @@ class ShowoBackbone(BackboneBase):
     # ----- loading and saving ---------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "ShowoBackbone":
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> ShowoBackbone:
         """A folder written by `save_pretrained` or `convert_showo`: config.json, model.safetensors and
         the tokenizer. The language model in `dtype`, the MAGVIT-v2 tokenizer in float32."""
         directory = Path(directory)
@@ -292,7 +295,7 @@ class ShowoBackbone(BackboneBase):
         model.tokenizer = tokenizer
         try:
             state = load_file(str(directory / WEIGHTS))
-        except Exception as e:  # safetensors raises its own error types for damaged files
+        except (OSError, SafetensorError) as e:
             raise UsageError(f"model folder {directory}: {WEIGHTS} cannot be read ({e})") from None
         model.load_weights(state, f"model folder {directory}")
         model.showo.to(dtype)

@@ -211,7 +211,10 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     branches = BRANCHES[cfg.loss_type]
-    policy = PolicyLogps(backbone.float().to(accelerator.device), branches, estimator_of(backbone, cfg))
+    for param in backbone.parameters():  # fp32 master weights for what trains; frozen (LoRA base) weights stay as loaded
+        if param.requires_grad:
+            param.data = param.data.float()
+    policy = PolicyLogps(backbone.to(accelerator.device), branches, estimator_of(backbone, cfg))
     refs, reference = None, None
     if cfg.reference == "cached":
         refs = cached_reference(policy, examples, cfg, accelerator, out)

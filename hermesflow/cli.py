@@ -17,6 +17,7 @@ from hermesflow.errors import HermesFlowError
 from hermesflow.io import atomic_write_json
 from hermesflow.settings import (
     AblateConfig,
+    ConvertShowoConfig,
     CurateConfig,
     EvalConfig,
     PretrainConfig,
@@ -113,6 +114,14 @@ def run_train(cfg: TrainConfig) -> int:
     return 0
 
 
+def run_convert_showo(cfg: ConvertShowoConfig) -> int:
+    from hermesflow.convert_showo import convert_showo
+
+    out = convert_showo(cfg.src, cfg.dst, magvit=cfg.magvit, tokenizer=cfg.tokenizer, max_seq_length=cfg.max_seq_length)
+    print(f"Show-o model written to {out}")
+    return 0
+
+
 def run_rounds(cfg: RunConfig) -> int:
     from hermesflow.iterate import run
 
@@ -157,6 +166,7 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "run": (RunConfig, run_rounds),
     "report": (ReportConfig, run_report),
     "ablate": (AblateConfig, run_ablate),
+    "convert-showo": (ConvertShowoConfig, run_convert_showo),
 }
 
 

@@ -96,6 +96,10 @@ def resolve(cls: type[C], args: argparse.Namespace) -> C:
             raise UsageError(f"config {path}: unknown settings {unknown}; known: {sorted(names)}")
         values.update({k: _coerce(cls, k, v, f"config {path}") for k, v in loaded.items()})
     values.update({k: v for k, v in vars(args).items() if k in names})
+    presets = getattr(cls, "PRESETS", None)
+    if presets is not None and values.get("preset") in presets:  # a preset stands in for defaults only
+        for key, value in presets[values["preset"]].items():
+            values.setdefault(key, value)
     for f in dataclasses.fields(cls):
         if f.metadata.get("required") and values.get(f.name) is None:
             shown = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")

@@ -149,11 +149,25 @@ class TrainConfig(TrainingOptions):
     dtype: str = option("fp32", "fp32, or bf16 mixed precision over fp32 weights", choices=("fp32", "bf16"))
 
 
+# The paper's hyperparameters for Show-o 1.3B (§5.1 and the official code): a preset's values stand
+# in for the defaults, and a config file or a flag still overrides each of them.
+RUN_PRESETS = {
+    "default": {},
+    "paper": dict(loss_type="sum", lr=2e-5, weight_decay=0.01, beta_und=0.2, beta_gen=0.2, sft_und=0.0, sft_gen=0.0,
+                  batch_size=4, train_steps=3000, n_captions=10, n_images=16, guidance=5.0, eval_guidance=5.0, steps=50),
+}
+
+
 @dataclass
 class RunConfig(CurationOptions, TrainingOptions):
     """`hermesflow run` / `iterate`: evaluate the base model, then R self-play rounds of curate, train, evaluate."""
 
+    PRESETS = RUN_PRESETS
+
     out: Path = option(None, "run folder", required=True)
+    preset: str = option("default", "default: the built-in model's recipe; paper: the paper's Show-o recipe (AdamW lr 2e-5, "
+                         "β 0.2, no NLL terms, batch 4, 3000 steps, 10 captions and 16 images, guidance 5, 50 steps)",
+                         choices=tuple(RUN_PRESETS))
     model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
     data: Path = option(None, "homologous train data (default: a held-out slice of the world's train split)")
     rounds: int = option(1, "self-play rounds", minimum=0)
@@ -185,3 +199,15 @@ class AblateConfig(CurationOptions, TrainingOptions):
     eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's", minimum=0)
     eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of the data and of round-0 curation")
+
+
+@dataclass
+class ConvertShowoConfig:
+    """`hermesflow convert-showo SRC DST`: the official Show-o checkpoint (with its MAGVIT-v2 and Phi-1.5
+    tokenizer folders) as a HermesFlow model folder in safetensors, read without unpickling code."""
+
+    src: Path = option(None, "the official show-o or show-o-512x512 folder", positional=True, required=True)
+    dst: Path = option(None, "the new model folder", positional=True, required=True)
+    magvit: Path = option(None, "the magvitv2 folder (default: SRC/magvitv2 or a magvitv2 folder beside SRC)")
+    tokenizer: Path = option(None, "Phi-1.5's tokenizer folder (default: SRC if it holds one, else a phi-1_5 folder beside SRC)")
+    max_seq_length: int = option(128, "the text slot of text-to-image sequences the checkpoint was trained with", minimum=1)

@@ -1,5 +1,5 @@
 """The backbone contract, checked on every backbone HermesFlow ships (the built-in model and a tiny
-random Janus; Show-o joins when its adapter lands). Each adapter's own test file compares its
+random Janus and a tiny random Show-o). Each adapter's own test file compares its
 log-probs and samplers with a naive per-token recomputation; this file checks what the pipeline
 relies on from any backbone: batching does not change a log-prob, shared seeds share masks, an
 identical reference gives zero margins, save -> load is exact, sampling is seeded, bf16 agrees with
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import make_tiny_janus
+from tiny_showo import make_tiny_showo
 
 from hermesflow.backbones import Backbone, GenerationConfig, MaskedEstimator, load_backbone
 from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
@@ -27,7 +28,7 @@ def _builtin(folder: Path) -> Path:
     return folder
 
 
-BUILDERS = {"builtin": _builtin, "janus": make_tiny_janus}
+BUILDERS = {"builtin": _builtin, "janus": make_tiny_janus, "showo": make_tiny_showo}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
@@ -176,3 +177,34 @@ def test_a_masked_estimator_counts_masked_tokens_and_exact_counts_all(backbone, 
     else:
         assert (lp.count == n).all()
     assert (lp.total < 0).all()
+
+
+def test_a_pair_dpo_step_starts_at_the_saddle_value_and_lowers_the_loss(folder, backbone, tmp_path):
+    """The same loss and estimator semantics on every backbone: at policy == reference the `sum` loss
+    is exactly 2·log 2, and a few optimizer steps on one batch lower it (both margins grow)."""
+    from hermesflow.data import read_homologous
+    from hermesflow.prefs import CaptionPair, ImagePair, Preference
+    from hermesflow.train import Example, PolicyLogps
+    from hermesflow.world.build import write_world
+
+    write_world(tmp_path / "data", 2, seed=0, split="train", image_size=max(32, backbone.image_size // 32 * 32))
+    records = read_homologous(tmp_path / "data").records
+    drawn = backbone.generate([r.caption for r in records], 2, GenerationConfig(steps=2, seed=0)).tolist()
+    examples = [Example(r, Preference(r.id, 0, r.caption, CaptionPair(r.caption, records[1 - i].caption, 1.0, 0.0, "initial"),
+                                      ImagePair(tuple(drawn[2 * i]), tuple(drawn[2 * i + 1]), 1.0, 0.0, "initial")), 100 + i)
+                for i, r in enumerate(records)]
+    model = load_backbone(folder)
+    policy = PolicyLogps(model, ("und", "gen"), model.default_estimator())
+    with torch.no_grad():
+        ref = {b: (c.total, r.total) for b, (c, r) in policy(examples).items()}
+    loss_fn = PairDPOLoss("sum", beta_und=1.0, beta_gen=1.0)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(3):
+        out = loss_fn(**{b: BranchLogps(c.total, r.total, *ref[b]) for b, (c, r) in policy(examples).items()})
+        losses.append(out.loss.mean().item())
+        opt.zero_grad()
+        out.loss.mean().backward()
+        opt.step()
+    assert losses[0] == pytest.approx(2 * np.log(2), abs=1e-5)
+    assert losses[-1] < losses[0] - 1e-3, losses

@@ -23,6 +23,7 @@ from hermesflow.errors import UsageError
 REGISTRY: dict[str, tuple[str, str]] = {
     "hermesflow-unified": ("hermesflow.backbones.builtin", "UnifiedModel"),
     "janus": ("hermesflow.backbones.janus", "JanusBackbone"),
+    "show-o": ("hermesflow.backbones.showo", "ShowoBackbone"),
 }
 
 BASE_MODEL = Path(__file__).resolve().parent.parent / "assets" / "base"

@@ -1,5 +1,6 @@
-"""The whole method on a second, real architecture: `hermesflow run` on a tiny random Janus folder
-(the world drawn at its 64 px), with LoRA; and `hermesflow train` on two processes matching one."""
+"""The whole method on real architectures besides the built-in model: `hermesflow run` on a tiny
+random Janus folder (the world drawn at its 64 px) with LoRA, and on a tiny random Show-o; and
+`hermesflow train` on two processes matching one for Janus."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 from tiny_models import make_tiny_janus
+from tiny_showo import make_tiny_showo
 from transformers import JanusForConditionalGeneration
 
 from hermesflow.backbones import load_backbone
@@ -84,3 +86,16 @@ def test_training_janus_on_two_processes_matches_one(janus, lora_run, tmp_path):
     moved = sum(((a[k].float() - start[k].float()) ** 2).sum() for k in a) ** 0.5
     apart = sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a) ** 0.5
     assert moved > 0 and apart / moved < 1e-3, float(apart / moved)
+
+
+def test_run_on_show_o_curates_trains_and_evaluates(tmp_path):
+    showo = make_tiny_showo(tmp_path / "showo")
+    out = tmp_path / "run"
+    hermesflow("run", "--model", str(showo), "--out", str(out), "--n-train", "16", "--eval-n", "6", "--n-captions", "4",
+               "--n-images", "4", "--steps", "2", "--min-chosen-accuracy", "0", "--train-steps", "2", "--batch-size", "2")
+    manifest = json.loads((out / "round-1" / "manifest.json").read_text())
+    assert manifest["model_type"] == "show-o" and manifest["counts"]["both_kept"] > 0
+    summary = json.loads((out / "round-1" / "train" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["branches"] == ["und", "gen"]
+    assert json.loads((out / "round-1" / "eval" / "metrics.json").read_text())["settings"]["model_type"] == "show-o"
+    assert load_backbone(out / "round-1" / "model").fingerprint() != load_backbone(showo).fingerprint()

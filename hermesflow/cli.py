@@ -12,7 +12,7 @@ import sys
 from typing import Callable
 
 from hermesflow import __version__, config
-from hermesflow.data import read_homologous
+from hermesflow.data import read_data, read_homologous
 from hermesflow.errors import HermesFlowError
 from hermesflow.io import atomic_write_json
 from hermesflow.settings import (
@@ -20,6 +20,7 @@ from hermesflow.settings import (
     ConvertShowoConfig,
     CurateConfig,
     EvalConfig,
+    ImportOfficialConfig,
     PretrainConfig,
     ReportConfig,
     RunConfig,
@@ -38,7 +39,7 @@ def run_world(cfg: WorldConfig) -> int:
 
 
 def run_validate(cfg: ValidateConfig) -> int:
-    data = read_homologous(cfg.data, image_size=cfg.image_size or None, skip_bad=cfg.skip_bad)
+    data = read_data(cfg.data, cfg, image_size=cfg.image_size or None, skip_bad=cfg.skip_bad)
     for problem in data.skipped:
         print(f"skipped: {problem}", file=sys.stderr)
     print_summary(data.summary())
@@ -61,7 +62,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
     if cfg.data:
-        data = read_homologous(cfg.data)
+        data = read_data(cfg.data, cfg)
         check_fit(backbone, data)
         items = data_eval_items(data, cfg.n)
     else:
@@ -86,7 +87,7 @@ def run_curate(cfg: CurateConfig) -> int:
     from hermesflow.iterate import curate_round, require_qa
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    data = require_qa(read_homologous(cfg.data))
+    data = require_qa(read_data(cfg.data, cfg))
     state = partial_state()
     backbone = load_backbone(cfg.model, cfg.dtype).to(state.device).eval()
     check_fit(backbone, data)
@@ -103,7 +104,7 @@ def run_train(cfg: TrainConfig) -> int:
     from hermesflow.backbones import load_backbone
     from hermesflow.iterate import train_round
 
-    data = read_homologous(cfg.data)
+    data = read_data(cfg.data, cfg)
     backbone = load_backbone(cfg.model)
     state = partial_state()
     train_round(backbone, data, cfg.prefs, cfg, state, out=cfg.out)
@@ -145,6 +146,23 @@ def run_ablate(cfg: AblateConfig) -> int:
     return 0
 
 
+def run_import_official(cfg: ImportOfficialConfig) -> int:
+    from hermesflow.importer import import_official
+    from hermesflow.io import atomic_write_text
+
+    pairs = import_official(cfg.file)
+    ties = {branch: [p.id for p in pairs if branch in p.tied()] for branch in ("caption", "image")}
+    for branch, ids in ties.items():
+        if ids:
+            print(f"note: {len(ids)} records score their {branch} pair equally (ids {', '.join(ids[:5])}"
+                  f"{', ...' if len(ids) > 5 else ''}); such a pair carries no preference to learn from", file=sys.stderr)
+    if cfg.out:
+        atomic_write_text(cfg.out, "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
+    print_summary({"records": len(pairs), "caption_ties": len(ties["caption"]), "image_ties": len(ties["image"]),
+                   **({"written": str(cfg.out)} if cfg.out else {})})
+    return 0
+
+
 def print_summary(summary: dict) -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
@@ -167,6 +185,7 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "report": (ReportConfig, run_report),
     "ablate": (AblateConfig, run_ablate),
     "convert-showo": (ConvertShowoConfig, run_convert_showo),
+    "import-official": (ImportOfficialConfig, run_import_official),
 }
 
 

@@ -1,28 +1,67 @@
-"""Reading homologous data: JSON Lines of {id, image, caption, qa?, category?, scene?}.
+"""Reading homologous data: records of {id, image, caption, qa?, category?, scene?}.
 
-Every record is checked before any work starts, and every bad one is reported with its file, line,
-id and reason (`data.jsonl line 14 (id "a17"): image "x.png" not found`). By default any bad record
-stops the job with a DataError; with `skip_bad` the bad records are reported and left out.
-Images are paths relative to the data file and may not leave its folder.
+The records come from our JSON Lines file, a Hugging Face `datasets` folder (save_to_disk), Parquet
+files or an imagefolder with `metadata.jsonl` (`hermesflow.sources` reads those rows), under any
+column names (`Columns`). Every record is checked before any work starts, and every bad one is
+reported with its file, line (or row index), id and reason (`data.jsonl line 14 (id "a17"): image
+"x.png" not found`). By default any bad record stops the job with a DataError; with `skip_bad` the
+bad records are reported and left out.
+
+Images are paths relative to the data file, or bytes inside the rows; any size and mode (RGBA,
+grayscale, 16-bit, palette) is read as RGB. A path written in the data may not be absolute nor climb
+out with `..`; one that leaves the folder through a symbolic link (a dataset cache) is refused
+unless the user opts in with `follow_symlinks`.
 """
 
 from __future__ import annotations
 
-import codecs
+import io
 import json
-import sys
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hermesflow.errors import DataError, UsageError
+from hermesflow.errors import DataError
+from hermesflow.sources import locate, rows
 from hermesflow.world.questions import QA
 from hermesflow.world.scenes import Scene
 
-IMAGE_FORMATS = ("PNG", "JPEG")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+# what `datasets` stores images inside rows as (it keeps 16-bit, palette and CMYK images as TIFF)
+EMBEDDED_FORMATS = IMAGE_FORMATS + ("TIFF", "BMP", "GIF")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which field of a row holds what, for data whose schema uses other names."""
+
+    id: str = "id"
+    image: str = "image"
+    caption: str = "caption"
+    qa: str = "qa"
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL image as an (H, W, 3) uint8 array: EXIF rotation applied, transparency laid on white,
+    16-bit and 32-bit grey scaled down (PIL's own convert("RGB") clips them to white)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        grey = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or grey.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and grey.max(initial=0) <= 1.0:
+            top = 1.0
+        grey = np.clip(np.round(grey / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return np.asarray(img.convert("RGB"))
 
 
 @dataclass(frozen=True)
@@ -35,12 +74,14 @@ class Record:
     qa: tuple[QA, ...] = ()
     category: str | None = None
     scene: Scene | None = None
-    line: int = 0
+    line: int = 0  # the line of a JSON Lines file, or the row index of other formats
+    image_bytes: bytes | None = field(default=None, repr=False)  # an image stored inside the row
 
     def load_image(self) -> np.ndarray:
-        """The image as an (H, W, 3) uint8 array (it was checked when the data was read)."""
-        with Image.open(self.image_path) as img:
-            return np.asarray(img.convert("RGB"))
+        """The image as an (H, W, 3) uint8 RGB array (it was checked when the data was read)."""
+        source = io.BytesIO(self.image_bytes) if self.image_bytes is not None else self.image_path
+        with Image.open(source) as img:
+            return to_rgb(img)
 
 
 @dataclass
@@ -50,12 +91,20 @@ class HomologousData:
     path: Path
     records: list[Record]
     skipped: list[str] = field(default_factory=list)
+    format: str = "jsonl"  # jsonl, parquet, datasets or imagefolder
+
+    def where(self, record: Record) -> str:
+        """`data.jsonl line 14 (id "a17")`, or `train.parquet index 13 (id "a17")`."""
+        unit = "line" if self.format in ("jsonl", "imagefolder") else "index"
+        return f"{self.path.name} {unit} {record.line} (id {_quote(record.id)})"
 
     def summary(self) -> dict:
         return {
             "path": str(self.path),
+            "format": self.format,
             "records": len(self.records),
             "skipped": len(self.skipped),
+            "without_qa": sum(not r.qa for r in self.records),
             "categories": dict(sorted(Counter(r.category or "none" for r in self.records).items())),
             "question_types": dict(sorted(Counter(q.type for r in self.records for q in r.qa).items())),
             "questions": sum(len(r.qa) for r in self.records),
@@ -90,43 +139,70 @@ def _text(obj: dict, key: str, *, required: bool = True) -> str | None:
     return value
 
 
-def _record_id(obj: dict) -> str:
-    if "id" not in obj:
-        raise _Bad('missing field "id"')
-    value = obj["id"]
+def _record_id(obj: dict, key: str = "id") -> str:
+    if key not in obj:
+        raise _Bad(f'missing field "{key}"')
+    value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise _Bad(f'field "id" must be a non-empty string or an integer, got {_quote(value)}')
+        raise _Bad(f'field "{key}" must be a non-empty string or an integer, got {_quote(value)}')
     return str(value)
 
 
-def _check_image(root: Path, rel: str, image_size: int | None) -> Path:
+def _check_image(root: Path, rel: str, image_size: int | None, follow_symlinks: bool = False) -> Path:
     shown = _quote(rel)
     if Path(rel).is_absolute() or rel.startswith(("/", "\\")):
         raise _Bad(f"image {shown} is an absolute path; use a path relative to the data file")
     if "\0" in rel:
         raise _Bad(f"image {shown} is not a valid path (it holds a NUL character)")
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
+    if os.path.normpath(rel.replace("\\", "/")).split(os.sep)[0] == "..":
         raise _Bad(f"image {shown} points outside the data folder {root}")
+    path = (root / rel).resolve()
+    if not follow_symlinks and not path.is_relative_to(root.resolve()):
+        raise _Bad(f"image {shown} points outside the data folder {root} through a symbolic link; "
+                   "pass --follow-symlinks to follow it")
+    _check_pixels(path, shown, image_size)
+    return path
+
+
+def _check_pixels(source: Path | io.BytesIO, shown: str, image_size: int | None,
+                  formats: tuple[str, ...] = IMAGE_FORMATS) -> None:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             # the header first, so that a wrong or huge image is refused before its pixels are decoded
-            if img.format not in IMAGE_FORMATS:
-                raise _Bad(f'image {shown} is {img.format}; expected one of {"/".join(IMAGE_FORMATS)}')
-            if img.mode != "RGB":
-                raise _Bad(f"image {shown} has mode {img.mode}; expected RGB (convert it first)")
+            if img.format not in formats:
+                raise _Bad(f'image {shown} is {img.format}; expected one of {"/".join(formats)}')
             if image_size is not None and img.size != (image_size, image_size):
                 width, height = img.size
                 raise _Bad(f"image {shown} is {width}x{height}; expected {image_size}x{image_size}")
-            img.load()  # decoding the pixels is what finds truncated and corrupt files
+            to_rgb(img)  # decoding the pixels is what finds truncated and corrupt files (and odd modes)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise _Bad(f"image {shown} not found") from None
     except UnidentifiedImageError:
-        raise _Bad(f"image {shown} cannot be read (not a {' or '.join(IMAGE_FORMATS)} file)") from None
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        raise _Bad(f"image {shown} cannot be read (not a {' or '.join(formats)} file)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, TypeError) as e:
         reason = getattr(e, "strerror", None) or e  # strerror leaves out the (long) file name
         raise _Bad(f"image {shown} cannot be read ({type(e).__name__}: {reason})") from None
-    return path
+
+
+def _image_value(obj: dict, key: str, root: Path, image_size: int | None, follow_symlinks: bool) -> tuple[Path, bytes | None]:
+    """A row's image: a path relative to the data, raw bytes, or `datasets`' {bytes, path} struct."""
+    if key not in obj:
+        raise _Bad(f'missing field "{key}"')
+    value = obj[key]
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        if value.get("bytes"):
+            value = value["bytes"]
+        elif isinstance(value.get("path"), str) and value["path"].strip():
+            value = value["path"]
+        else:
+            raise _Bad(f'field "{key}" holds neither image bytes nor a path')
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+        _check_pixels(io.BytesIO(data), f'in field "{key}"', image_size, EMBEDDED_FORMATS)
+        return root / f"<{key} bytes>", data
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f'field "{key}" must be a non-empty string, got {_quote(value)}')
+    return _check_image(root, value, image_size, follow_symlinks), None
 
 
 def _check_qa(items: object) -> tuple[QA, ...]:
@@ -162,70 +238,73 @@ def _check_scene(items: object) -> Scene:
         raise _Bad(f'field "scene" is not a valid scene ({e})') from None
 
 
-def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None) -> Record:
-    rel = _text(obj, "image")
-    caption = _text(obj, "caption")
-    path = _check_image(root, rel, image_size)
-    qa = _check_qa(obj["qa"]) if obj.get("qa") is not None else ()
+def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None, columns: Columns = Columns(),
+                  follow_symlinks: bool = False) -> Record:
+    if columns.image not in obj:
+        raise _Bad(f'missing field "{columns.image}"')
+    caption = _text(obj, columns.caption)
+    path, image_bytes = _image_value(obj, columns.image, root, image_size, follow_symlinks)
+    qa_value = obj.get(columns.qa)
+    if isinstance(qa_value, str) and qa_value.strip().startswith("["):  # a column holding JSON text
+        try:
+            qa_value = json.loads(qa_value)
+        except json.JSONDecodeError as e:
+            raise _Bad(f'field "{columns.qa}" is not valid JSON ({e.msg})') from None
+    qa = _check_qa(qa_value) if qa_value is not None else ()
     category = _text(obj, "category", required=False)
     scene = _check_scene(obj["scene"]) if obj.get("scene") is not None else None
-    return Record(record_id, path, caption, qa, category, scene)
+    return Record(record_id, path, caption, qa, category, scene, image_bytes=image_bytes)
 
 
-def read_homologous(path: str | Path, *, image_size: int | None = None, skip_bad: bool = False) -> HomologousData:
-    """Read and check a homologous data file (or a folder holding `data.jsonl`).
+def read_homologous(path: str | Path, *, image_size: int | None = None, skip_bad: bool = False,
+                    columns: Columns = Columns(), follow_symlinks: bool = False,
+                    questions: str | Path | None = None) -> HomologousData:
+    """Read and check homologous data: a JSON Lines file (or a folder holding `data.jsonl`), a
+    `datasets` folder, Parquet files or an imagefolder (`hermesflow.sources`).
 
     Raises DataError listing every bad record unless `skip_bad`, in which case they are listed in
     `HomologousData.skipped`. `image_size=None` (the default) accepts images of any size: whether a
-    backbone can read them is `check_fit`'s question.
+    backbone can read them is `check_fit`'s question. `questions`, a TIFA-format file, gives
+    questions to the records that have none (matched by id).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "data.jsonl"
-    if not path.is_file():
-        raise UsageError(f"data file {path} not found")
-    root = path.parent
+    source = locate(path)
+    unit = "line" if source.by_line else "index"
+    name = source.path.name
     records: list[Record] = []
     problems: list[str] = []
-    first_line: dict[str, int] = {}
-    with open(path, "rb") as f:
-        raw_lines = f.read().split(b"\n")
-    for number, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
-            continue
+    first_seen: dict[str, int] = {}
+    image_key = columns.image
+    for number, obj in rows(source):
         record_id = None
         try:
-            if number == 1:  # a byte-order mark, as some editors write, is allowed at the start
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _Bad(f"not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                reason = e.msg.removesuffix(" starting at")  # "Unterminated string starting at"
-                raise _Bad(f"invalid JSON ({reason} at column {e.colno})") from None
-            except ValueError:  # the one other thing json.loads refuses: Python's limit on int digits
-                raise _Bad(f"invalid JSON (a number longer than {sys.get_int_max_str_digits()} digits)") from None
-            except RecursionError:
-                raise _Bad("invalid JSON (nested too deeply)") from None
+            if isinstance(obj, str):
+                raise _Bad(obj)
             if not isinstance(obj, dict):
                 raise _Bad(f"a record must be a JSON object, got {_quote(obj)}")
-            record_id = _record_id(obj)
-            if record_id in first_line:
-                raise _Bad(f"duplicate id (first used on line {first_line[record_id]})")
-            first_line[record_id] = number
-            record = _check_record(obj, record_id, root, image_size)
+            if source.format == "imagefolder" and image_key == "image" and "image" not in obj and "file_name" in obj:
+                obj = {**obj, "image": obj["file_name"]}  # the imagefolder convention
+            if source.format != "jsonl" and columns.id not in obj:  # tables without ids: the file name or the index
+                fallback = obj.get(columns.image) if source.format == "imagefolder" else None
+                obj = {**obj, columns.id: fallback if isinstance(fallback, str) else number}
+            record_id = _record_id(obj, columns.id)
+            if record_id in first_seen:
+                raise _Bad(f"duplicate id (first used on {unit} {first_seen[record_id]})")
+            first_seen[record_id] = number
+            record = _check_record(obj, record_id, source.root, image_size, columns, follow_symlinks)
             records.append(replace(record, line=number))
         except _Bad as e:
             shown = _quote(record_id) if record_id is not None else "unknown"
-            problems.append(f"{path.name} line {number} (id {shown}): {e}")
+            problems.append(f"{name} {unit} {number} (id {shown}): {e}")
     if problems and not skip_bad:
         raise DataError(problems)
     if not records:  # with skip_bad, say why each record went, or "no usable records" explains nothing
-        raise DataError([*problems, f"{path}: no usable records"])
-    return HomologousData(path, records, problems)
+        raise DataError([*problems, f"{source.path}: no usable records"])
+    data = HomologousData(source.path, records, problems, source.format)
+    if questions is not None:
+        from hermesflow.tifa import attach_questions
+
+        data = attach_questions(data, questions)
+    return data
 
 
 def check_fit(backbone, data: HomologousData, limit: int = 20) -> None:
@@ -235,8 +314,17 @@ def check_fit(backbone, data: HomologousData, limit: int = 20) -> None:
     for r in data.records:
         texts = [r.caption] + [t for q in r.qa for t in (q.question, *q.choices)]
         for problem in backbone.fit_problems(r.load_image(), texts):
-            problems.append(f"{data.path.name} line {r.line} (id {_quote(r.id)}): {problem}")
+            problems.append(f"{data.where(r)}: {problem}")
     if problems:
         shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
         raise DataError([f"{data.path}: {len(problems)} problems for the {backbone.model_type} model "
                          f"(it cannot represent this data; nothing was run)", *shown])
+
+
+def read_data(path: str | Path, options: object, **kwargs) -> HomologousData:
+    """`read_homologous` with the data options a verb was given (`settings.DataOptions`: the column
+    map, --follow-symlinks, --questions); a config without them reads with the defaults."""
+    columns = Columns(*(getattr(options, f"{k}_column", d) for k, d in (("id", "id"), ("image", "image"),
+                                                                          ("caption", "caption"), ("qa", "qa"))))
+    return read_homologous(path, columns=columns, follow_symlinks=getattr(options, "follow_symlinks", False),
+                           questions=getattr(options, "questions", None), **kwargs)

@@ -47,6 +47,15 @@ class OfficialPair:
     image_chosen_score: float | None       # "vqa_score_win" (self-VQA accuracy), if present
     image_rejected_score: float | None     # "vqa_score_lose"
 
+    def tied(self) -> list[str]:
+        """The branches ("caption", "image") whose chosen and rejected scores are equal."""
+        return [branch for branch, chosen, rejected in (
+            ("caption", self.caption_chosen_score, self.caption_rejected_score),
+            ("image", self.image_chosen_score, self.image_rejected_score)) if chosen is not None and chosen == rejected]
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
+
 
 _TEXT_KEYS = ("img_path", "prompt", "caption", "caption_win", "caption_lose", "image_win", "image_lose")
 _SCORE_PAIRS = (("caption", "bert_score_win", "bert_score_lose"), ("image", "vqa_score_win", "vqa_score_lose"))
@@ -142,11 +151,12 @@ def _check(item: dict, record_id: str) -> OfficialPair:
         chosen, rejected = _score(item, win), _score(item, lose)
         if (chosen is None) != (rejected is None):
             raise _Bad(f'"{win}" and "{lose}" must be given together')
-        # A pair whose winner does not score above its loser is never trained on (DESIGN §2). The
-        # official writer produces such records when all generated images tie or none passes 0.6:
-        # it then reuses the image indices of an earlier record, so the image paths are wrong too.
-        if chosen is not None and chosen <= rejected:
-            raise _Bad(f'{branch} pair is not ordered: "{win}" {chosen} is not above "{lose}" {rejected}; '
+        # A winner scored below its loser is a broken record. Equal scores are what the official
+        # writer produces when all generated images tie or none passes 0.6 (it then reuses the image
+        # indices of an earlier record, so the image paths may be wrong too): they are kept, and
+        # `tied` lets the caller report and drop them, as training never learns from a tie.
+        if chosen is not None and chosen < rejected:
+            raise _Bad(f'{branch} pair is not ordered: "{win}" {chosen} is below "{lose}" {rejected}; '
                        "remove this record")
         scores[branch] = (chosen, rejected)
     return OfficialPair(

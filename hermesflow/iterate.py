@@ -26,7 +26,7 @@ from pathlib import Path
 from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, Backbone, GenerationConfig, load_backbone
 from hermesflow.curate import MANIFEST, CurationSettings, curate, merge
-from hermesflow.data import HomologousData, check_fit, read_homologous
+from hermesflow.data import HomologousData, check_fit, read_data, read_homologous
 from hermesflow.errors import DataError
 from hermesflow.evaluate import EvalItem, data_eval_items, evaluate, save_sample_sheet, world_eval_items
 from hermesflow.io import atomic_write_json, atomic_write_text
@@ -105,7 +105,7 @@ def require_qa(data: HomologousData) -> HomologousData:
 def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
     """The user's held-out data (--eval-data), or the world's eval split at the backbone's resolution."""
     if cfg.eval_data:
-        data = read_homologous(cfg.eval_data)
+        data = read_data(cfg.eval_data, cfg)
         check_fit(backbone, data)
         return data_eval_items(data, cfg.eval_n)
     return world_eval_items(cfg.eval_n, seed, backbone.image_size)
@@ -155,7 +155,7 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
     """The user's data (--data), or a slice of the world's train split drawn at the backbone's
     resolution; checked to fit the backbone before any work."""
     if cfg.data:
-        data = require_qa(read_homologous(cfg.data))
+        data = require_qa(read_data(cfg.data, cfg))
     else:
         data_dir = out / "data"
         if state.is_main_process and not (data_dir / "data.jsonl").exists():

@@ -24,8 +24,20 @@ class WorldConfig:
 
 
 @dataclass
-class ValidateConfig:
-    """`hermesflow validate DATA`: check a homologous data file and summarise it."""
+class DataOptions:
+    """How homologous data is read: JSON Lines, a datasets folder, Parquet or an imagefolder (DESIGN §6)."""
+
+    id_column: str = option("id", "the field holding each record's id; a table without it uses the row index (an imagefolder: the file name)")
+    image_column: str = option("image", "the field holding the image: a path relative to the data, or image bytes (an imagefolder: file_name)")
+    caption_column: str = option("caption", "the field holding the caption")
+    qa_column: str = option("qa", "the field holding the questions [{question, choices, answer, type}] (a list, or JSON text)")
+    follow_symlinks: bool = option(False, "follow symbolic links that leave the data folder (a dataset cache); '..' and absolute paths stay refused")
+    questions: Path = option(None, "a TIFA-format question file for the records without questions, matched by id (`hermesflow questions` writes one)")
+
+
+@dataclass
+class ValidateConfig(DataOptions):
+    """`hermesflow validate DATA`: check homologous data (JSON Lines, datasets folder, Parquet, imagefolder) and summarise it."""
 
     data: Path = option(None, "data.jsonl, or a folder holding it", positional=True, required=True)
     image_size: int = option(0, "expected image width and height in pixels; 0 accepts any size")
@@ -58,7 +70,7 @@ class PretrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(DataOptions):
     """`hermesflow eval`: Table 4 and Table 2 analogs for a model, on the world's eval split."""
 
     model: Path = option(None, "model folder (save_pretrained format)", required=True)
@@ -126,7 +138,7 @@ class TrainingOptions:
 
 
 @dataclass
-class CurateConfig(CurationOptions):
+class CurateConfig(CurationOptions, DataOptions):
     """`hermesflow curate`: build one round of homologous preference data with the model itself."""
 
     model: Path = option(None, "model folder", required=True)
@@ -138,7 +150,7 @@ class CurateConfig(CurationOptions):
 
 
 @dataclass
-class TrainConfig(TrainingOptions):
+class TrainConfig(TrainingOptions, DataOptions):
     """`hermesflow train`: Pair-DPO on one curated round."""
 
     model: Path = option(None, "policy's starting model folder (also the reference)", required=True)
@@ -159,7 +171,7 @@ RUN_PRESETS = {
 
 
 @dataclass
-class RunConfig(CurationOptions, TrainingOptions):
+class RunConfig(CurationOptions, TrainingOptions, DataOptions):
     """`hermesflow run` / `iterate`: evaluate the base model, then R self-play rounds of curate, train, evaluate."""
 
     PRESETS = RUN_PRESETS
@@ -199,6 +211,14 @@ class AblateConfig(CurationOptions, TrainingOptions):
     eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's", minimum=0)
     eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of the data and of round-0 curation")
+
+
+@dataclass
+class ImportOfficialConfig:
+    """`hermesflow import-official FILE`: check the official repository's pair_dpo_data.json, report ties, write its pairs as JSON Lines."""
+
+    file: Path = option(None, "pair_dpo_data.json as written by Gen-Verse/HermesFlow (array, trailing comma, or raw stream)", positional=True, required=True)
+    out: Path = option(None, "JSON Lines of the checked pairs under our names (caption_chosen, image_rejected_score, ...); none = check only")
 
 
 @dataclass

@@ -70,7 +70,7 @@ def test_every_bad_record_is_listed(tmp_path):
         official_record(1),
         {k: v for k, v in official_record(2).items() if k != "image_lose"},   # missing field
         official_record(3, bert_score_win=float("nan")),                       # non-finite score
-        official_record(4, vqa_score_win=0.5, vqa_score_lose=0.5),             # tied image pair
+        official_record(4, vqa_score_win=0.4, vqa_score_lose=0.5),             # inverted image pair
         official_record(5, caption_win=""),                                    # empty caption
         official_record(1),                                                    # repeated id
         "not an object",
@@ -80,7 +80,7 @@ def test_every_bad_record_is_listed(tmp_path):
     assert err.value.problems == [
         'pair_dpo_data.json record 2 (id 2): missing field "image_lose"',
         'pair_dpo_data.json record 3 (id 3): field "bert_score_win" must be a finite number, got NaN',
-        'pair_dpo_data.json record 4 (id 4): image pair is not ordered: "vqa_score_win" 0.5 is not above '
+        'pair_dpo_data.json record 4 (id 4): image pair is not ordered: "vqa_score_win" 0.4 is below '
         '"vqa_score_lose" 0.5; remove this record',
         'pair_dpo_data.json record 5 (id 5): field "caption_win" must be a non-empty string, got ""',
         "pair_dpo_data.json record 6 (id 1): id repeats record 1 (pairs are joined by id)",
@@ -108,3 +108,18 @@ def test_malformed_files(tmp_path, text, message):
 def test_missing_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         import_official(tmp_path / "absent.json")
+
+
+def test_equal_scores_are_accepted_and_reported(tmp_path, capsys):
+    from hermesflow.cli import main
+
+    records = [official_record(1), official_record(2, vqa_score_win=0.5, vqa_score_lose=0.5),
+               official_record(3, bert_score_win=0.7, bert_score_lose=0.7, vqa_score_win=0.5, vqa_score_lose=0.5)]
+    path = write(tmp_path, json.dumps(records))
+    pairs = import_official(path)
+    assert [p.tied() for p in pairs] == [[], ["image"], ["caption", "image"]]
+    assert main(["import-official", str(path), "--out", str(tmp_path / "pairs.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "records           3" in out and "caption_ties      1" in out and "image_ties        2" in out
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2", "3"] and rows[1]["image_chosen"] == records[1]["image_win"]

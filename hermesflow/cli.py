@@ -1,19 +1,24 @@
 """The `hermesflow` command: one sub-command per verb, each configured by a dataclass.
 
-Bad input (HermesFlowError) is printed as `error: ...` lines without a traceback, exit code 2.
-Verbs that read data check all of it before they create any output.
+Bad input (HermesFlowError) is printed as `error: ...` lines without a traceback, exit code 2; an
+error of the system (a file that cannot be written) as one line naming the path, exit code 1; Ctrl-C
+as one line saying how to resume, exit code 130. Verbs that read data check all of it, and `--out`
+is checked to be a writable folder, before they create any output or load a model.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from hermesflow import __version__, config
 from hermesflow.data import read_data, read_homologous
-from hermesflow.errors import HermesFlowError
+from hermesflow.errors import HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json
 from hermesflow.settings import (
     AblateConfig,
@@ -22,6 +27,7 @@ from hermesflow.settings import (
     EvalConfig,
     ImportOfficialConfig,
     PretrainConfig,
+    QuestionsConfig,
     ReportConfig,
     RunConfig,
     TrainConfig,
@@ -67,6 +73,12 @@ def run_eval(cfg: EvalConfig) -> int:
         items = data_eval_items(data, cfg.n)
     else:
         items = world_eval_items(cfg.n, cfg.seed, backbone.image_size)
+    from hermesflow.stages import claim, file_digest
+
+    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, "n": cfg.n, "seed": cfg.seed,
+             "data": file_digest(cfg.data), "guidance": cfg.guidance, "temperature": cfg.temperature, "steps": cfg.steps,
+             "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype}
+    claim(cfg.out, "eval", "an evaluation", stage, ("metrics.json", "generated.png", "eval_config.yaml"), cfg.overwrite)
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
     metrics, generated = evaluate(backbone, items, gen, SentenceSimilarity(cfg.encoder))
     metrics["model"] = str(cfg.model)
@@ -91,7 +103,7 @@ def run_curate(cfg: CurateConfig) -> int:
     state = partial_state()
     backbone = load_backbone(cfg.model, cfg.dtype).to(state.device).eval()
     check_fit(backbone, data)
-    manifest = curate_round(backbone, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round, cfg.previous, state)
+    manifest = curate_round(backbone, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round - 1, cfg.previous, state)
     if state.is_main_process:
         config.save(cfg, cfg.out / "curate_config.yaml")
         print(json.dumps(manifest["counts"], indent=2))
@@ -146,6 +158,37 @@ def run_ablate(cfg: AblateConfig) -> int:
     return 0
 
 
+def api_client(cfg):
+    """The chat client of a verb's ApiOptions."""
+    import os
+
+    from hermesflow.api import ChatClient
+    from hermesflow.errors import UsageError
+
+    if not cfg.endpoint or not cfg.api_model:
+        raise UsageError("--endpoint and --api-model are required to ask a language model")
+    return ChatClient(cfg.endpoint, cfg.api_model, api_key=os.environ.get(cfg.api_key_env) or None, timeout=cfg.timeout,
+                      retries=cfg.retries, backoff=cfg.backoff, json_schema=cfg.json_schema)
+
+
+def run_questions(cfg: QuestionsConfig) -> int:
+    from hermesflow.api import ReplyCache
+    from hermesflow.questions import generate_questions
+
+    data = read_data(cfg.data, cfg)
+    client = cache = None
+    if cfg.source == "llm":
+        client = api_client(cfg)
+        cache = ReplyCache(cfg.api_cache or cfg.out.with_name(cfg.out.name + ".cache.jsonl"))
+    try:
+        summary = generate_questions(data, cfg.out, cfg.source, client, cache, cfg.redo)
+    finally:
+        if client is not None:
+            print(f"api: {client.usage.line()}", file=sys.stderr)
+    print_summary(summary)
+    return 0
+
+
 def run_import_official(cfg: ImportOfficialConfig) -> int:
     from hermesflow.importer import import_official
     from hermesflow.io import atomic_write_text
@@ -186,28 +229,82 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "ablate": (AblateConfig, run_ablate),
     "convert-showo": (ConvertShowoConfig, run_convert_showo),
     "import-official": (ImportOfficialConfig, run_import_official),
+    "questions": (QuestionsConfig, run_questions),
 }
 
 
+# Verbs whose --out is a folder they create: checked to be writable before any model loads.
+OUT_FOLDER_VERBS = ("world", "pretrain", "eval", "curate", "train", "iterate", "run", "ablate")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hermesflow", description=__doc__.splitlines()[0])
+    # allow_abbrev=False: `--round 3` must not silently mean `--rounds 3`
+    parser = argparse.ArgumentParser(prog="hermesflow", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"hermesflow {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (cls, _) in VERBS.items():
         doc = cls.__doc__.strip()
-        config.add_arguments(verbs.add_parser(name, help=doc, description=doc), cls)
+        usage = config.usage(f"hermesflow {name}", cls)
+        config.add_arguments(verbs.add_parser(name, help=doc, description=doc, usage=usage, allow_abbrev=False), cls)
     return parser
 
 
+def verb_parser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[verb]
+
+
+def unknown_arguments(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """`unrecognized arguments: --modle foo (did you mean --model?)`, naming the closest known flag."""
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in extra:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=")[0], known, n=1, cutoff=0.6)
+            hints += [f"{arg.split('=')[0]}: did you mean {close[0]}?"] if close else []
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def check_out_folder(path: Path) -> None:
+    """--out must be a folder, or creatable as one, where we may write: said before any model loads."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path}: exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {path}: cannot be created, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: {existing} is not writable")
+
+
+def _out_hint(args: argparse.Namespace) -> str:
+    out = getattr(args, "out", None)
+    return f" (the work saved in {out} is kept)" if out else ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the verb's parser, with its usage, not the top-level one
+        verb_parser(parser, args.verb).error(unknown_arguments(verb_parser(parser, args.verb), extra))
     cls, run = VERBS[args.verb]
     try:
-        return run(config.resolve(cls, args))
+        cfg = config.resolve(cls, args)
+        if args.verb in OUT_FOLDER_VERBS:
+            check_out_folder(Path(cfg.out))
+        return run(cfg)
     except HermesFlowError as e:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every file is written whole (atomically or line by line), so a rerun resumes
+        print(f"\ninterrupted: rerun the same command to resume{_out_hint(args)}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `hermesflow validate DATA | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
+    except OSError as e:  # the system refused (disk full, permissions): one line naming the path
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1

@@ -40,23 +40,39 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
+def _help(f: dataclasses.Field) -> str:
+    """The field's help with its default said once, or `(required)`."""
+    text = f.metadata.get("help", "")
+    if f.metadata.get("required"):
+        return text + " (required)"
+    if "(default" in text or f.default is None or f.default == "":
+        return text  # the help says what the default is, or there is none to say
+    return text + f" (default: {f.default})"
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--flag` per field of the config dataclass `cls` (a bare argument if `positional`)."""
+    """One `--flag` per field of the config dataclass `cls` (a bare argument if `positional`), in the
+    argument groups named by the class's GROUPS ({title: field names}), if it has them."""
     hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {}
+    for title, names in getattr(cls, "GROUPS", {}).items():
+        group = parser.add_argument_group(title)
+        groups.update({name: group for name in names})
+    required = parser.add_argument_group("required") if not groups and any(
+        f.metadata.get("required") and not f.metadata.get("positional") for f in dataclasses.fields(cls)) else None
     for f in dataclasses.fields(cls):
         kind = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
-        if not f.metadata.get("required"):
-            help_text += f" (default: {f.default})"
+        help_text = _help(f)
+        target = required if f.metadata.get("required") and required is not None else groups.get(f.name, parser)
         if f.metadata.get("positional"):
             parser.add_argument(f.name, type=kind, nargs="?", default=argparse.SUPPRESS, help=help_text)
         elif kind is bool:
-            parser.add_argument(
+            target.add_argument(
                 "--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS, help=help_text,
             )
         else:
-            parser.add_argument(
+            target.add_argument(
                 "--" + f.name.replace("_", "-"), type=kind, choices=f.metadata.get("choices"),
                 default=argparse.SUPPRESS, help=help_text,
             )
@@ -99,15 +115,17 @@ def resolve(cls: type[C], args: argparse.Namespace) -> C:
         if unknown:
             raise UsageError(f"config {path}: unknown settings {unknown}; known: {sorted(names)}")
         values.update({k: _coerce(cls, k, v, f"config {path}") for k, v in loaded.items()})
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    # argparse gives an omitted optional positional the string "==SUPPRESS==" instead of leaving it out
+    values.update({k: v for k, v in vars(args).items() if k in names and str(v) != argparse.SUPPRESS})
     presets = getattr(cls, "PRESETS", None)
     if presets is not None and values.get("preset") in presets:  # a preset stands in for defaults only
         for key, value in presets[values["preset"]].items():
             values.setdefault(key, value)
+    missing = [f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
+               for f in dataclasses.fields(cls) if f.metadata.get("required") and values.get(f.name) is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
     for f in dataclasses.fields(cls):
-        if f.metadata.get("required") and values.get(f.name) is None:
-            shown = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
-            raise UsageError(f"{shown} is required")
         value = values.get(f.name, f.default)
         low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
         if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
@@ -117,6 +135,13 @@ def resolve(cls: type[C], args: argparse.Namespace) -> C:
         if choices and f.name in values and values[f.name] not in choices:
             raise UsageError(f"{f.name} must be one of {list(choices)}, got {values[f.name]!r}")
     return cls(**values)
+
+
+def usage(prog: str, cls: type) -> str:
+    """`hermesflow curate --model MODEL --data DATA --out OUT [options]`: what must be given, then the rest."""
+    parts = [f.name.upper() if f.metadata.get("positional") else f"--{f.name.replace('_', '-')} {f.name.upper()}"
+             for f in dataclasses.fields(cls) if f.metadata.get("required")]
+    return " ".join([prog, *parts, "[options]"])
 
 
 def to_dict(config: Any) -> dict:

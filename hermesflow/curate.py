@@ -32,6 +32,7 @@ from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.prefs import PREFS, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.selfplay import Pair, Sample, initial_pair, update_pair
 from hermesflow.settings import CurationOptions
+from hermesflow.stages import say
 from hermesflow.world.oracle import parse_batch
 from hermesflow.world.questions import answer_on_scene
 
@@ -41,7 +42,8 @@ UNSCORABLE = "unscorable"  # every sampled caption is one the model cannot score
 
 @dataclass
 class CurationSettings(CurationOptions):
-    """The sampling and judging options of one curation, with its round and seed."""
+    """The sampling and judging options of one curation, with its round and seed. `round` counts from
+    0 here and in prefs.jsonl (it enters the seeds); people see it counted from 1, as in round-N folders."""
 
     round: int = 0
     seed: int = 0
@@ -154,10 +156,14 @@ def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: C
     atomic_write_text(shard, "".join(to_line(p) for p in done_prefs))  # drop a cut line, if any
     done = {p.id for p in done_prefs}
     records = data.records
+    if rank == 0:
+        finished = sum(len(read_lines(f)) for f in shard.parent.glob(f"shard-*-of-{world}.jsonl"))
+        if finished:
+            say(f"resuming: {finished} of {len(records)} records curated in {out}")
     batches = [records[i : i + s.curate_batch_size] for i in range(0, len(records), s.curate_batch_size)]
     mine = [(b, batch) for b, batch in enumerate(batches) if b % world == rank]
     with open(shard, "a", encoding="utf-8") as f:
-        for b, batch in tqdm(mine, desc=f"curate round {s.round}", disable=rank != 0, dynamic_ncols=True):
+        for b, batch in tqdm(mine, desc=f"curate round {s.round + 1}", disable=rank != 0, dynamic_ncols=True):
             if all(r.id in done for r in batch):
                 continue
             seed = s.seed * 1_000_003 + s.round * 10_007 + b

@@ -23,6 +23,8 @@ import shutil
 from dataclasses import fields
 from pathlib import Path
 
+import yaml
+
 from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, Backbone, GenerationConfig, load_backbone
 from hermesflow.curate import MANIFEST, CurationSettings, curate, merge
@@ -30,8 +32,9 @@ from hermesflow.data import HomologousData, check_fit, read_data, read_homologou
 from hermesflow.errors import DataError
 from hermesflow.evaluate import EvalItem, data_eval_items, evaluate, save_sample_sheet, world_eval_items
 from hermesflow.io import atomic_write_json, atomic_write_text
-from hermesflow.prefs import read_prefs
-from hermesflow.settings import CurationOptions, RunConfig
+from hermesflow.prefs import PREFS, read_prefs
+from hermesflow.settings import CurationOptions, RunConfig, TrainingOptions
+from hermesflow.stages import claim, clear, differences, file_digest, refusal, say
 from hermesflow.train import examples_from, train
 from hermesflow.world.build import write_world
 
@@ -42,20 +45,40 @@ def curation_settings(cfg, round_index: int) -> CurationSettings:
     return CurationSettings(**options, round=round_index, seed=cfg.seed)
 
 
+# What a stage writes into its folder, deleted by --overwrite when its settings changed; a round's
+# curation takes what was trained and evaluated from it along.
+CURATE_OUTPUTS = ("shards", PREFS, MANIFEST, "train", "model", "adapter", "eval")
+TRAIN_OUTPUTS = ("train", "model", "adapter", "eval")
+EVAL_OUTPUTS = ("metrics.json", "generated.png")
+# Settings of a run that do not change its results: a rerun may change them freely.
+RUN_FREE = ("out", "rounds", "preset", "report_to", "save_every", "max_nonfinite", "log_branch_grad_norms", "overwrite")
+
+
 def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir: Path, cfg, round_index: int,
                  previous_dir: Path | None, state) -> dict:
-    """Curate (sharded over processes) and merge one round; returns its manifest."""
+    """Curate (sharded over processes) and merge one round; returns its manifest. The round folder
+    records what made it (model, data, previous round, options): a rerun with the same resumes, with
+    others is refused unless `cfg.overwrite`."""
+    settings = curation_settings(cfg, round_index)
+    fingerprint = backbone.fingerprint()
+    stage = {**config.to_dict(settings), "model": fingerprint, "model_type": backbone.model_type,
+             "data": file_digest(data.path), "previous": file_digest(Path(previous_dir) / PREFS) if previous_dir else None}
+    label = f"round {round_index + 1} curation"
+    if state.is_main_process:
+        reused = claim(round_dir, "curate", label, stage, CURATE_OUTPUTS, getattr(cfg, "overwrite", False))
+        if reused and (round_dir / MANIFEST).exists():
+            say(f"reusing {label}: {round_dir / PREFS} ({len(data.records)} records)")
+    state.wait_for_everyone()
     if (round_dir / MANIFEST).exists():
         return json.loads((round_dir / MANIFEST).read_text())
     previous = read_prefs(previous_dir) if previous_dir is not None else {}
-    settings = curation_settings(cfg, round_index)
     curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes)
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
-            "round": round_index,
+            "round": round_index + 1,  # as in the round-N folder
             "model_type": backbone.model_type,
-            "model_sha1": backbone.fingerprint(),
+            "model_sha1": fingerprint,
             "data": str(data.path.resolve()),
             "previous": str(previous_dir) if previous_dir else None,
             "settings": config.to_dict(settings),
@@ -69,6 +92,15 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
     model to `out/model` (default: the round folder), with LoRA also its adapter to `out/adapter`,
     and returns it. A finished round is loaded instead of trained again."""
     out = Path(out) if out is not None else round_dir
+    stage = {**{f.name: getattr(cfg, f.name) for f in fields(TrainingOptions) if f.name not in RUN_FREE},
+             "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(), "model_type": backbone.model_type,
+             "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path)}
+    if state.is_main_process:
+        reused = claim(out / "train", "train", "a training", stage, tuple(f"../{o}" for o in TRAIN_OUTPUTS),
+                       getattr(cfg, "overwrite", False))
+        if reused and (out / "model" / "config.json").exists():
+            say(f"reusing the trained model {out / 'model'}")
+    state.wait_for_everyone()
     if (out / "model" / "config.json").exists():
         return load_backbone(out / "model", cfg.dtype)
     if cfg.lora_r:
@@ -115,7 +147,12 @@ def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, 
     """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
     seed = cfg.seed if seed is None else seed
     path = folder / "metrics.json"
-    if path.exists():
+    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, "n": cfg.eval_n, "seed": seed,
+             "data": file_digest(cfg.eval_data), "guidance": cfg.eval_guidance, "temperature": cfg.image_temperature,
+             "steps": cfg.steps, "encoder": cfg.encoder, "pooling": cfg.pooling, "dtype": cfg.dtype}
+    reused = claim(folder, "eval", "an evaluation", stage, EVAL_OUTPUTS, getattr(cfg, "overwrite", False))
+    if reused and path.exists():
+        say(f"reusing the evaluation {path}")
         return json.loads(path.read_text())
     gen = GenerationConfig(guidance=cfg.eval_guidance, temperature=cfg.image_temperature, steps=cfg.steps, seed=seed)
     metrics, generated = evaluate(backbone, eval_items(backbone, cfg, seed), gen, similarity)
@@ -166,6 +203,25 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
     return data
 
 
+def claim_run(cfg: RunConfig) -> None:
+    """`run_config.yaml` records the settings that made a run folder's results. A rerun whose settings
+    differ (other than those in RUN_FREE, such as more --rounds) is refused, naming the keys, unless
+    --overwrite deletes the folder's contents; the file is rewritten only over results it produced."""
+    out, path = Path(cfg.out), Path(cfg.out) / "run_config.yaml"
+    current = {k: v for k, v in config.to_dict(cfg).items() if k not in RUN_FREE}
+    if path.exists():
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        defaults = config.to_dict(RunConfig(out=out))
+        changed = differences({k: saved.get(k, defaults[k]) for k in current}, current)
+        if changed and not cfg.overwrite:
+            raise refusal("a run", out, changed)
+        if changed:
+            clear(out, tuple(p.name for p in out.iterdir()))
+        else:
+            say(f"resuming the run in {out}: same settings as its run_config.yaml; finished stages are reused")
+    config.save(cfg, path)
+
+
 def run(cfg: RunConfig) -> list[dict]:
     """Evaluate the base model, then `cfg.rounds` rounds of curate -> reference -> train -> evaluate."""
     from hermesflow.accel import partial_state
@@ -174,32 +230,37 @@ def run(cfg: RunConfig) -> list[dict]:
 
     state = partial_state()
     out = Path(cfg.out)
+    if state.is_main_process:
+        claim_run(cfg)
+    state.wait_for_everyone()
     backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()
     data = train_data(backbone, cfg, out, state)
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(cfg, out / "run_config.yaml")
     similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
 
     rows = []
     if state.is_main_process:
+        say("base model: evaluate")
         base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
         rows.append(summary_row("base", base, None))
+        print(format_summary(rows), flush=True)
     previous = None
     for r in range(1, cfg.rounds + 1):
         round_dir = out / f"round-{r}"
+        if state.is_main_process:
+            say(f"round {r} of {cfg.rounds}: curate, train, evaluate")
         manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, previous, state)
         backbone = train_round(backbone, data, round_dir, cfg, state).to(state.device).eval()
         if cfg.dtype == "bf16":
             backbone = backbone.bfloat16()  # trained over fp32 weights; sampled and scored in bf16
         if state.is_main_process:
             rows.append(summary_row(str(r), evaluate_into(backbone, round_dir / "eval", cfg, similarity), manifest))
+            print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
         state.wait_for_everyone()
         previous = round_dir
     if state.is_main_process:
         atomic_write_json(out / "summary.json", rows)
         atomic_write_text(out / "summary.txt", format_summary(rows) + "\n")
-        print(format_summary(rows))
+        print(f"summary: {out / 'summary.txt'}")
         from hermesflow.report import build_report
 
         print(f"report: {build_report(out)}")

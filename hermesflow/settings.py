@@ -6,7 +6,7 @@ appears as `--field-name` on the command line and as `field_name:` in a `--confi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from hermesflow.config import option
@@ -83,6 +83,7 @@ class EvalConfig(DataOptions):
     temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     dtype: str = option("fp32", "precision of the model's weights while evaluating", choices=("fp32", "bf16"))
+    overwrite: bool = option(False, "delete results in --out made with other settings and start again (without it such a folder is refused)")
 
 
 @dataclass
@@ -145,8 +146,10 @@ class CurateConfig(CurationOptions, DataOptions):
     data: Path = option(None, "homologous data (data.jsonl or its folder) with qa", required=True)
     out: Path = option(None, "round folder for prefs.jsonl and manifest.json", required=True)
     previous: Path = option(None, "the previous round's folder, for the self-play update (Eq. 10)")
-    round: int = option(0, "round number")
+    round: int = option(1, "round number, as in a run's round-N folders: 1 pairs each record's best and worst samples, "
+                        "later rounds update the --previous round's pairs (Eq. 10)", minimum=1)
     seed: int = option(0, "seed of sampling")
+    overwrite: bool = option(False, "delete results in --out made with other settings and start again (without it such a folder is refused)")
 
 
 @dataclass
@@ -159,6 +162,7 @@ class TrainConfig(TrainingOptions, DataOptions):
     out: Path = option(None, "output folder for the trained model, metrics.jsonl and the training state", required=True)
     seed: int = option(0, "seed of batch order and mask seeds")
     dtype: str = option("fp32", "fp32, or bf16 mixed precision over fp32 weights", choices=("fp32", "bf16"))
+    overwrite: bool = option(False, "delete results in --out made with other settings and start again (without it such a folder is refused)")
 
 
 # The paper's hyperparameters for Show-o 1.3B (§5.1 and the official code): a preset's values stand
@@ -188,6 +192,7 @@ class RunConfig(CurationOptions, TrainingOptions, DataOptions):
     eval_data: Path = option(None, "held-out homologous data with qa to evaluate on instead of the world's eval split")
     eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of everything")
+    overwrite: bool = option(False, "delete results in --out made with other settings and start again (without it such a folder is refused)")
 
 
 @dataclass
@@ -211,6 +216,32 @@ class AblateConfig(CurationOptions, TrainingOptions):
     eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's", minimum=0)
     eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of the data and of round-0 curation")
+    overwrite: bool = option(False, "delete results in --out made with other settings and start again (without it such a folder is refused)")
+
+
+@dataclass
+class ApiOptions:
+    """An OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, a hosted API); the key is read
+    from an environment variable and never written anywhere."""
+
+    endpoint: str = option("", "base URL of the endpoint, e.g. http://127.0.0.1:8000/v1 (POST {endpoint}/chat/completions)")
+    api_model: str = option("", "the model name the endpoint serves")
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key (unset: no key sent)")
+    timeout: float = option(60.0, "seconds to wait for one reply before trying again", minimum=0.001)
+    retries: int = option(4, "attempts after the first one (timeouts, 429, 5xx, refused connections, unusable replies)", minimum=0)
+    backoff: float = option(1.0, "seconds before the first retry, doubling after each (a 429's Retry-After wins)", minimum=0.0)
+    json_schema: bool = option(True, "ask for replies constrained by a JSON schema (response_format); turn off for servers without it")
+    api_cache: Path = option(None, "JSON Lines cache of accepted replies (default: beside the output); a rerun asks nothing twice")
+
+
+@dataclass
+class QuestionsConfig(DataOptions, ApiOptions):
+    """`hermesflow questions`: TIFA-format questions for the captions that have none (scene graph or an LLM endpoint)."""
+
+    data: Path = option(None, "homologous data (any format --data reads)", required=True)
+    out: Path = option(None, "the TIFA-format question file to write (give it to other verbs as --questions)", required=True)
+    source: str = option("llm", "scene: the world's scene graph (exact); llm: a language model behind --endpoint", choices=("scene", "llm"))
+    redo: bool = option(False, "ask for every record, also those that already have questions")
 
 
 @dataclass
@@ -231,3 +262,22 @@ class ConvertShowoConfig:
     magvit: Path = option(None, "the magvitv2 folder (default: SRC/magvitv2 or a magvitv2 folder beside SRC)")
     tokenizer: Path = option(None, "Phi-1.5's tokenizer folder (default: SRC if it holds one, else a phi-1_5 folder beside SRC)")
     max_seq_length: int = option(128, "the text slot of text-to-image sequences the checkpoint was trained with", minimum=1)
+
+
+def _groups(cls: type, own: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """--help sections of a verb that runs every stage: `own` names its fields by section, curation
+    and training take their option classes' fields (LoRA under model), the rest is data."""
+    names = [f.name for f in fields(cls)]
+    lora = tuple(n for n in names if n.startswith("lora_"))
+    groups = {**own, "model": (*own.get("model", ()), "dtype", *lora),
+              "curation": tuple(f.name for f in fields(CurationOptions) if f.name != "dtype"),
+              "training": tuple(f.name for f in fields(TrainingOptions) if f.name not in lora)}
+    placed = {n for group in groups.values() for n in group}
+    groups["data"] = (*own.get("data", ()), *(n for n in names if n not in placed))
+    return groups
+
+
+RunConfig.GROUPS = _groups(RunConfig, {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model",),
+                                       "data": ("data", "n_train"), "evaluation": ("eval_n", "eval_data", "eval_guidance")})
+AblateConfig.GROUPS = _groups(AblateConfig, {"ablation": ("out", "preset", "seeds", "seed", "overwrite"), "model": ("model",),
+                                             "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance")})

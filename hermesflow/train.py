@@ -32,6 +32,7 @@ from hermesflow.io import atomic_write_json, keep_rows_up_to
 from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
 from hermesflow.prefs import Preference, to_line
 from hermesflow.settings import TrainConfig
+from hermesflow.stages import say
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,8 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
         accelerator.load_state(str(state_dir))
         saved = json.loads((state_dir / "step.json").read_text())
         start, skipped = saved["step"], saved.get("skipped_nonfinite", 0)
+        if accelerator.is_main_process:
+            say(f"resuming: training from step {start} of {cfg.train_steps} ({state_dir})")
     if cfg.report_to:
         accelerator.init_trackers("hermesflow", config={k: str(v) for k, v in vars(cfg).items()})
     if accelerator.is_main_process:

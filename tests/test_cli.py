@@ -34,3 +34,51 @@ def test_convert_showo_names_a_missing_folder_in_one_line(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr == f"error: Show-o folder {tmp_path / 'nope'}: no such folder\n"
     assert not (tmp_path / "out").exists()
+
+
+def hermesflow(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hermesflow", *args], capture_output=True, text=True)
+
+
+def test_abbreviations_are_refused_and_the_closest_flag_is_suggested():
+    result = hermesflow("run", "--out", "x", "--round", "3")  # not silently --rounds
+    assert result.returncode == 2
+    assert "unrecognized arguments: --round 3 (--round: did you mean --rounds?)" in result.stderr
+    assert result.stderr.startswith("usage: hermesflow run --out OUT [options]")  # the verb's usage, short
+    typo = hermesflow("curate", "--modle", "foo")
+    assert typo.returncode == 2 and "(--modle: did you mean --model?)" in typo.stderr
+    assert typo.stderr.startswith("usage: hermesflow curate --model MODEL --data DATA --out OUT [options]")
+
+
+def test_every_missing_required_flag_is_reported_at_once():
+    result = hermesflow("curate")
+    assert (result.returncode, result.stderr) == (2, "error: --model, --data, --out are required\n")
+    missing = hermesflow("validate")
+    assert (missing.returncode, missing.stderr) == (2, "error: DATA is required\n")
+
+
+def test_help_marks_required_flags_says_each_default_once_and_groups_run_flags():
+    text = build_parser().format_help()
+    assert "VERB" in text
+    run_help = subprocess.run([sys.executable, "-m", "hermesflow", "run", "--help"], capture_output=True, text=True).stdout
+    for group in ("run:", "model:", "data:", "curation:", "training:", "evaluation:"):
+        assert f"\n{group}\n" in run_help, group
+    assert "(required)" in run_help
+    flat = " ".join(run_help.split())
+    assert "(default: None)" not in flat and flat.count("(default: the shipped base checkpoint)") == 1
+    assert all(line.count("(default") <= 1 for line in flat.split("--"))
+    curate_help = subprocess.run([sys.executable, "-m", "hermesflow", "curate", "--help"], capture_output=True, text=True).stdout
+    assert "\nrequired:\n" in curate_help and " ".join(curate_help.split()).count("(required)") == 3
+
+
+def test_an_unusable_out_is_one_line_before_any_model_loads(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    missing_model = str(tmp_path / "no-model")  # were it loaded first, this would be the error
+    for out, message in ((blocker, f"--out {blocker}: exists and is not a folder"),
+                         (blocker / "sub", f"--out {blocker / 'sub'}: cannot be created, {blocker} is a file")):
+        result = hermesflow("curate", "--model", missing_model, "--data", str(tmp_path), "--out", str(out))
+        assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+    result = hermesflow("run", "--model", missing_model, "--out", str(blocker))
+    assert (result.returncode, result.stderr) == (2, f"error: --out {blocker}: exists and is not a folder\n")
+

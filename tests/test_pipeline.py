@@ -51,15 +51,16 @@ def finish(p: subprocess.Popen) -> str:
     return out
 
 
-def kill_when(p: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL the process group member as soon as `ready()` holds."""
+def kill_when(p: subprocess.Popen, ready, timeout: float = 300, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` (SIGKILL unless told) to the process as soon as `ready()` holds."""
     deadline = time.time() + timeout
     while not ready():
         assert p.poll() is None, f"finished before it could be killed: {p.communicate()[1][-2000:]}"
         assert time.time() < deadline
         time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    p.send_signal(sig)
+    if sig == signal.SIGKILL:
+        p.wait()
 
 
 def lines(path: Path) -> int:
@@ -86,6 +87,24 @@ def test_curation_killed_and_resumed_writes_the_same_file(setup, curated):
     assert (out / "prefs.jsonl").read_bytes() == (curated / "prefs.jsonl").read_bytes()
     ids = [json.loads(line)["id"] for line in (out / "prefs.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 40
+
+
+def test_ctrl_c_stops_curation_with_one_line_and_exit_130_and_a_rerun_resumes(setup, curated):
+    out = setup["root"] / "interrupted"
+    shard = out / "shards" / "shard-0-of-1.jsonl"
+    p = curate(setup, out)
+    kill_when(p, lambda: lines(shard) >= 8, sig=signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last == f"interrupted: rerun the same command to resume (the work saved in {out} is kept)"
+    assert not (out / "prefs.jsonl").exists() and not list(out.rglob("*.tmp"))
+    rerun = curate(setup, out)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-2000:]
+    assert re.search(r"resuming: (\d+) of 40 records curated", err), err
+    assert (out / "prefs.jsonl").read_bytes() == (curated / "prefs.jsonl").read_bytes()
 
 
 def test_curation_sharded_over_two_processes_merges_to_the_same_file(setup, curated):
@@ -127,7 +146,9 @@ def trained(setup, curated) -> Path:
 def test_training_killed_and_resumed_ends_with_the_same_parameters(setup, curated, trained):
     out = setup["root"] / "train-killed"
     kill_when(train(setup, curated, out), lambda: (out / "train" / "state" / "step.json").exists())
-    finish(train(setup, curated, out))
+    resumed = train(setup, curated, out)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0 and re.search(r"resuming: training from step \d+ of 12", err), err[-2000:]
     a, b = load_file(trained / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]

@@ -221,7 +221,7 @@ class UnifiedModel(BackboneBase):
         causal |= torch.eye(length, dtype=torch.bool, device=device)
         allowed = torch.cat([torch.ones(len(texts), length, p, dtype=torch.bool, device=device), causal], dim=2)
         text_mask = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))[:, None]
-        text_logits, _ = self.net(text, text_mask, [(k[owner], v[owner]) for k, v in cache], start=p)
+        text_logits, _ = self.net(text, text_mask, [(k[owner], v[owner]) for k, v in cache], start=p, extend_cache=False)
         # the image part's last position ([EOI]) predicts the first text token
         logits = torch.cat([image_logits[owner, -1:], text_logits[:, :-1]], dim=1)
         logp = F.log_softmax(logits.float(), dim=-1).gather(-1, text[..., None])[..., 0]
@@ -330,13 +330,13 @@ class UnifiedModel(BackboneBase):
         tokens, mask = self.t2i_batch(rows, masked)
         s, e = self.t2i_image_start, self.t2i_image_start + self.images.n_tokens
         _, cache = self.net(tokens[:, :s], mask[:, :, :s, :s])
-        return cache, mask[:, :, s:e, :e]
+        return cache, mask[:, :, s:e, :e].to(self.dtype)  # cast once, not in every layer at every step
 
     def _guided_logits(self, context: tuple, codes: torch.Tensor, guidance: float) -> torch.Tensor:
         """Image-code logits (B, 16, 19) at the current codes, guided by (1 + w) cond - w uncond."""
         cache, block_mask = context
         block = self._image_ids(torch.cat([codes, codes]) if guidance else codes)
-        logits = self.net(block, block_mask, cache, start=self.t2i_image_start)[0][..., self.image_offset :]
+        logits = self.net(block, block_mask, cache, start=self.t2i_image_start, extend_cache=False)[0][..., self.image_offset :]
         if not guidance:
             return logits
         cond, uncond = logits.chunk(2)

@@ -55,18 +55,26 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: tuple | None) -> tuple[torch.Tensor, tuple]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: tuple | None,
+                extend: bool = True) -> tuple[torch.Tensor, tuple | None]:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        if cache is not None:  # decoding: the new tokens attend every cached key
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        scale = 1.0 / math.sqrt(q.shape[-1])
         # written out: for these short sequences it runs ~3x faster on CPU than the fused kernel's backward
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        if cache is None:
+            att = (q @ k.transpose(-2, -1)) * scale
+        else:  # the new tokens attend the cached keys and their own, without copying the cache
+            att = torch.cat([q @ cache[0].transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1) * scale
         if mask is not None:
             att = att + mask.to(att.dtype)
         att = F.dropout(F.softmax(att, dim=-1), self.dropout, self.training)
-        y = att @ v
-        return self.proj(y.transpose(1, 2).reshape(b, t, d)), (k, v)
+        if cache is None:
+            y, kv = att @ v, (k, v)
+        else:
+            cached = cache[0].shape[2]
+            y = att[..., :cached] @ cache[1] + att[..., cached:] @ v
+            kv = (torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)) if extend else None
+        return self.proj(y.transpose(1, 2).reshape(b, t, d)), kv
 
 
 class MLP(nn.Module):
@@ -87,8 +95,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: tuple | None) -> tuple[torch.Tensor, tuple]:
-        h, kv = self.attn(self.ln1(x), mask, cache)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: tuple | None,
+                extend: bool = True) -> tuple[torch.Tensor, tuple | None]:
+        h, kv = self.attn(self.ln1(x), mask, cache, extend)
         x = x + h
         return x + self.mlp(self.ln2(x)), kv
 
@@ -117,15 +126,17 @@ class Transformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(
-        self, tokens: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None, start: int = 0
-    ) -> tuple[torch.Tensor, KVCache]:
-        """tokens (B, T) at positions start..start+T-1 -> logits (B, T, V) and the updated cache."""
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None, start: int = 0,
+        extend_cache: bool = True,
+    ) -> tuple[torch.Tensor, KVCache | None]:
+        """tokens (B, T) at positions start..start+T-1 -> logits (B, T, V) and the updated cache
+        (None with `extend_cache=False`: a caller that reuses a fixed prefix saves the copies)."""
         t = tokens.shape[1]
         if start + t > self.cfg.max_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds max_len {self.cfg.max_len}")
         x = self.tok(tokens) + self.pos(torch.arange(start, start + t, device=tokens.device))
         new_cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, mask, None if cache is None else cache[i])
+            x, kv = block(x, mask, None if cache is None else cache[i], extend_cache)
             new_cache.append(kv)
-        return self.head(self.ln(x)), new_cache
+        return self.head(self.ln(x)), new_cache if extend_cache or cache is None else None

@@ -1,0 +1,82 @@
+"""Judges of generated images for evaluation: who answers the TIFA questions about an image.
+
+The self-judge (the model answering about its own images) stays the default for curation, as in the
+paper. For evaluating a model the world oracle cannot judge, `VLMJudge` asks a vision-language model
+behind an OpenAI-compatible endpoint (the paper's GPT-4o role): the image as a base64 PNG in the chat
+message, the question and its choices as text, a JSON reply `{"answer": one of the choices}`.
+Replies are checked (an answer not among the choices is asked again), retried and cached exactly as
+for question generation (`hermesflow.api`); the cache key holds the model, the image's bytes, the
+question and its choices.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, parse_json_object
+
+PROMPT_VERSION = "judge-1"
+SYSTEM_PROMPT = ("You answer multiple-choice questions about an image. Look only at the image. Reply with JSON "
+                 'only: {"answer": <one of the choices, copied exactly>}.')
+
+
+def png_data_url(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _answer_parser(choices: Sequence[str]):
+    lowered = {c.lower(): c for c in choices}
+
+    def parse(content: str) -> str:
+        answer = parse_json_object(content).get("answer")
+        if not isinstance(answer, str) or answer.strip().lower() not in lowered:
+            raise BadReply(f"answer {answer!r} is not among the choices {list(choices)}")
+        return lowered[answer.strip().lower()]
+
+    return parse
+
+
+class VLMJudge:
+    """Answers questions about images through an OpenAI-compatible vision chat endpoint."""
+
+    def __init__(self, client: ChatClient, cache: ReplyCache):
+        self.client, self.cache = client, cache
+        self.name = f"vlm:{client.model}"
+
+    def answer(self, images: Sequence[np.ndarray], owners: Sequence[int], questions: Sequence[str],
+               choices: Sequence[Sequence[str]], names: Sequence[str]) -> list[str]:
+        """One choice per question; question i is about `images[owners[i]]`, `names[owners[i]]` in errors."""
+        urls: dict[int, str] = {}
+        answers = []
+        bar = tqdm(list(zip(owners, questions, choices)), desc=f"judge {self.name}", unit="question", dynamic_ncols=True)
+        for owner, question, options in bar:
+            if owner not in urls:
+                urls[owner] = png_data_url(images[owner])
+            digest = hashlib.sha256(urls[owner].encode()).hexdigest()
+            key = cache_key("judge", PROMPT_VERSION, self.client.model, digest, question, list(options))
+            answer = self.cache.get(key)
+            if answer is None:
+                text = f"Question: {question}\nChoices: {' | '.join(options)}"
+                messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                            {"role": "user", "content": [{"type": "text", "text": text},
+                                                         {"type": "image_url", "image_url": {"url": urls[owner]}}]}]
+                schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(options)}},
+                          "required": ["answer"], "additionalProperties": False}
+                answer = self.client.ask(messages, _answer_parser(options), what=f"{names[owner]}, question {question!r}",
+                                         schema=schema)
+                self.cache.put(key, answer)
+            else:
+                self.client.usage.cached += 1
+            u = self.client.usage
+            bar.set_postfix_str(f"{u.prompt_tokens + u.completion_tokens} tokens, {u.retries} retries", refresh=False)
+            answers.append(answer)
+        return answers

@@ -5,9 +5,12 @@ For each homologous record (image x, caption y, questions):
   best -> chosen y_w, worst -> rejected y_l;
 - generation: the model draws n images for y; it answers the record's questions about each image
   itself (self-VQA); the accuracy ranks them; best -> chosen x_w (kept only above the threshold),
-  worst -> rejected x_l. The exact oracle's accuracy of each image is stored beside it, to measure
-  how often the model's own judgement agrees with the truth.
-From round 1 on, pairs follow the paper's Eq. 10 (`hermesflow.selfplay`).
+  worst -> rejected x_l. When the records carry world scenes, the exact oracle's accuracy of each
+  image is stored beside it, only to measure how often the model's own judgement agrees with the
+  truth; other data is curated by the self-judge alone.
+Sampled captions the model cannot score (`Backbone.fit_problems`) do not compete; a record left with
+none drops its caption pair as "unscorable". From round 1 on, pairs follow the paper's Eq. 10
+(`hermesflow.selfplay`). Each record becomes one `prefs.Preference`.
 
 Work is split into fixed batches whose seeds depend only on (seed, round, batch index). Rows are
 appended to one shard per process and flushed per batch; a restarted run skips the batches whose

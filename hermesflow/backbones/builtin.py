@@ -121,7 +121,9 @@ class UnifiedModel(BackboneBase):
             raise UsageError(f"text {text!r} has {len(ids)} words; the model's limit is {limit}")
         return ids
 
-    def _token_rows(self, rows: list[list[int]], length: int, start: int, tokens: torch.Tensor) -> None:
+    @staticmethod
+    def _token_rows(rows: list[list[int]], start: int, tokens: torch.Tensor) -> None:
+        """Write each row of ids into `tokens` from column `start` (on the tokens' device)."""
         for i, ids in enumerate(rows):
             tokens[i, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long, device=tokens.device)
 
@@ -131,7 +133,7 @@ class UnifiedModel(BackboneBase):
         b, p = len(prompts), self.cfg.text_len
         tokens = torch.full((b, self.seq_len), self.text.pad, dtype=torch.long, device=self.device)
         tokens[:, 0] = self.text.t2i
-        self._token_rows(prompts, p, 1, tokens)
+        self._token_rows(prompts, 1, tokens)
         tokens[:, 1 + p] = self.text.soi
         s = self.t2i_image_start
         tokens[:, s : s + self.images.n_tokens] = self._image_ids(image_tokens)
@@ -150,7 +152,7 @@ class UnifiedModel(BackboneBase):
         for ids in texts:
             if len(ids) > self.cfg.text_len:
                 raise UsageError(f"text of {len(ids)} tokens exceeds the model's limit of {self.cfg.text_len}")
-        self._token_rows(texts, self.cfg.text_len, self.mmu_text_start, tokens)
+        self._token_rows(texts, self.mmu_text_start, tokens)
         image = torch.zeros(tokens.shape, dtype=torch.bool, device=self.device)
         image[:, 2 : 2 + self.images.n_tokens] = True
         return tokens, omni_attention_mask(tokens == self.text.pad, image)
@@ -216,7 +218,7 @@ class UnifiedModel(BackboneBase):
         texts = [a + b for a, b in zip(prefixes, targets)]
         length = max(len(t) for t in texts)
         text = torch.full((len(texts), length), self.text.pad, dtype=torch.long, device=device)
-        self._token_rows(texts, length, 0, text)
+        self._token_rows(texts, 0, text)
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril() & (text != self.text.pad)[:, None, :]
         causal |= torch.eye(length, dtype=torch.bool, device=device)
         allowed = torch.cat([torch.ones(len(texts), length, p, dtype=torch.bool, device=device), causal], dim=2)

@@ -7,7 +7,9 @@
 - understanding_prior: the understanding score with a blank image, what the answer prior alone gets.
 Intervals are 95% normal intervals over examples (questions of one image are not independent).
 The generated images are judged by the oracle when every item has a world scene; otherwise by the
-model itself (self-VQA), and `judges` in the metrics says which judge made each number.
+model itself (self-VQA), or, when given, by an external judge (`hermesflow.judges.VLMJudge`, a VLM
+behind an OpenAI-compatible endpoint: the paper's GPT-4o role); `judges` in the metrics says which
+judge made each number ("oracle", "self" or "vlm:<model>").
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
 from hermesflow.data import HomologousData
@@ -81,8 +84,13 @@ def _by_type(correct: list[bool], types: list[str]) -> dict:
     return out
 
 
-def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConfig, similarity=None) -> tuple[dict, np.ndarray]:
-    """All metrics for the backbone on `items`, images drawn with `sampling`; also returns the generated images."""
+def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConfig, similarity=None,
+             external_judge=None) -> tuple[dict, np.ndarray]:
+    """All metrics for the backbone on `items`, images drawn with `sampling`; also returns the generated images.
+    Each phase runs over all items in one call (batching it otherwise would change the sampled images),
+    so the progress bar counts phases, with their elapsed time and an estimate of the rest."""
+    bar = tqdm(total=4 + (similarity is not None), desc=f"evaluate {len(items)} examples", unit="phase", dynamic_ncols=True)
+    bar.set_postfix_str("answer questions")
     inputs = backbone.prepare_images([it.image for it in items])
     owners = [i for i, it in enumerate(items) for _ in it.qa]
     qas = [qa for it in items for qa in it.qa]
@@ -93,17 +101,26 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
     und_correct = [a == t for a, t in zip(und_answers, truth)]
     blank = backbone.prepare_images([np.zeros_like(items[0].image)])
     prior_correct = [a == t for a, t in zip(backbone.answer(blank[[0] * len(owners)], questions, choices), truth)]
+    bar.update(2)
+    bar.set_postfix_str("generate images")
 
     tokens = backbone.generate([it.caption for it in items], 1, sampling)
     generated = backbone.decode(tokens)
+    bar.update()
+    bar.set_postfix_str("judge images")
     judge = "oracle" if all(it.scene is not None for it in items) else "self"
-    if judge == "oracle":
+    if external_judge is not None:
+        judge = external_judge.name
+        answers = external_judge.answer(generated, owners, questions, choices, [f"item {it.id}" for it in items])
+        gen_correct = [a == t for a, t in zip(answers, truth)]
+    elif judge == "oracle":
         scenes = oracle.parse_batch(generated)
         gen_correct = [answer_on_scene(q, scenes[o]) == t for q, o, t in zip(questions, owners, truth)]
     else:  # no exact judge for this data: the model answers about its own images, and says so
         gen_inputs = backbone.prepare_generated(tokens)
         gen_correct = [a == t for a, t in zip(backbone.answer(gen_inputs[owners], questions, choices), truth)]
 
+    bar.update()
     n = len(items)
     und, gen = _per_example(und_correct, owners, n), _per_example(gen_correct, owners, n)
     metrics = {
@@ -131,9 +148,12 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
     metrics["geneval"] = geneval
 
     if similarity is not None:
+        bar.set_postfix_str("caption images")
         captions = [c[0] for c in backbone.sample_captions(inputs, 1, GenerationConfig(temperature=0.0))]
         metrics["caption_similarity"] = mean_ci(similarity.similarity(captions, [it.caption for it in items]).numpy())
         metrics["caption_examples"] = [{"id": it.id, "true": it.caption, "greedy": c} for it, c in zip(items[:8], captions)]
+        bar.update()
+    bar.close()
     metrics["settings"] = {"steps": sampling.steps, "guidance": sampling.guidance, "temperature": sampling.temperature, "seed": sampling.seed,
                            "dtype": str(backbone.dtype).removeprefix("torch."), "model_type": backbone.model_type}
     return metrics, generated

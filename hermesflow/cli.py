@@ -45,9 +45,7 @@ def run_world(cfg: WorldConfig) -> int:
 
 
 def run_validate(cfg: ValidateConfig) -> int:
-    data = read_data(cfg.data, cfg, image_size=cfg.image_size or None, skip_bad=cfg.skip_bad)
-    for problem in data.skipped:
-        print(f"skipped: {problem}", file=sys.stderr)
+    data = read_data(cfg.data, cfg, image_size=cfg.image_size or None)
     print_summary(data.summary())
     return 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -323,8 +324,13 @@ def check_fit(backbone, data: HomologousData, limit: int = 20) -> None:
 
 def read_data(path: str | Path, options: object, **kwargs) -> HomologousData:
     """`read_homologous` with the data options a verb was given (`settings.DataOptions`: the column
-    map, --follow-symlinks, --questions); a config without them reads with the defaults."""
+    map, --follow-symlinks, --questions, --skip-bad); a config without them reads with the defaults.
+    Records left out by --skip-bad are listed on stderr, one line each."""
     columns = Columns(*(getattr(options, f"{k}_column", d) for k, d in (("id", "id"), ("image", "image"),
                                                                           ("caption", "caption"), ("qa", "qa"))))
-    return read_homologous(path, columns=columns, follow_symlinks=getattr(options, "follow_symlinks", False),
+    kwargs.setdefault("skip_bad", getattr(options, "skip_bad", False))
+    data = read_homologous(path, columns=columns, follow_symlinks=getattr(options, "follow_symlinks", False),
                            questions=getattr(options, "questions", None), **kwargs)
+    for problem in data.skipped:
+        print(f"skipped: {problem}", file=sys.stderr)
+    return data

@@ -33,6 +33,7 @@ class DataOptions:
     qa_column: str = option("qa", "the field holding the questions [{question, choices, answer, type}] (a list, or JSON text)")
     follow_symlinks: bool = option(False, "follow symbolic links that leave the data folder (a dataset cache); '..' and absolute paths stay refused")
     questions: Path = option(None, "a TIFA-format question file for the records without questions, matched by id (`hermesflow questions` writes one)")
+    skip_bad: bool = option(False, "report bad records (one line each) and go on without them instead of failing")
 
 
 @dataclass
@@ -41,7 +42,6 @@ class ValidateConfig(DataOptions):
 
     data: Path = option(None, "data.jsonl, or a folder holding it", positional=True, required=True)
     image_size: int = option(0, "expected image width and height in pixels; 0 accepts any size")
-    skip_bad: bool = option(False, "report bad records and go on without them instead of failing")
 
 
 PRESETS = {

@@ -357,3 +357,22 @@ def test_data_the_model_cannot_represent_is_refused_before_any_work(tmp_path: Pa
     assert 'data.jsonl line 1 (id "r0"): the built-in image tokenizer cannot represent this image' in result.stderr
     assert "line 2 (id \"r1\"): text 'a hexagon on a table' has words the built-in model does not know: ['hexagon', 'on', 'table']" in result.stderr
     assert not out.exists()
+
+
+def test_skip_bad_works_on_every_verb_that_reads_data(bad: Path, tmp_path: Path):
+    from hermesflow import config
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.cli import VERBS, build_parser
+
+    for verb in ("validate", "eval", "curate", "train", "run"):
+        assert any(f.name == "skip_bad" for f in __import__("dataclasses").fields(VERBS[verb][0])), verb
+    args = build_parser().parse_args(["curate", "--model", "m", "--data", "d", "--out", "o", "--skip-bad"])
+    assert config.resolve(VERBS["curate"][0], args).skip_bad
+    _three_bad(bad)
+    UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
+    result = run_cli("eval", "--model", str(tmp_path / "model"), "--data", str(bad), "--skip-bad", "--n", "2", "--steps", "2",
+                     "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr
+    skipped = [line.split(" (id")[0] for line in result.stderr.splitlines() if line.startswith("skipped: ")]
+    assert skipped == [f"skipped: data.jsonl line {n}" for n in BAD_LINES]
+    assert (tmp_path / "eval" / "metrics.json").exists()

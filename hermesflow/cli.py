@@ -78,7 +78,11 @@ def run_eval(cfg: EvalConfig) -> int:
              "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype}
     claim(cfg.out, "eval", "an evaluation", stage, ("metrics.json", "generated.png", "eval_config.yaml"), cfg.overwrite)
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
-    metrics, generated = evaluate(backbone, items, gen, SentenceSimilarity(cfg.encoder))
+    judge = vlm_judge(cfg)
+    metrics, generated = evaluate(backbone, items, gen, SentenceSimilarity(cfg.encoder), external_judge=judge)
+    if judge is not None:  # what the judge cost
+        metrics["judge_api"] = vars(judge.client.usage)
+        print(f"api: {judge.client.usage.line()}", file=sys.stderr)
     metrics["model"] = str(cfg.model)
     cfg.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.out / "metrics.json", metrics)
@@ -167,6 +171,16 @@ def api_client(cfg):
         raise UsageError("--endpoint and --api-model are required to ask a language model")
     return ChatClient(cfg.endpoint, cfg.api_model, api_key=os.environ.get(cfg.api_key_env) or None, timeout=cfg.timeout,
                       retries=cfg.retries, backoff=cfg.backoff, json_schema=cfg.json_schema)
+
+
+def vlm_judge(cfg):
+    """The VLM judge of `--judge vlm` (None otherwise); its cache sits in --out unless --api-cache."""
+    if cfg.judge != "vlm":
+        return None
+    from hermesflow.api import ReplyCache
+    from hermesflow.judges import VLMJudge
+
+    return VLMJudge(api_client(cfg), ReplyCache(cfg.api_cache or cfg.out / "judge_cache.jsonl"))
 
 
 def run_questions(cfg: QuestionsConfig) -> int:

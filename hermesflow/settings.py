@@ -37,6 +37,21 @@ class DataOptions:
 
 
 @dataclass
+class ApiOptions:
+    """An OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, a hosted API); the key is read
+    from an environment variable and never written anywhere."""
+
+    endpoint: str = option("", "base URL of the endpoint, e.g. http://127.0.0.1:8000/v1 (POST {endpoint}/chat/completions)")
+    api_model: str = option("", "the model name the endpoint serves")
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key (unset: no key sent)")
+    timeout: float = option(60.0, "seconds to wait for one reply before trying again", minimum=0.001)
+    retries: int = option(4, "attempts after the first one (timeouts, 429, 5xx, refused connections, unusable replies)", minimum=0)
+    backoff: float = option(1.0, "seconds before the first retry, doubling after each (a 429's Retry-After wins)", minimum=0.0)
+    json_schema: bool = option(True, "ask for replies constrained by a JSON schema (response_format); turn off for servers without it")
+    api_cache: Path = option(None, "JSON Lines cache of accepted replies (default: beside the output); a rerun asks nothing twice")
+
+
+@dataclass
 class ValidateConfig(DataOptions):
     """`hermesflow validate DATA`: check homologous data (JSON Lines, datasets folder, Parquet, imagefolder) and summarise it."""
 
@@ -70,8 +85,12 @@ class PretrainConfig:
 
 
 @dataclass
-class EvalConfig(DataOptions):
-    """`hermesflow eval`: Table 4 and Table 2 analogs for a model, on the world's eval split."""
+class EvalConfig(DataOptions, ApiOptions):
+    """`hermesflow eval`: Table 4 and Table 2 analogs for a model, on the world's eval split or your data."""
+
+    judge: str = option("auto", "who answers the questions about generated images: auto (the world oracle when every "
+                        "record has a scene, else the model itself); vlm (a VLM behind --endpoint, e.g. GPT-4o as in the paper)",
+                        choices=("auto", "vlm"))
 
     model: Path = option(None, "model folder (save_pretrained format)", required=True)
     out: Path = option(None, "output folder for metrics.json and a sample sheet", required=True)
@@ -217,21 +236,6 @@ class AblateConfig(CurationOptions, TrainingOptions):
     eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
     seed: int = option(0, "seed of the data and of round-0 curation")
     overwrite: bool = option(False, "delete results in --out made with other settings and start again (without it such a folder is refused)")
-
-
-@dataclass
-class ApiOptions:
-    """An OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, a hosted API); the key is read
-    from an environment variable and never written anywhere."""
-
-    endpoint: str = option("", "base URL of the endpoint, e.g. http://127.0.0.1:8000/v1 (POST {endpoint}/chat/completions)")
-    api_model: str = option("", "the model name the endpoint serves")
-    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key (unset: no key sent)")
-    timeout: float = option(60.0, "seconds to wait for one reply before trying again", minimum=0.001)
-    retries: int = option(4, "attempts after the first one (timeouts, 429, 5xx, refused connections, unusable replies)", minimum=0)
-    backoff: float = option(1.0, "seconds before the first retry, doubling after each (a 429's Retry-After wins)", minimum=0.0)
-    json_schema: bool = option(True, "ask for replies constrained by a JSON schema (response_format); turn off for servers without it")
-    api_cache: Path = option(None, "JSON Lines cache of accepted replies (default: beside the output); a rerun asks nothing twice")
 
 
 @dataclass

@@ -1,0 +1,82 @@
+"""A researcher's data end to end: JPEG and PNG images of mixed sizes and modes with captions and no
+questions get questions from an LLM endpoint (a stub on 127.0.0.1), are curated by a tiny Janus,
+and evaluation with a VLM judge says which judge produced the generation score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from openai_stub import StubEndpoint
+from test_sources import mixed_images
+from tiny_models import make_tiny_janus
+
+from hermesflow.cli import main
+
+# world words only: the tiny Janus's tokenizer knows nothing else
+CAPTIONS = ["a red circle", "two blue squares", "a green triangle above a yellow circle", "a purple square",
+            "three orange triangles", "a blue circle"]
+
+
+@pytest.fixture
+def stub():
+    endpoint = StubEndpoint()
+    yield endpoint
+    endpoint.close()
+
+
+def write_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    lines = []
+    for i, ((name, img), caption) in enumerate(zip(mixed_images(), CAPTIONS)):
+        img.save(folder / name)
+        lines.append(json.dumps({"file_name": name, "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")  # an imagefolder, as `datasets` writes one
+    return folder
+
+
+def test_mixed_images_without_questions_get_questions_and_are_curated_by_tiny_janus(stub, tmp_path, capsys):
+    data = write_dataset(tmp_path / "photos")
+    questions = tmp_path / "questions.json"
+    model = make_tiny_janus(tmp_path / "janus")
+    common = ["--data", str(data), "--caption-column", "text"]
+    assert main(["questions", *common, "--out", str(questions), "--endpoint", stub.url, "--api-model", "stub"]) == 0
+    assert len(stub.requests) == 6
+    out = tmp_path / "round"
+    assert main(["curate", "--model", str(model), *common, "--questions", str(questions), "--out", str(out),
+                 "--n-captions", "2", "--n-images", "2", "--steps", "2", "--min-chosen-accuracy", "0",
+                 "--curate-batch-size", "3"]) == 0
+    prefs = [json.loads(line) for line in (out / "prefs.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in prefs] == [name for name, _ in mixed_images()]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["records"] == 6 and manifest["self_judge"] == {"pairs": 0}  # no oracle for photos
+
+
+def test_curation_refuses_data_without_questions_and_says_how_to_get_them(tmp_path, capsys):
+    data = write_dataset(tmp_path / "photos")
+    model = make_tiny_janus(tmp_path / "janus")
+    assert main(["curate", "--model", str(model), "--data", str(data), "--caption-column", "text",
+                 "--out", str(tmp_path / "round")]) == 2
+    assert "6 records have no qa" in capsys.readouterr().err
+
+
+def test_eval_with_a_vlm_judge_names_it(stub, tmp_path, capsys):
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.world.build import write_world
+
+    UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
+    world = write_world(tmp_path / "world", 3, seed=0, split="eval")
+    data = world.parent if world.name == "data.jsonl" else world
+    lines = [json.loads(line) for line in (data / "data.jsonl").read_text().splitlines()]
+    (data / "data.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scene"}) + "\n" for r in lines))
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(data), "--n", "3", "--steps", "1",
+                 "--out", str(out), "--judge", "vlm", "--endpoint", stub.url, "--api-model", "judge-model"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["judges"]["generation"] == "vlm:judge-model"
+    assert len(stub.requests) == metrics["n_questions"]
+    assert metrics["judge_api"]["completion_tokens"] == 5 * len(stub.requests)
+    captured = capsys.readouterr()
+    assert "generation judge      vlm:judge-model" in captured.out
+    assert f"api: {len(stub.requests)} calls (0 retries" in captured.err

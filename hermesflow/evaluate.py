@@ -134,18 +134,23 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
         "understanding_by_type": _by_type(und_correct, types),
         "generation_by_type": _by_type(gen_correct, types),
         "understanding_prior_by_type": _by_type(prior_correct, types),
+        # per example, in item order: the report pairs a round's scores with the base's on the same items
+        "per_example": {"ids": [it.id for it in items], "understanding": und.tolist(), "generation": gen.tolist()},
+        "sample_prompts": [it.caption for it in items[:32]],  # the prompts of the sample sheet's images, in order
     }
 
-    geneval = {}
+    geneval, geneval_counts = {}, {}
     if judge == "oracle":
         specs = [parse_prompt(it.caption) for it in items]
         for category in CATEGORIES:
             hits = [satisfied_by(scene, spec) for scene, spec in zip(scenes, specs) if spec and spec.category == category]
             if hits:
                 geneval[category] = float(np.mean(hits))
+                geneval_counts[category] = [int(sum(hits)), len(hits)]
         if geneval:
             geneval["overall"] = float(np.mean(list(geneval.values())))
     metrics["geneval"] = geneval
+    metrics["geneval_counts"] = geneval_counts  # [prompts satisfied, prompts] per category
 
     if similarity is not None:
         bar.set_postfix_str("caption images")

@@ -12,7 +12,7 @@ no logging, no model): the training loop averages over the batch and logs the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -47,13 +47,15 @@ class PairDPOOutput:
     carries gradients; the rest are for logging.
 
     `branch_losses[b]` is −log σ(Δ_b), whatever `loss_type` trains; the rewards are TRL's implicit
-    rewards β(log π − log π_ref) of each sample, so that `und/rewards/margins` = Δ_und.
+    rewards β(log π − log π_ref) of each sample, so that `und/rewards/margins` = Δ_und. `nll_losses[b]`
+    is the unweighted NLL term on the chosen sample of each branch whose `sft` weight is on.
     """
 
     loss: torch.Tensor
     branch_losses: dict[str, torch.Tensor]
     chosen_rewards: dict[str, torch.Tensor]
     rejected_rewards: dict[str, torch.Tensor]
+    nll_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def product_loss(delta_und: torch.Tensor, delta_gen: torch.Tensor) -> torch.Tensor:
@@ -150,12 +152,15 @@ class PairDPOLoss(nn.Module):
             deltas[branch] = chosen[branch] - rejected[branch]
         zero = torch.zeros_like(next(iter(deltas.values())))
         loss = LOSS_TYPES[self.loss_type](deltas.get("und", zero), deltas.get("gen", zero))
+        nlls = {}
         for branch in BRANCHES[self.loss_type]:
             if self.sft[branch]:
                 lp = given[branch]
                 nll = -lp.policy_chosen
-                loss = loss + self.sft[branch] * (nll if lp.chosen_count is None else nll / lp.chosen_count)
+                nlls[branch] = nll if lp.chosen_count is None else nll / lp.chosen_count
+                loss = loss + self.sft[branch] * nlls[branch]
         return PairDPOOutput(
+            nll_losses={b: v.detach() for b, v in nlls.items()},
             loss=loss,
             branch_losses={b: -F.logsigmoid(d).detach() for b, d in deltas.items()},
             chosen_rewards={b: r.detach() for b, r in chosen.items()},

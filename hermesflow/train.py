@@ -336,6 +336,8 @@ def _step_metrics(accelerator, out, step: int, lr: float, skipped: int, extra: d
         local[f"{branch}/rewards/rejected"] = rejected
         local[f"{branch}/rewards/margins"] = chosen - rejected
         local[f"{branch}/rewards/accuracies"] = (chosen > rejected).float()
+    for branch, nll in out.nll_losses.items():
+        local[f"nll/{branch}"] = nll
     gathered = {k: accelerator.gather_for_metrics(v.float()).mean().item() for k, v in local.items()}
     return {"step": step, **gathered, "lr": lr, "skipped_nonfinite": skipped}
 

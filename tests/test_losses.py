@@ -128,8 +128,11 @@ def test_sft_term_adds_minus_weight_times_chosen_logprob():
 def test_sft_term_only_on_the_branch_a_one_branch_loss_trains():
     lp = random_logps(6)
     base = PairDPOLoss("und")(**lp).loss
-    with_sft = PairDPOLoss("und", sft_und=0.5, sft_gen=2.0)(**lp).loss
-    torch.testing.assert_close(with_sft - base, -0.5 * lp["und"].policy_chosen)
+    out = PairDPOLoss("und", sft_und=0.5, sft_gen=2.0)(**lp)
+    torch.testing.assert_close(out.loss - base, -0.5 * lp["und"].policy_chosen)
+    assert list(out.nll_losses) == ["und"]  # logged unweighted, as nll/und, for the report's curves
+    torch.testing.assert_close(out.nll_losses["und"], -lp["und"].policy_chosen)
+    assert PairDPOLoss("sum")(**lp).nll_losses == {}
 
 
 @pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))

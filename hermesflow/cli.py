@@ -22,9 +22,11 @@ from hermesflow.errors import HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json
 from hermesflow.settings import (
     AblateConfig,
+    AnswerConfig,
     ConvertShowoConfig,
     CurateConfig,
     EvalConfig,
+    ExportConfig,
     ImportOfficialConfig,
     PretrainConfig,
     QuestionsConfig,
@@ -201,6 +203,27 @@ def run_questions(cfg: QuestionsConfig) -> int:
     return 0
 
 
+def run_export(cfg: ExportConfig) -> int:
+    from hermesflow.backbones import GenerationConfig, load_backbone
+    from hermesflow.benchmarks import export_dpg, export_geneval
+
+    backbone = load_backbone(cfg.model, cfg.dtype).eval()
+    gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
+    export = export_geneval if cfg.benchmark == "geneval" else export_dpg
+    print_summary(export(backbone, cfg.prompts, cfg.out, cfg.n, gen))
+    return 0
+
+
+def run_answer(cfg: AnswerConfig) -> int:
+    from hermesflow.backbones import load_backbone
+    from hermesflow.benchmarks import answer_pope
+
+    metrics = answer_pope(load_backbone(cfg.model, cfg.dtype).eval(), cfg.questions, cfg.images, cfg.out, cfg.batch_size)
+    print_summary({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+    print(f"written to {cfg.out / 'answers.jsonl'} and {cfg.out / 'metrics.json'}")
+    return 0
+
+
 def run_import_official(cfg: ImportOfficialConfig) -> int:
     from hermesflow.importer import import_official
     from hermesflow.io import atomic_write_text
@@ -242,6 +265,8 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "convert-showo": (ConvertShowoConfig, run_convert_showo),
     "import-official": (ImportOfficialConfig, run_import_official),
     "questions": (QuestionsConfig, run_questions),
+    "export": (ExportConfig, run_export),
+    "answer": (AnswerConfig, run_answer),
 }
 
 

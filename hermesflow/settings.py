@@ -249,6 +249,38 @@ class QuestionsConfig(DataOptions, ApiOptions):
 
 
 @dataclass
+class ExportConfig:
+    """`hermesflow export geneval|dpg`: a model's images in GenEval's or DPG-Bench's layout, for their own evaluators."""
+
+    benchmark: str = option(None, "geneval: --prompts evaluation_metadata.jsonl, writes OUT/NNNNN/{metadata.jsonl, samples/NNNN.png}; "
+                            "dpg: --prompts a folder of <item_id>.txt, writes OUT/<item_id>.png (a 2x2 grid of 4 images)",
+                            positional=True, required=True, choices=("geneval", "dpg"))
+    model: Path = option(None, "model folder", required=True)
+    prompts: Path = option(None, "the benchmark's prompt file (GenEval) or prompt folder (DPG-Bench)", required=True)
+    out: Path = option(None, "image folder to write (a rerun finishes what is missing)", required=True)
+    n: int = option(4, "images per prompt (GenEval's default 4; DPG-Bench 4 as a 2x2 grid, or 1)", minimum=1)
+    seed: int = option(0, "seed; prompt i is drawn with seed + i")
+    steps: int = option(10, "MaskGIT decoding steps (autoregressive backbones ignore it)", minimum=1)
+    guidance: float = option(2.0, "classifier-free guidance w in (1 + w) cond - w uncond", minimum=0.0)
+    temperature: float = option(1.0, "sampling temperature", minimum=0.0)
+    dtype: str = option("fp32", "precision of the model's weights", choices=("fp32", "bf16"))
+
+
+@dataclass
+class AnswerConfig:
+    """`hermesflow answer pope`: a model's answers to POPE's questions in POPE's format, with its accuracy, precision, recall, F1 and yes-ratio."""
+
+    benchmark: str = option(None, "pope: --questions a POPE JSON Lines file of {question_id, image, text, label}", positional=True,
+                            required=True, choices=("pope",))
+    model: Path = option(None, "model folder", required=True)
+    questions: Path = option(None, "the benchmark's question file", required=True)
+    images: Path = option(None, "folder of the images the questions name (COCO val2014 for POPE's COCO sets)", required=True)
+    out: Path = option(None, "folder for answers.jsonl (POPE's answer format) and metrics.json", required=True)
+    batch_size: int = option(16, "questions per batch", minimum=1)
+    dtype: str = option("fp32", "precision of the model's weights", choices=("fp32", "bf16"))
+
+
+@dataclass
 class ImportOfficialConfig:
     """`hermesflow import-official FILE`: check the official repository's pair_dpo_data.json, report ties, write its pairs as JSON Lines."""
 

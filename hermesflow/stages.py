@@ -34,16 +34,21 @@ def digest(settings: dict[str, Any]) -> str:
 
 
 def file_digest(path: Path | None) -> str | None:
-    """sha1 of a file's bytes (data.jsonl, prefs.jsonl): a changed input is a changed setting."""
+    """sha1 of a file's bytes (data.jsonl, prefs.jsonl), or of every file of a folder with its name
+    (a datasets folder, Parquet shards): a changed input is a changed setting."""
     if path is None:
         return None
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and (path / "data.jsonl").is_file():
         path = path / "data.jsonl"
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for file in files:
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:12]
 
 

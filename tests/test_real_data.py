@@ -80,3 +80,25 @@ def test_eval_with_a_vlm_judge_names_it(stub, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "generation judge      vlm:judge-model" in captured.out
     assert f"api: {len(stub.requests)} calls (0 retries" in captured.err
+
+
+def test_a_world_split_saved_as_a_datasets_folder_is_curated(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.world.build import write_world
+
+    UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
+    world = write_world(tmp_path / "world", 4, seed=0, split="train")
+    folder = world.parent if world.name == "data.jsonl" else world
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    ds = datasets.Dataset.from_dict({"key": [r["id"] for r in rows], "image": [Image.open(folder / r["image"]) for r in rows],
+                                     "text": [r["caption"] for r in rows], "qa": [json.dumps(r["qa"]) for r in rows]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "round"
+    args = ["curate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "ds"), "--id-column", "key",
+            "--caption-column", "text", "--out", str(out), "--n-captions", "2", "--n-images", "2", "--steps", "1"]
+    assert main(args) == 0
+    assert [json.loads(line)["id"] for line in (out / "prefs.jsonl").read_text().splitlines()] == [r["id"] for r in rows]
+    assert main(args) == 0  # the rerun recognises the same data folder and reuses the round

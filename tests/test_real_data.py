@@ -102,3 +102,23 @@ def test_a_world_split_saved_as_a_datasets_folder_is_curated(tmp_path, capsys):
     assert main(args) == 0
     assert [json.loads(line)["id"] for line in (out / "prefs.jsonl").read_text().splitlines()] == [r["id"] for r in rows]
     assert main(args) == 0  # the rerun recognises the same data folder and reuses the round
+
+
+def test_questions_from_the_scene_graph(tmp_path, capsys):
+    from hermesflow.world.build import write_world
+
+    world = write_world(tmp_path / "world", 4, seed=0, split="train")
+    folder = world.parent if world.name == "data.jsonl" else world
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    (folder / "data.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "qa"}) + "\n" for r in rows))
+    out = tmp_path / "questions.json"
+    assert main(["questions", "--data", str(folder), "--source", "scene", "--out", str(out)]) == 0
+    entries = json.loads(out.read_text())
+    for r in rows:  # the world's own questions, answered exactly on each scene (the absent shape may differ)
+        mine = [e for e in entries if e["id"] == r["id"]]
+        assert [(e["question"], e["answer"]) for e in mine][:-1] == [(q["question"], q["answer"]) for q in r["qa"]][:-1]
+    assert main(["validate", str(folder), "--questions", str(out)]) == 0
+    assert "without_qa        0" in capsys.readouterr().out
+    (folder / "data.jsonl").write_text(json.dumps({"id": "x", "image": rows[0]["image"], "caption": "a dog"}) + "\n")
+    assert main(["questions", "--data", str(folder), "--source", "scene", "--out", str(out)]) == 2
+    assert 'data.jsonl line 1 (id "x"): no scene graph and world caption' in capsys.readouterr().err

@@ -88,11 +88,15 @@ def test_training_janus_on_two_processes_matches_one(janus, lora_run, tmp_path):
     assert moved > 0 and apart / moved < 1e-3, float(apart / moved)
 
 
-def test_run_on_show_o_curates_trains_and_evaluates(tmp_path):
-    showo = make_tiny_showo(tmp_path / "showo")
+def test_run_on_show_o_at_256_px_curates_trains_and_evaluates(tmp_path):
+    from PIL import Image
+
+    showo = make_tiny_showo(tmp_path / "showo", image_size=256)  # Show-o's resolution: 256 image tokens
     out = tmp_path / "run"
-    hermesflow("run", "--model", str(showo), "--out", str(out), "--n-train", "16", "--eval-n", "6", "--n-captions", "4",
+    hermesflow("run", "--model", str(showo), "--out", str(out), "--n-train", "8", "--eval-n", "4", "--n-captions", "4",
                "--n-images", "4", "--steps", "2", "--min-chosen-accuracy", "0", "--train-steps", "2", "--batch-size", "2")
+    first = json.loads((out / "data" / "data.jsonl").read_text().splitlines()[0])
+    assert Image.open(out / "data" / first["image"]).size == (256, 256)
     manifest = json.loads((out / "round-1" / "manifest.json").read_text())
     assert manifest["model_type"] == "show-o" and manifest["counts"]["both_kept"] > 0
     summary = json.loads((out / "round-1" / "train" / "summary.json").read_text())

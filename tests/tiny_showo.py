@@ -29,6 +29,9 @@ TINY_PHI = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, 
             "attention_dropout": 0.0}
 TINY_MAGVIT = MagvitConfig(ch=32, encoder_ch_mult=[1, 1, 1, 1], encoder_res_blocks=[1, 0, 0, 0],
                            decoder_ch_mult=[1, 1, 1, 1], decoder_res_blocks=[1, 0, 0, 0], bits=6)
+# Show-o's own resolution: 256 px, 16x down (five levels) -> 16x16 = 256 image tokens
+TINY_MAGVIT_256 = MagvitConfig(ch=32, encoder_ch_mult=[1] * 5, encoder_res_blocks=[1, 0, 0, 0, 0],
+                               decoder_ch_mult=[1] * 5, decoder_res_blocks=[1, 0, 0, 0, 0], bits=6)
 
 
 def tiny_phi_tokenizer() -> PreTrainedTokenizerFast:
@@ -51,17 +54,21 @@ def tiny_showo_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_showo_config(text_vocab: int) -> ShowoConfig:
-    return ShowoConfig(phi=dict(TINY_PHI), magvit=TINY_MAGVIT.to_dict(), llm_vocab_size=text_vocab, num_vq_tokens=16,
-                       image_size=32, max_seq_length=32, bos_id=0, eos_id=0)
+def tiny_showo_config(text_vocab: int, image_size: int = 32) -> ShowoConfig:
+    """32 px (16 tokens, the default, fast) or Show-o's 256 px (256 tokens)."""
+    magvit = {32: TINY_MAGVIT, 256: TINY_MAGVIT_256}[image_size]
+    tokens = (image_size // magvit.downsample) ** 2
+    return ShowoConfig(phi={**TINY_PHI, "max_position_embeddings": 64 + tokens}, magvit=magvit.to_dict(),
+                       llm_vocab_size=text_vocab, num_vq_tokens=tokens, image_size=image_size, max_seq_length=32,
+                       bos_id=0, eos_id=0)
 
 
-def make_tiny_showo(folder: str | Path, seed: int = 0) -> Path:
+def make_tiny_showo(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     """Write a tiny random Show-o folder (config.json, model.safetensors, tokenizer) and return it."""
     folder = Path(folder)
     tokenizer = tiny_showo_tokenizer()
     torch.manual_seed(seed)
-    model = ShowoBackbone(tiny_showo_config(len(tokenizer) - 1 - len(SPECIAL_TOKENS)), tokenizer)
+    model = ShowoBackbone(tiny_showo_config(len(tokenizer) - 1 - len(SPECIAL_TOKENS), image_size), tokenizer)
     with torch.no_grad():  # Phi's 0.02-std init gives near-uniform outputs; wider weights make tests sharper
         for name, p in model.showo.named_parameters():
             if p.ndim == 2:

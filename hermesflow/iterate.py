@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import time
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -203,6 +206,46 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
     return data
 
 
+class Timings:
+    """Wall-clock seconds of each stage that did work (a reused stage keeps its earlier time; a resumed
+    one records its last attempt), in `timings.json` for the report."""
+
+    def __init__(self, path: Path, main: bool):
+        self.path, self.main = path, main
+        self.values = json.loads(path.read_text()) if path.exists() else {}
+
+    @contextmanager
+    def stage(self, key: str, done: Path):
+        existed, start = done.exists(), time.perf_counter()
+        yield
+        if self.main and not existed:
+            self.values[key] = round(time.perf_counter() - start, 1)
+            atomic_write_json(self.path, self.values)
+
+
+def provenance(cfg: RunConfig, out: Path) -> dict:
+    """What made a run, for the report: versions, the source commit, and every input as an absolute path."""
+    import platform
+
+    import torch
+
+    from hermesflow import __version__
+
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    resolved = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731
+    return {"hermesflow": __version__, "commit": commit, "uncommitted_changes": dirty, "python": platform.python_version(),
+            "torch": torch.__version__, "model": resolved(cfg.model or BASE_MODEL),
+            "data": resolved(cfg.data or out / "data"), "eval_data": resolved(cfg.eval_data), "encoder": resolved(cfg.encoder),
+            "out": resolved(out)}
+
+
 def claim_run(cfg: RunConfig) -> None:
     """`run_config.yaml` records the settings that made a run folder's results. A rerun whose settings
     differ (other than those in RUN_FREE, such as more --rounds) is refused, naming the keys, unless
@@ -237,10 +280,14 @@ def run(cfg: RunConfig) -> list[dict]:
     data = train_data(backbone, cfg, out, state)
     similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
 
+    timings = Timings(out / "timings.json", state.is_main_process)
+    if state.is_main_process:
+        atomic_write_json(out / "provenance.json", provenance(cfg, out))
     rows = []
     if state.is_main_process:
         say("base model: evaluate")
-        base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
+        with timings.stage("base/eval", out / "base" / "eval" / "metrics.json"):
+            base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
         rows.append(summary_row("base", base, None))
         print(format_summary(rows), flush=True)
     previous = None
@@ -248,12 +295,16 @@ def run(cfg: RunConfig) -> list[dict]:
         round_dir = out / f"round-{r}"
         if state.is_main_process:
             say(f"round {r} of {cfg.rounds}: curate, train, evaluate")
-        manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, previous, state)
-        backbone = train_round(backbone, data, round_dir, cfg, state).to(state.device).eval()
+        with timings.stage(f"round-{r}/curate", round_dir / MANIFEST):
+            manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, previous, state)
+        with timings.stage(f"round-{r}/train", round_dir / "model" / "config.json"):
+            backbone = train_round(backbone, data, round_dir, cfg, state).to(state.device).eval()
         if cfg.dtype == "bf16":
             backbone = backbone.bfloat16()  # trained over fp32 weights; sampled and scored in bf16
         if state.is_main_process:
-            rows.append(summary_row(str(r), evaluate_into(backbone, round_dir / "eval", cfg, similarity), manifest))
+            with timings.stage(f"round-{r}/eval", round_dir / "eval" / "metrics.json"):
+                metrics = evaluate_into(backbone, round_dir / "eval", cfg, similarity)
+            rows.append(summary_row(str(r), metrics, manifest))
             print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
         state.wait_for_everyone()
         previous = round_dir

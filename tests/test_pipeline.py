@@ -229,6 +229,29 @@ def test_run_writes_a_report_with_every_section_and_image(setup):
     assert len([s for s in sources if s.startswith("gallery/")]) == 3 * min(8, kept) > 0  # true, chosen, rejected
     assert all((run / "report" / s).is_file() for s in sources)
     assert "http://" not in page and "https://" not in page  # nothing fetched when the page is opened
+    assert page.count("<tr><td>round ") >= 2 * 3  # round labels say "round", in scores, change, GenEval and judge tables
+    change = page.split('id=change>')[1].split("<h2")[0]
+    assert "Δ understanding" in change and change.count("<tr><td>round ") == 2 and "no paired interval" not in change
+    geneval = page.split('id=geneval>')[1].split("<h2")[0]
+    assert re.search(r"\d+/\d+ \[\d\.\d\d,&nbsp;\d\.\d\d\]", geneval)  # counts and Wilson intervals
+    judge = page.split('id=judge>')[1].split("<h2")[0]
+    assert "oracle sees a difference" in judge and re.search(r"\d+ of \d+", judge)
+    drops = page.split('id=drops>')[1].split("<h2")[0]
+    assert "<td>initial</td>" in drops and "{" not in drops  # a table, not raw JSON
+    assert "drawn across the round with seed 0" in page and "rewards phrasing" in page
+    assert 'src="samples-base.png"' in page and 'src="samples-round-2.png"' in page and "<ol class=prompts><li>" in page
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["model"] == str(setup["model"].resolve()) and html_escaped(provenance["model"]) in page
+    timings = json.loads((run / "timings.json").read_text())
+    assert {"base/eval", "round-1/curate", "round-1/train", "round-1/eval"} <= set(timings)
+    curves = [json.loads(line) for line in (run / "round-1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "loss/und", "loss/gen", "nll/und", "nll/gen", "und/rewards/accuracies", "lr"} <= set(curves[0])
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text)
 
 
 def test_report_renders_in_headless_chromium(setup, tmp_path):
@@ -239,13 +262,17 @@ def test_report_renders_in_headless_chromium(setup, tmp_path):
     run = setup["root"] / "rounds-whole"
     if not (run / "report" / "index.html").exists():
         finish(rounds(setup, run))
-    shot = tmp_path / "report.png"
-    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000", f"--screenshot={shot}",
-                           (run / "report" / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert shot.stat().st_size > 50_000  # a real page with plots and images, not a blank or error page
+    for name, size in (("desktop", "1400,4000"), ("phone", "390,6000")):  # a laptop screen, and a phone's width
+        shot = tmp_path / f"report-{name}.png"
+        done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                               f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={size}", f"--screenshot={shot}",
+                               (run / "report" / "index.html").as_uri()], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert shot.stat().st_size > 50_000, name  # a real page with plots and images, not a blank or error page
+        keep = os.environ.get("HERMESFLOW_KEEP_SCREENSHOTS")  # a folder to keep them in, for a person to look at
+        if keep:
+            shutil.copyfile(shot, Path(keep) / shot.name)
 
 
 def test_ablation_runs_every_arm_with_seeds_and_resumes(setup):

@@ -54,7 +54,7 @@ def _read_json(path: Path):
 def _table(head: list[str], rows: list[list[str]]) -> str:
     """An HTML table (cells are HTML; callers escape text), in a box that scrolls sideways on a phone."""
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td{' class=t' if c[:1].isalpha() else ''}>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<div class=scroll><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
@@ -278,14 +278,14 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em aut
 .scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fff}
-th:first-child{background:#f3f3f3}.ci{color:#777;font-size:.85em}.sig{color:#b35900}
+th:first-child{background:#f3f3f3}td.t{text-align:left}.ci{color:#777;font-size:.85em}.sig{color:#b35900}
 .card{border:1px solid #ddd;border-radius:6px;padding:10px;margin:10px 0;display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .card .id{width:100%;color:#888;font-size:.8em}.flag{background:#fff3cd;color:#6b4e00;border-radius:3px;padding:1px 6px;margin-left:6px}
 figure{margin:0;text-align:center;font-size:.85em;width:150px}
 figure img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #999}.caps{flex:1;min-width:240px;font-size:.9em}
 .win{color:#15691f;margin-bottom:6px}.lose{color:#9b1c1c}pre{background:#f6f6f6;padding:10px;overflow:auto}
 img.plot,img.sheet{max-width:100%;height:auto}img.sheet{image-rendering:pixelated}ol.prompts{columns:2;font-size:.85em}
-@media (max-width:700px){body{margin:1em auto}ol.prompts{columns:1}figure{width:130px}figure img{width:110px;height:110px}}"""
+@media (max-width:700px){body{margin:1em auto}ol.prompts{columns:1}.card{gap:8px}figure{width:100px}figure img{width:92px;height:92px}}"""
 
 
 def _timings_rows(run: Path) -> list[list[str]]:

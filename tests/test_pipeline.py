@@ -229,15 +229,15 @@ def test_run_writes_a_report_with_every_section_and_image(setup):
     assert len([s for s in sources if s.startswith("gallery/")]) == 3 * min(8, kept) > 0  # true, chosen, rejected
     assert all((run / "report" / s).is_file() for s in sources)
     assert "http://" not in page and "https://" not in page  # nothing fetched when the page is opened
-    assert page.count("<tr><td>round ") >= 2 * 3  # round labels say "round", in scores, change, GenEval and judge tables
+    assert page.count("<tr><td class=t>round ") >= 2 * 3  # round labels say "round", in scores, change, GenEval and judge tables
     change = page.split('id=change>')[1].split("<h2")[0]
-    assert "Δ understanding" in change and change.count("<tr><td>round ") == 2 and "no paired interval" not in change
+    assert "Δ understanding" in change and change.count("<tr><td class=t>round ") == 2 and "no paired interval" not in change
     geneval = page.split('id=geneval>')[1].split("<h2")[0]
     assert re.search(r"\d+/\d+ \[\d\.\d\d,&nbsp;\d\.\d\d\]", geneval)  # counts and Wilson intervals
     judge = page.split('id=judge>')[1].split("<h2")[0]
     assert "oracle sees a difference" in judge and re.search(r"\d+ of \d+", judge)
     drops = page.split('id=drops>')[1].split("<h2")[0]
-    assert "<td>initial</td>" in drops and "{" not in drops  # a table, not raw JSON
+    assert "<td class=t>initial</td>" in drops and "{" not in drops  # a table, not raw JSON
     assert "drawn across the round with seed 0" in page and "rewards phrasing" in page
     assert 'src="samples-base.png"' in page and 'src="samples-round-2.png"' in page and "<ol class=prompts><li>" in page
     provenance = json.loads((run / "provenance.json").read_text())

@@ -21,9 +21,10 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from hermesflow.errors import HermesFlowError
 
@@ -108,7 +109,7 @@ class ChatClient:
                 wait = min(float(retry_after), 60.0) if retry_after and retry_after.isdigit() else None
                 raise _Retry(f"HTTP {e.code} {e.reason}", wait) from None
             raise ApiError(f"{self.url}: HTTP {e.code} {e.reason} ({detail[:200]}); not retried") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise _Retry(f"no reply within {self.timeout:g} s") from None
         except urllib.error.URLError as e:
             reason = e.reason

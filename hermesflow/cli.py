@@ -48,7 +48,11 @@ def run_world(cfg: WorldConfig) -> int:
 
 def run_validate(cfg: ValidateConfig) -> int:
     data = read_data(cfg.data, cfg, image_size=cfg.image_size or None)
-    print_summary(data.summary())
+    summary = data.summary()
+    print_summary(summary)
+    if summary["without_qa"]:
+        print(f"note: {summary['without_qa']} of {summary['records']} records have no questions, which curation needs; "
+              "`hermesflow questions` writes them, `--questions FILE` adds them", file=sys.stderr)
     return 0
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import codecs
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from hermesflow.errors import DataError, UsageError
 
@@ -129,10 +129,9 @@ def _dataset_rows(path: Path) -> Iterator[tuple[int, dict]]:
         raise UsageError(f"{path}: not a readable datasets folder ({e})") from None
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1 and "train" not in ds:
-            raise UsageError(f"{path} holds the splits {sorted(ds)}; give the folder of one split (e.g. {path}/{sorted(ds)[0]})")
+            raise UsageError(f"{path} holds the splits {sorted(ds)}; give the folder of one split (e.g. {path}/{min(ds)})")
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     for name, feature in ds.features.items():  # keep images as bytes: they are checked and decoded here
         if isinstance(feature, datasets.Image):
             ds = ds.cast_column(name, datasets.Image(decode=False))
-    for index, row in enumerate(ds):
-        yield index, row
+    yield from enumerate(ds)

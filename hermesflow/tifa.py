@@ -68,7 +68,7 @@ def read_tifa(path: str | Path) -> dict[str, tuple[QA, ...]]:
             continue
         repeated = {q.question for q in qas if sum(r.question == q.question for r in qas) > 1}
         if repeated:
-            problems.append(f"{path.name} (id {_quote(record_id)}): question repeats: {_quote(sorted(repeated)[0])}")
+            problems.append(f"{path.name} (id {_quote(record_id)}): question repeats: {_quote(min(repeated))}")
             continue
         out[record_id] = qas
     if problems:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from openai_stub import StubEndpoint, refused_url
 
 from hermesflow.api import ApiError, ChatClient, ReplyCache
 from hermesflow.cli import main
 from hermesflow.judges import VLMJudge
 from hermesflow.questions import parse_questions
-from openai_stub import StubEndpoint, refused_url
 
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle"]
 

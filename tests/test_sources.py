@@ -58,8 +58,9 @@ def test_transparent_pixels_are_laid_on_white(tmp_path):
 
 def test_validate_counts_records_without_questions(tmp_path, capsys):
     assert main(["validate", str(write_mixed(tmp_path))]) == 0
-    out = capsys.readouterr().out
-    assert "without_qa        6" in out and "format            jsonl" in out
+    captured = capsys.readouterr()
+    assert "without_qa        6" in captured.out and "format            jsonl" in captured.out
+    assert "note: 6 of 6 records have no questions, which curation needs; `hermesflow questions` writes them" in captured.err
 
 
 def _png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:

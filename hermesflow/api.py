@@ -15,20 +15,27 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tqdm import tqdm
+
 from hermesflow.errors import HermesFlowError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ApiError(HermesFlowError):
@@ -70,6 +77,13 @@ class ChatClient:
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.retries, self.backoff, self.max_tokens, self.json_schema = retries, backoff, max_tokens, json_schema
         self.usage = Usage()
+        self._lock = threading.Lock()  # requests may run in several threads (`in_order`)
+
+    def count(self, **amounts: float) -> None:
+        """Add to the usage counters (thread-safe)."""
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self.usage, name, getattr(self.usage, name) + amount)
 
     def ask(self, messages: list[dict], parse: Callable[[str], T], *, what: str, schema: dict | None = None) -> T:
         """The parsed content of the first reply `parse` accepts; ApiError naming `what` otherwise."""
@@ -80,7 +94,7 @@ class ChatClient:
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                self.usage.retries += 1
+                self.count(retries=1)
             wait = None
             try:
                 return parse(self._post(data))
@@ -98,7 +112,7 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         start = time.perf_counter()
-        self.usage.calls += 1
+        self.count(calls=1)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()
@@ -120,18 +134,38 @@ class ChatClient:
         except (ConnectionError, http.client.HTTPException) as e:
             raise _Retry(f"connection lost ({type(e).__name__})") from None
         finally:
-            self.usage.seconds += time.perf_counter() - start
+            self.count(seconds=time.perf_counter() - start)
         try:
             envelope = json.loads(raw)
             content = envelope["choices"][0]["message"]["content"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
             raise _Retry(f"the reply is not a chat completion: {raw[:80]!r}") from None
         usage = envelope.get("usage") or {}
-        self.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
+        self.count(prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0))
         if not isinstance(content, str):
             raise BadReply("no text content")
         return content
+
+
+def in_order(fn, items: Sequence[T], workers: int, desc: str, client: ChatClient | None = None) -> Iterator[R]:
+    """fn(item) for each item, at most `workers` at a time in threads, yielded in the items' order
+    under a progress bar (rate, time left, tokens so far). The first failure, in that order, is
+    raised once the requests in flight have finished; no request starts after it."""
+    bar = tqdm(total=len(items), desc=desc, dynamic_ncols=True, disable=not items)
+    pending = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window = deque(pool.submit(fn, item) for item in itertools.islice(pending, workers))
+        try:
+            while window:
+                result = window.popleft().result()
+                window.extend(pool.submit(fn, item) for item in itertools.islice(pending, 1))
+                bar.update()
+                if client is not None:
+                    u = client.usage
+                    bar.set_postfix_str(f"{u.prompt_tokens + u.completion_tokens} tokens, {u.retries} retries", refresh=False)
+                yield result
+        finally:
+            bar.close()
 
 
 def parse_json_object(content: str) -> dict:
@@ -159,6 +193,7 @@ class ReplyCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.values: dict[str, object] = {}
+        self._lock = threading.Lock()
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -172,8 +207,8 @@ class ReplyCache:
         return self.values.get(key)
 
     def put(self, key: str, value: object) -> None:
-        self.values[key] = value
-        with open(self.path, "a", encoding="utf-8") as f:
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            self.values[key] = value
             if f.tell() and not self._ends_with_newline():
                 f.write("\n")
             f.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")

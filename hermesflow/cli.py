@@ -186,7 +186,7 @@ def vlm_judge(cfg):
     from hermesflow.api import ReplyCache
     from hermesflow.judges import VLMJudge
 
-    return VLMJudge(api_client(cfg), ReplyCache(cfg.api_cache or cfg.out / "judge_cache.jsonl"))
+    return VLMJudge(api_client(cfg), ReplyCache(cfg.api_cache or cfg.out / "judge_cache.jsonl"), cfg.workers)
 
 
 def run_questions(cfg: QuestionsConfig) -> int:
@@ -199,7 +199,7 @@ def run_questions(cfg: QuestionsConfig) -> int:
         client = api_client(cfg)
         cache = ReplyCache(cfg.api_cache or cfg.out.with_name(cfg.out.name + ".cache.jsonl"))
     try:
-        summary = generate_questions(data, cfg.out, cfg.source, client, cache, cfg.redo)
+        summary = generate_questions(data, cfg.out, cfg.source, client, cache, cfg.redo, cfg.workers)
     finally:
         if client is not None:
             print(f"api: {client.usage.line()}", file=sys.stderr)

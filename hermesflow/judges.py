@@ -18,9 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, parse_json_object
+from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, in_order, parse_json_object
 
 PROMPT_VERSION = "judge-1"
 SYSTEM_PROMPT = ("You answer multiple-choice questions about an image. Look only at the image. Reply with JSON "
@@ -48,35 +47,32 @@ def _answer_parser(choices: Sequence[str]):
 class VLMJudge:
     """Answers questions about images through an OpenAI-compatible vision chat endpoint."""
 
-    def __init__(self, client: ChatClient, cache: ReplyCache):
-        self.client, self.cache = client, cache
+    def __init__(self, client: ChatClient, cache: ReplyCache, workers: int = 1):
+        self.client, self.cache, self.workers = client, cache, workers
         self.name = f"vlm:{client.model}"
 
     def answer(self, images: Sequence[np.ndarray], owners: Sequence[int], questions: Sequence[str],
                choices: Sequence[Sequence[str]], names: Sequence[str]) -> list[str]:
         """One choice per question; question i is about `images[owners[i]]`, `names[owners[i]]` in errors."""
-        urls: dict[int, str] = {}
-        answers = []
-        bar = tqdm(list(zip(owners, questions, choices)), desc=f"judge {self.name}", unit="question", dynamic_ncols=True)
-        for owner, question, options in bar:
-            if owner not in urls:
-                urls[owner] = png_data_url(images[owner])
-            digest = hashlib.sha256(urls[owner].encode()).hexdigest()
-            key = cache_key("judge", PROMPT_VERSION, self.client.model, digest, question, list(options))
+        urls = {owner: png_data_url(images[owner]) for owner in sorted(set(owners))}
+        digests = {owner: hashlib.sha256(url.encode()).hexdigest() for owner, url in urls.items()}
+
+        def ask(i: int) -> str:
+            owner, question, options = owners[i], questions[i], list(choices[i])
+            key = cache_key("judge", PROMPT_VERSION, self.client.model, digests[owner], question, options)
             answer = self.cache.get(key)
-            if answer is None:
-                text = f"Question: {question}\nChoices: {' | '.join(options)}"
-                messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                            {"role": "user", "content": [{"type": "text", "text": text},
-                                                         {"type": "image_url", "image_url": {"url": urls[owner]}}]}]
-                schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(options)}},
-                          "required": ["answer"], "additionalProperties": False}
-                answer = self.client.ask(messages, _answer_parser(options), what=f"{names[owner]}, question {question!r}",
-                                         schema=schema)
-                self.cache.put(key, answer)
-            else:
-                self.client.usage.cached += 1
-            u = self.client.usage
-            bar.set_postfix_str(f"{u.prompt_tokens + u.completion_tokens} tokens, {u.retries} retries", refresh=False)
-            answers.append(answer)
-        return answers
+            if answer is not None:
+                self.client.count(cached=1)
+                return answer
+            text = f"Question: {question}\nChoices: {' | '.join(options)}"
+            messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                        {"role": "user", "content": [{"type": "text", "text": text},
+                                                     {"type": "image_url", "image_url": {"url": urls[owner]}}]}]
+            schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": options}},
+                      "required": ["answer"], "additionalProperties": False}
+            answer = self.client.ask(messages, _answer_parser(options), what=f"{names[owner]}, question {question!r}",
+                                     schema=schema)
+            self.cache.put(key, answer)
+            return answer
+
+        return list(in_order(ask, range(len(questions)), self.workers, f"judge {self.name}", self.client))

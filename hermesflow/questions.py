@@ -19,18 +19,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, parse_json_object
+from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, in_order, parse_json_object
 from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError
 from hermesflow.tifa import tifa_entries, write_tifa
 from hermesflow.world.prompts import parse_prompt
 from hermesflow.world.questions import QA, questions_for
 
-# TIFA's element types (Hu et al. 2023, Table 1)
-ELEMENT_TYPES = ("object", "human", "animal", "food", "activity", "attribute", "counting", "color", "material",
-                 "spatial", "location", "shape", "other")
+# TIFA's element types, as its question files spell them (tifa_v1.0, sample/sample_question_answers.json)
+ELEMENT_TYPES = ("object", "animal/human", "attribute", "activity", "spatial", "location", "color", "counting", "food",
+                 "material", "shape", "other")
 
-PROMPT_VERSION = "tifa-qg-1"  # part of the cache key: a new prompt asks again
+PROMPT_VERSION = "tifa-qg-2"  # part of the cache key: a new prompt asks again
 SYSTEM_PROMPT = """You write multiple-choice questions that check whether an image matches its caption, \
 in the style of TIFA (Hu et al., 2023).
 For each element the caption states (objects, people, animals, counts, colors, materials, shapes, \
@@ -90,6 +90,7 @@ def parse_questions(content: str) -> list[dict]:
             raise BadReply(f"question {i + 1} repeats {question!r}")
         seen.add(key)
         kind = item.get("element_type")
+        kind = "animal/human" if kind in ("animal", "human") else kind  # as TIFA's own generator folds them
         out.append({"question": question.strip(), "choices": choices, "answer": answer.strip(),
                     "element": str(item.get("element") or ""), "type": kind if kind in ELEMENT_TYPES else "other"})
     return out
@@ -104,7 +105,7 @@ def llm_questions(client: ChatClient, cache: ReplyCache, record: Record, where: 
         items = client.ask(messages, parse_questions, what=where, schema=REPLY_SCHEMA)
         cache.put(key, items)
     else:
-        client.usage.cached += 1
+        client.count(cached=1)
     return [QA(q["question"], tuple(q["choices"]), q["answer"], q["type"]) for q in items], [q["element"] for q in items]
 
 
@@ -117,19 +118,16 @@ def scene_questions(record: Record, where: str, seed: int = 0) -> list[QA]:
 
 
 def generate_questions(data: HomologousData, out: Path, source: str, client: ChatClient | None = None,
-                       cache: ReplyCache | None = None, redo: bool = False) -> dict:
-    """Questions for every record without any (all records with `redo`), written to `out` in TIFA's format."""
+                       cache: ReplyCache | None = None, redo: bool = False, workers: int = 1) -> dict:
+    """Questions for every record without any (all records with `redo`), written to `out` in TIFA's
+    format; an LLM is asked `workers` requests at a time."""
     todo = [r for r in data.records if redo or not r.qa]
+    if source == "scene":
+        results = ((scene_questions(r, data.where(r)), None) for r in tqdm(todo, desc="questions (scene)", unit="caption"))
+    else:
+        results = in_order(lambda r: llm_questions(client, cache, r, data.where(r)), todo, workers, "questions (llm)", client)
     entries = []
-    bar = tqdm(todo, desc=f"questions ({source})", unit="caption", dynamic_ncols=True, disable=not todo)
-    for record in bar:
-        where = data.where(record)
-        if source == "scene":
-            qas, elements = scene_questions(record, where), None
-        else:
-            qas, elements = llm_questions(client, cache, record, where)
-            u = client.usage
-            bar.set_postfix_str(f"{u.prompt_tokens + u.completion_tokens} tokens, {u.retries} retries", refresh=False)
+    for record, (qas, elements) in zip(todo, results):
         entries += tifa_entries(record.id, record.caption, qas, elements)
     write_tifa(out, entries)
     return {"records": len(data.records), "asked_for": len(todo), "questions": len(entries), "written": str(out)}

@@ -48,6 +48,7 @@ class ApiOptions:
     retries: int = option(4, "attempts after the first one (timeouts, 429, 5xx, refused connections, unusable replies)", minimum=0)
     backoff: float = option(1.0, "seconds before the first retry, doubling after each (a 429's Retry-After wins)", minimum=0.0)
     json_schema: bool = option(True, "ask for replies constrained by a JSON schema (response_format); turn off for servers without it")
+    workers: int = option(4, "requests in flight at once (answers keep their order; the first failure stops the run)", minimum=1)
     api_cache: Path = option(None, "JSON Lines cache of accepted replies (default: beside the output); a rerun asks nothing twice")
 
 

@@ -89,7 +89,7 @@ def test_questions_resume_and_write_nothing_for_a_failed_record(stub, tmp_path, 
     data = write_data(tmp_path / "data")
     out = tmp_path / "questions.json"
     args = ["questions", "--data", str(data), "--out", str(out), "--endpoint", stub.url, "--api-model", "stub-model",
-            "--retries", "1", "--backoff", "0.01"]
+            "--retries", "1", "--backoff", "0.01", "--workers", "1"]
     stub.plan_for["two blue squares"] = ["not-a-choice"] * 2
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -136,3 +136,21 @@ def test_vlm_judge_answers_about_images_and_caches(stub, tmp_path):
     stub.plan = ["not-a-choice"] * 3
     with pytest.raises(ApiError, match=r"^item b, question 'is there a triangle\?': unusable reply \(answer 'maybe'"):
         again.answer(images, [1], ["is there a triangle?"], [["yes", "no"]], ["item a", "item b"])
+
+
+def test_parallel_requests_keep_their_order_and_match_one_at_a_time(stub, tmp_path):
+    data = write_data(tmp_path / "data")
+    outs = []
+    for workers in ("1", "3"):
+        out = tmp_path / f"q{workers}.json"
+        stub.plan = ["500", "slow"]
+        assert main(["questions", "--data", str(data), "--out", str(out), "--endpoint", stub.url, "--api-model", "m",
+                     "--backoff", "0.01", "--timeout", "0.5", "--workers", workers]) == 0
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+    stub.plan = []
+    judge = VLMJudge(client(stub.url), ReplyCache(tmp_path / "judge.jsonl"), workers=4)
+    stub.judge_answers = {f"q{i}": ("no" if i % 3 else "yes") for i in range(12)}
+    images = [np.zeros((8, 8, 3), np.uint8)]
+    answers = judge.answer(images, [0] * 12, [f"q{i}" for i in range(12)], [["yes", "no"]] * 12, ["item a"])
+    assert answers == [stub.judge_answers[f"q{i}"] for i in range(12)] and judge.client.usage.calls == 12

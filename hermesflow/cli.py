@@ -48,6 +48,10 @@ def run_world(cfg: WorldConfig) -> int:
 
 def run_validate(cfg: ValidateConfig) -> int:
     data = read_data(cfg.data, cfg, image_size=cfg.image_size or None)
+    if cfg.write_clean:
+        from hermesflow.data import write_clean
+
+        print(f"{write_clean(data, cfg.write_clean)} good records written to {cfg.write_clean}", file=sys.stderr)
     summary = data.summary()
     print_summary(summary)
     if summary["without_qa"]:

@@ -15,6 +15,7 @@ unless the user opts in with `follow_symlinks`.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hermesflow.errors import DataError
+from hermesflow.errors import DataError, UsageError
+from hermesflow.io import atomic_write_bytes
 from hermesflow.sources import locate, rows
 from hermesflow.world.questions import QA
 from hermesflow.world.scenes import Scene
@@ -320,6 +322,21 @@ def check_fit(backbone, data: HomologousData, limit: int = 20) -> None:
         shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
         raise DataError([f"{data.path}: {len(problems)} problems for the {backbone.model_type} model "
                          f"(it cannot represent this data; nothing was run)", *shown])
+
+
+def write_clean(data: HomologousData, path: str | Path) -> int:
+    """Write the good records' own lines, in order, to a new JSON Lines file beside the data file (image
+    paths are relative to it); returns how many. Only JSON Lines data has lines to copy."""
+    path = Path(path)
+    if data.format != "jsonl":
+        raise UsageError(f"--write-clean {path}: only JSON Lines data can be copied line by line ({data.path.name} is {data.format})")
+    if path.resolve().parent != data.path.resolve().parent:
+        raise UsageError(f"--write-clean {path}: write it in {data.path.parent}, beside {data.path.name}, so its image paths still resolve")
+    if path.resolve() == data.path.resolve():
+        raise UsageError(f"--write-clean {path}: that is the data file itself; choose a new name")
+    lines = data.path.read_bytes().split(b"\n")
+    atomic_write_bytes(path, b"".join(lines[r.line - 1].removeprefix(codecs.BOM_UTF8).rstrip(b"\r") + b"\n" for r in data.records))
+    return len(data.records)
 
 
 def read_data(path: str | Path, options: object, **kwargs) -> HomologousData:

@@ -58,6 +58,8 @@ class ValidateConfig(DataOptions):
 
     data: Path = option(None, "data.jsonl, or a folder holding it", positional=True, required=True)
     image_size: int = option(0, "expected image width and height in pixels; 0 accepts any size")
+    write_clean: Path = option(None, "with --skip-bad: write the good records' lines to this new JSON Lines file, beside the data "
+                               "file (so its image paths still resolve)")
 
 
 PRESETS = {

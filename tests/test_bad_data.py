@@ -376,3 +376,17 @@ def test_skip_bad_works_on_every_verb_that_reads_data(bad: Path, tmp_path: Path)
     skipped = [line.split(" (id")[0] for line in result.stderr.splitlines() if line.startswith("skipped: ")]
     assert skipped == [f"skipped: data.jsonl line {n}" for n in BAD_LINES]
     assert (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_write_clean_keeps_the_good_records_lines(bad: Path, tmp_path: Path):
+    _three_bad(bad)
+    clean = bad / "clean.jsonl"
+    result = run_cli("validate", str(bad), "--skip-bad", "--write-clean", str(clean))
+    assert result.returncode == 0, result.stderr
+    assert "3 good records written to" in result.stderr
+    good = [line for n, line in enumerate(_lines(bad), start=1) if line.strip() and n not in BAD_LINES]
+    assert clean.read_bytes() == b"".join(line + b"\n" for line in good)
+    again = run_cli("validate", str(clean))  # the clean file reads without a problem, its images found
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    elsewhere = run_cli("validate", str(bad), "--skip-bad", "--write-clean", str(tmp_path / "clean.jsonl"))
+    assert elsewhere.returncode == 2 and "so its image paths still resolve" in elsewhere.stderr

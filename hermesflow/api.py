@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from hermesflow.errors import HermesFlowError
+from hermesflow.errors import HermesFlowError, UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -145,6 +145,15 @@ class ChatClient:
         if not isinstance(content, str):
             raise BadReply("no text content")
         return content
+
+
+def api_client(options) -> ChatClient:
+    """The client of a verb's API options (`settings.ApiOptions`: --endpoint, --api-model, ...)."""
+    if not options.endpoint or not options.api_model:
+        raise UsageError("--endpoint and --api-model are required to ask a model behind an API")
+    return ChatClient(options.endpoint, options.api_model, api_key=os.environ.get(options.api_key_env) or None,
+                      timeout=options.timeout, retries=options.retries, backoff=options.backoff,
+                      json_schema=options.json_schema)
 
 
 def in_order(fn, items: Sequence[T], workers: int, desc: str, client: ChatClient | None = None) -> Iterator[R]:

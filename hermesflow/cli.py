@@ -72,6 +72,7 @@ def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.backbones import GenerationConfig, load_backbone
     from hermesflow.data import check_fit
     from hermesflow.evaluate import data_eval_items, evaluate, format_table, save_sample_sheet, world_eval_items
+    from hermesflow.judges import judge_setting, vlm_judge
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
@@ -85,10 +86,10 @@ def run_eval(cfg: EvalConfig) -> int:
 
     stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, "n": cfg.n, "seed": cfg.seed,
              "data": file_digest(cfg.data), "guidance": cfg.guidance, "temperature": cfg.temperature, "steps": cfg.steps,
-             "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype}
+             "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype, **judge_setting(cfg)}
     claim(cfg.out, "eval", "an evaluation", stage, ("metrics.json", "generated.png", "eval_config.yaml"), cfg.overwrite)
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
-    judge = vlm_judge(cfg)
+    judge = vlm_judge(cfg, cfg.out)
     metrics, generated = evaluate(backbone, items, gen, SentenceSimilarity(cfg.encoder), external_judge=judge)
     if judge is not None:  # what the judge cost
         metrics["judge_api"] = vars(judge.client.usage)
@@ -170,31 +171,8 @@ def run_ablate(cfg: AblateConfig) -> int:
     return 0
 
 
-def api_client(cfg):
-    """The chat client of a verb's ApiOptions."""
-    import os
-
-    from hermesflow.api import ChatClient
-    from hermesflow.errors import UsageError
-
-    if not cfg.endpoint or not cfg.api_model:
-        raise UsageError("--endpoint and --api-model are required to ask a language model")
-    return ChatClient(cfg.endpoint, cfg.api_model, api_key=os.environ.get(cfg.api_key_env) or None, timeout=cfg.timeout,
-                      retries=cfg.retries, backoff=cfg.backoff, json_schema=cfg.json_schema)
-
-
-def vlm_judge(cfg):
-    """The VLM judge of `--judge vlm` (None otherwise); its cache sits in --out unless --api-cache."""
-    if cfg.judge != "vlm":
-        return None
-    from hermesflow.api import ReplyCache
-    from hermesflow.judges import VLMJudge
-
-    return VLMJudge(api_client(cfg), ReplyCache(cfg.api_cache or cfg.out / "judge_cache.jsonl"), cfg.workers)
-
-
 def run_questions(cfg: QuestionsConfig) -> int:
-    from hermesflow.api import ReplyCache
+    from hermesflow.api import ReplyCache, api_client
     from hermesflow.questions import generate_questions
 
     data = read_data(cfg.data, cfg)

@@ -35,6 +35,7 @@ from hermesflow.data import HomologousData, check_fit, read_data, read_homologou
 from hermesflow.errors import DataError
 from hermesflow.evaluate import EvalItem, data_eval_items, evaluate, save_sample_sheet, world_eval_items
 from hermesflow.io import atomic_write_json, atomic_write_text
+from hermesflow.judges import judge_setting, vlm_judge
 from hermesflow.prefs import PREFS, read_prefs
 from hermesflow.settings import CurationOptions, RunConfig, TrainingOptions
 from hermesflow.stages import claim, clear, differences, file_digest, refusal, say
@@ -54,7 +55,9 @@ CURATE_OUTPUTS = ("shards", PREFS, MANIFEST, "train", "model", "adapter", "eval"
 TRAIN_OUTPUTS = ("train", "model", "adapter", "eval")
 EVAL_OUTPUTS = ("metrics.json", "generated.png")
 # Settings of a run that do not change its results: a rerun may change them freely.
-RUN_FREE = ("out", "rounds", "preset", "report_to", "save_every", "max_nonfinite", "log_branch_grad_norms", "overwrite")
+RUN_FREE = ("out", "rounds", "preset", "report_to", "save_every", "max_nonfinite", "log_branch_grad_norms", "overwrite",
+            # how an endpoint is reached: the judge's model (--api-model) is what changes results
+            "endpoint", "api_key_env", "timeout", "retries", "backoff", "workers", "api_cache", "json_schema")
 
 
 def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir: Path, cfg, round_index: int,
@@ -152,13 +155,16 @@ def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, 
     path = folder / "metrics.json"
     stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, "n": cfg.eval_n, "seed": seed,
              "data": file_digest(cfg.eval_data), "guidance": cfg.eval_guidance, "temperature": cfg.image_temperature,
-             "steps": cfg.steps, "encoder": cfg.encoder, "pooling": cfg.pooling, "dtype": cfg.dtype}
+             "steps": cfg.steps, "encoder": cfg.encoder, "pooling": cfg.pooling, "dtype": cfg.dtype, **judge_setting(cfg)}
     reused = claim(folder, "eval", "an evaluation", stage, EVAL_OUTPUTS, getattr(cfg, "overwrite", False))
     if reused and path.exists():
         say(f"reusing the evaluation {path}")
         return json.loads(path.read_text())
     gen = GenerationConfig(guidance=cfg.eval_guidance, temperature=cfg.image_temperature, steps=cfg.steps, seed=seed)
-    metrics, generated = evaluate(backbone, eval_items(backbone, cfg, seed), gen, similarity)
+    judge = vlm_judge(cfg, folder)
+    metrics, generated = evaluate(backbone, eval_items(backbone, cfg, seed), gen, similarity, external_judge=judge)
+    if judge is not None:  # what the judge cost
+        metrics["judge_api"] = vars(judge.client.usage)
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
     atomic_write_json(path, metrics)

@@ -15,11 +15,12 @@ import base64
 import hashlib
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, in_order, parse_json_object
+from hermesflow.api import BadReply, ChatClient, ReplyCache, api_client, cache_key, in_order, parse_json_object
 
 PROMPT_VERSION = "judge-1"
 SYSTEM_PROMPT = ("You answer multiple-choice questions about an image. Look only at the image. Reply with JSON "
@@ -42,6 +43,26 @@ def _answer_parser(choices: Sequence[str]):
         return lowered[answer.strip().lower()]
 
     return parse
+
+
+def judge_setting(options) -> dict:
+    """What an evaluation's judge adds to its recorded settings: nothing for the default judges, so
+    evaluations made before the option existed keep their digest; the VLM and the questions file else."""
+    from hermesflow.stages import file_digest
+
+    out = {}
+    if getattr(options, "judge", "auto") == "vlm":
+        out["judge"] = f"vlm:{options.api_model}"
+    if getattr(options, "questions", None):
+        out["questions"] = file_digest(options.questions)
+    return out
+
+
+def vlm_judge(options, out: Path) -> VLMJudge | None:
+    """The VLM judge of `--judge vlm` (None otherwise); its cache sits in `out` unless --api-cache."""
+    if getattr(options, "judge", "auto") != "vlm":
+        return None
+    return VLMJudge(api_client(options), ReplyCache(options.api_cache or Path(out) / "judge_cache.jsonl"), options.workers)
 
 
 class VLMJudge:

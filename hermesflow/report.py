@@ -14,6 +14,7 @@ import math
 import random
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -25,7 +26,7 @@ import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hermesflow.backbones import BASE_MODEL, load_backbone  # noqa: E402
-from hermesflow.data import read_homologous  # noqa: E402
+from hermesflow.data import read_data  # noqa: E402
 from hermesflow.errors import UsageError  # noqa: E402
 from hermesflow.io import atomic_write_text  # noqa: E402
 from hermesflow.world.prompts import CATEGORIES, parse_prompt, satisfied_by  # noqa: E402
@@ -129,7 +130,8 @@ def _plot_geneval(names: list[str], metrics: list[dict], path: Path) -> None:
     for i, (name, m) in enumerate(zip(names, metrics)):
         values = np.array([m["geneval"].get(c, np.nan) for c in cats])
         counts = m.get("geneval_counts", {})
-        bounds = np.array([wilson(*counts[c]) if c in counts else (v, v) for c, v in zip(cats, values)])
+        # reshape: data without GenEval categories (not the world's) has none, and an empty plot
+        bounds = np.array([wilson(*counts[c]) if c in counts else (v, v) for c, v in zip(cats, values)]).reshape(len(cats), 2)
         err = np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))
         ax.bar(np.arange(len(cats)) + i * width, values, width, yerr=err, capsize=2, label=name,
                error_kw={"ecolor": "#555", "elinewidth": 0.8, "alpha": 0.7})
@@ -237,6 +239,12 @@ def _flags(row: dict, rejected_true: bool | None) -> list[str]:
     return flags
 
 
+def _run_options(run: Path):
+    """The run's saved settings, for reading its data the same way (None without run_config.yaml)."""
+    path = run / "run_config.yaml"
+    return SimpleNamespace(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {})) if path.exists() else None
+
+
 def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path, seed: int = 0) -> str:
     """Cards of `n` kept homologous tuples drawn across the round (seeded), in file order, each with
     its scores and flags: oracle ties and disagreements, the self-play case, true rejected captions."""
@@ -244,7 +252,9 @@ def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path, seed: i
     kept = [r for r in rows if "chosen" in r["und"] and "chosen" in r["gen"]]
     picked = sorted(random.Random(f"gallery/{seed}").sample(range(len(kept)), min(n, len(kept))))
     data = run / "data" if (run / "data" / "data.jsonl").exists() else Path(_read_json(round_dir / "manifest.json")["data"])
-    records = {r.id: r for r in read_homologous(data).records}
+    # the user's data is read as the run read it (its column map, --questions, --follow-symlinks)
+    options = None if data == run / "data" else _run_options(run)
+    records = {r.id: r for r in read_data(data, options).records}
     true_rejected = [_true_of(r["und"]["rejected"], records[r["id"]].scene) for r in kept if r["id"] in records]
     judged = [t for t in true_rejected if t is not None]
     backbone = load_backbone(model)

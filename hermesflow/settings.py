@@ -197,7 +197,7 @@ RUN_PRESETS = {
 
 
 @dataclass
-class RunConfig(CurationOptions, TrainingOptions, DataOptions):
+class RunConfig(CurationOptions, TrainingOptions, DataOptions, ApiOptions):
     """`hermesflow run` / `iterate`: evaluate the base model, then R self-play rounds of curate, train, evaluate."""
 
     PRESETS = RUN_PRESETS
@@ -213,6 +213,8 @@ class RunConfig(CurationOptions, TrainingOptions, DataOptions):
     eval_n: int = option(500, "eval split examples per evaluation", minimum=1)
     eval_data: Path = option(None, "held-out homologous data with qa to evaluate on instead of the world's eval split")
     eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
+    judge: str = option("auto", "who answers the questions about generated images when evaluating: auto (the world oracle "
+                        "when every record has a scene, else the model itself); vlm (a VLM behind --endpoint)", choices=("auto", "vlm"))
     seed: int = option(0, "seed of everything")
     overwrite: bool = option(False, "delete results in --out made with other settings and start again (without it such a folder is refused)")
 

@@ -122,3 +122,22 @@ def test_questions_from_the_scene_graph(tmp_path, capsys):
     (folder / "data.jsonl").write_text(json.dumps({"id": "x", "image": rows[0]["image"], "caption": "a dog"}) + "\n")
     assert main(["questions", "--data", str(folder), "--source", "scene", "--out", str(out)]) == 2
     assert 'data.jsonl line 1 (id "x"): no scene graph and world caption' in capsys.readouterr().err
+
+
+def test_run_evaluates_with_the_vlm_judge_and_records_it(stub, tmp_path):
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.world.build import write_world
+
+    UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
+    world = write_world(tmp_path / "heldout", 3, seed=0, split="eval")
+    data = world.parent if world.name == "data.jsonl" else world
+    lines = [json.loads(line) for line in (data / "data.jsonl").read_text().splitlines()]
+    (data / "data.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scene"}) + "\n" for r in lines))
+    out = tmp_path / "run"
+    args = ["run", "--model", str(tmp_path / "model"), "--out", str(out), "--rounds", "0", "--n-train", "4",
+            "--eval-data", str(data), "--eval-n", "3", "--steps", "1", "--judge", "vlm", "--endpoint", stub.url,
+            "--api-model", "judge-model"]
+    assert main(args) == 0
+    metrics = json.loads((out / "base" / "eval" / "metrics.json").read_text())
+    assert metrics["judges"]["generation"] == "vlm:judge-model" and metrics["judge_api"]["calls"] == len(stub.requests)
+    assert (out / "base" / "eval" / "judge_cache.jsonl").exists()

@@ -141,3 +141,26 @@ def test_run_evaluates_with_the_vlm_judge_and_records_it(stub, tmp_path):
     metrics = json.loads((out / "base" / "eval" / "metrics.json").read_text())
     assert metrics["judges"]["generation"] == "vlm:judge-model" and metrics["judge_api"]["calls"] == len(stub.requests)
     assert (out / "base" / "eval" / "judge_cache.jsonl").exists()
+
+
+def test_a_round_on_a_datasets_folder_reports_its_pairs(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from hermesflow.world.build import write_world
+
+    world = write_world(tmp_path / "world", 4, seed=0, split="train")
+    folder = world.parent if world.name == "data.jsonl" else world
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    datasets.Dataset.from_dict({"key": [r["id"] for r in rows], "image": [Image.open(folder / r["image"]) for r in rows],
+                                "text": [r["caption"] for r in rows], "qa": [json.dumps(r["qa"]) for r in rows]}
+                               ).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "run"
+    # the shipped base model: a random one ties its samples and keeps no pair to train on
+    assert main(["run", "--data", str(tmp_path / "ds"), "--id-column", "key",
+                 "--caption-column", "text", "--out", str(out), "--rounds", "1", "--eval-n", "3", "--n-captions", "2",
+                 "--n-images", "2", "--steps", "1", "--min-chosen-accuracy", "0", "--train-steps", "1",
+                 "--batch-size", "2"]) == 0
+    page = (out / "report" / "index.html").read_text()
+    assert "<div class=card>" in page  # the gallery found the true images in the datasets folder, by its id column
+    assert (out / "report" / "gallery" / "round-1-0-true.png").exists()

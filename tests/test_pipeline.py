@@ -42,7 +42,10 @@ def hermesflow(*args: str, procs: int = 1) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "hermesflow", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", "29533", "-m", "hermesflow", *args]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job starts with SIGINT ignored, and Python then leaves it ignored: give the
+    # child the default, so that Ctrl-C (SIGINT) reaches it however the tests were started.
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(p: subprocess.Popen) -> str:

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hermesflow import config
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.backbones import BASE_MODEL, load_backbone
-from hermesflow.iterate import curate_round, evaluate_into, train_data, train_round
+from hermesflow.iterate import claim_folder, curate_round, evaluate_into, train_data, train_round
 from hermesflow.settings import AblateConfig, RunConfig
 from hermesflow.world.prompts import CATEGORIES
 
@@ -48,8 +47,9 @@ def ablate(cfg: AblateConfig) -> dict:
     preset = {k: getattr(cfg, k) or v for k, v in PRESETS[cfg.preset].items()}
     state = partial_state()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, out / "ablate_config.yaml")
+    if state.is_main_process:
+        claim_folder(cfg, "ablate_config.yaml", "an ablation")  # never rewritten over results it did not make
+    state.wait_for_everyone()
     base_cfg = _run_config(cfg, preset)
     base_dir = Path(cfg.model) if cfg.model else BASE_MODEL
     base = load_backbone(base_dir, cfg.dtype).eval()

@@ -256,18 +256,23 @@ def claim_run(cfg: RunConfig) -> None:
     """`run_config.yaml` records the settings that made a run folder's results. A rerun whose settings
     differ (other than those in RUN_FREE, such as more --rounds) is refused, naming the keys, unless
     --overwrite deletes the folder's contents; the file is rewritten only over results it produced."""
-    out, path = Path(cfg.out), Path(cfg.out) / "run_config.yaml"
+    claim_folder(cfg, "run_config.yaml", "a run")
+
+
+def claim_folder(cfg, name: str, what: str) -> None:
+    """`claim_run` for any verb whose config (with `out` and `overwrite`) is saved as `out/name`."""
+    out, path = Path(cfg.out), Path(cfg.out) / name
     current = {k: v for k, v in config.to_dict(cfg).items() if k not in RUN_FREE}
     if path.exists():
         saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        defaults = config.to_dict(RunConfig(out=out))
+        defaults = config.to_dict(type(cfg)(out=out))
         changed = differences({k: saved.get(k, defaults[k]) for k in current}, current)
         if changed and not cfg.overwrite:
-            raise refusal("a run", out, changed)
+            raise refusal(what, out, changed)
         if changed:
             clear(out, tuple(p.name for p in out.iterdir()))
         else:
-            say(f"resuming the run in {out}: same settings as its run_config.yaml; finished stages are reused")
+            say(f"resuming the {what.split()[-1]} in {out}: same settings as its {name}; finished stages are reused")
     config.save(cfg, path)
 
 

@@ -110,3 +110,16 @@ def test_an_os_error_at_the_boundary_is_one_line_naming_the_path(tiny_run, tmp_p
     assert main(["report", str(run)]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and str(run / "report") in err and "Traceback" not in err, err
+
+
+def test_an_ablation_folder_keeps_its_config_and_refuses_other_settings(tmp_path, capsys):
+    from hermesflow.iterate import claim_folder
+    from hermesflow.settings import AblateConfig
+
+    claim_folder(AblateConfig(out=tmp_path, seeds=2), "ablate_config.yaml", "an ablation")
+    claim_folder(AblateConfig(out=tmp_path, seeds=2, save_every=7), "ablate_config.yaml", "an ablation")  # free to change
+    assert "resuming" in capsys.readouterr().err
+    with pytest.raises(UsageError) as refused:
+        claim_folder(AblateConfig(out=tmp_path, seeds=3), "ablate_config.yaml", "an ablation")
+    assert "holds an ablation made with other settings" in str(refused.value) and "seeds: 2 -> 3" in str(refused.value)
+    assert b"seeds: 2\n" in (tmp_path / "ablate_config.yaml").read_bytes()  # not rewritten by the refused rerun

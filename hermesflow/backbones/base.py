@@ -160,6 +160,42 @@ class Backbone(Protocol):
         """Weights (safetensors) and config.json with its `model_type`, no pickle."""
 
 
+def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """One token id per row of `logits` (B, V): the argmax at temperature 0, else a draw from
+    softmax(logits / temperature) over the `top_k` largest logits (all when 0). The draw happens on
+    the CPU with `generator`, so a seed samples the same tokens on any device."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+
+def rgb_problems(image: np.ndarray) -> list[str]:
+    """Why an array is not an (H, W, 3) uint8 RGB image with pixels; empty when it is one."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        return [f"image is {image.dtype} {tuple(image.shape)}; expected an (H, W, 3) uint8 RGB image"]
+    if min(image.shape[:2]) < 1:
+        return [f"image {tuple(image.shape)} has no pixels"]
+    return []
+
+
+def check_rgb(image: np.ndarray) -> np.ndarray:
+    """The image as an array, or a UsageError saying why it is not an (H, W, 3) uint8 RGB image."""
+    image = np.asarray(image)
+    problems = rgb_problems(image)
+    if problems:
+        raise UsageError(problems[0])
+    return image
+
+
+def short(text: str, limit: int = 60) -> str:
+    """A text quoted for an error message, cut at `limit` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 class BackboneBase(nn.Module):
     """What every adapter shares. Subclasses set `model_type`, implement the protocol's model
     methods, and name their LoRA target modules."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator
+from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, check_rgb, sample_token
 from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
@@ -181,7 +181,7 @@ class UnifiedModel(BackboneBase):
 
     def prepare_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Images of the world at any multiple of 32 px -> their (N, 16) token ids."""
-        small = np.stack([to_world_size(_check_rgb(image)) for image in images]) if len(images) else np.zeros((0, 32, 32, 3), np.uint8)
+        small = np.stack([to_world_size(check_rgb(image)) for image in images]) if len(images) else np.zeros((0, 32, 32, 3), np.uint8)
         return torch.from_numpy(self.images.encode(small)).to(self.device)
 
     def prepare_generated(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -302,14 +302,7 @@ class UnifiedModel(BackboneBase):
         return [captions[i * n : (i + 1) * n] for i in range(b // n)]
 
     def _sample_text(self, logits: torch.Tensor, gen: GenerationConfig, g: torch.Generator) -> torch.Tensor:
-        logits = logits.float() + self.text_only
-        if gen.temperature <= 0:
-            return logits.argmax(-1)  # greedy
-        logits = logits / gen.temperature
-        if gen.top_k:
-            kth = logits.topk(gen.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        return torch.multinomial(F.softmax(logits, dim=-1).cpu(), 1, generator=g)[:, 0].to(logits.device)
+        return sample_token(logits.float() + self.text_only, gen.temperature, gen.top_k, g)
 
     # ----- generation ---------------------------------------------------------------------------
 
@@ -385,10 +378,3 @@ class UnifiedModel(BackboneBase):
                 raise UsageError(f"model folder {directory}: tensor {k} has shape {tuple(v.shape)}, config expects {tuple(expected[k].shape)}")
         model.net.load_state_dict(state)
         return model.to(dtype)
-
-
-def _check_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise UsageError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
-    return image

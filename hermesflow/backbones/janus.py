@@ -46,7 +46,17 @@ from transformers import (
 )
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
-from hermesflow.backbones.base import BackboneBase, ExactEstimator, GenerationConfig, ImageEstimator, LogProbs
+from hermesflow.backbones.base import (
+    BackboneBase,
+    ExactEstimator,
+    GenerationConfig,
+    ImageEstimator,
+    LogProbs,
+    check_rgb,
+    rgb_problems,
+    sample_token,
+    short,
+)
 from hermesflow.errors import UsageError
 
 CAPTION_QUESTION = "Describe this image in one sentence."
@@ -55,21 +65,6 @@ GENERATION_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Janus's image processor config; used when a folder has none
 LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LANGUAGE_MODEL = "model.model.language_model"  # its path inside the backbone, the module PEFT wraps
-
-
-def sample_token(logits: torch.Tensor, temperature: float, top_k: int,
-                 generator: torch.Generator | None) -> torch.Tensor:
-    """One token id per row of `logits` (B, V): the argmax at temperature 0, else a draw from
-    softmax(logits / temperature) over the `top_k` largest logits (all when 0). The draw happens on
-    the CPU with `generator`, so a seed samples the same tokens on any device."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1).cpu()
-    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
 
 
 @dataclass(frozen=True)
@@ -182,7 +177,7 @@ class JanusBackbone(BackboneBase):
     def fit_problems(self, image: np.ndarray | None, texts: Sequence[str]) -> list[str]:
         problems = []
         if image is not None:
-            problems += _rgb_problems(np.asarray(image))
+            problems += rgb_problems(np.asarray(image))
         specials = set(vars(self.tokens).values())
         caption_prompt = len(self._understanding_ids(CAPTION_QUESTION))
         for text in texts:
@@ -190,16 +185,16 @@ class JanusBackbone(BackboneBase):
             if not text.strip():
                 problems.append(f"text {text!r} is empty")
             elif specials & set(ids):
-                problems.append(f"text {_short(text)} contains Janus special tokens")
+                problems.append(f"text {short(text)} contains Janus special tokens")
             elif self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
-                problems.append(f"text {_short(text)} has words the Janus tokenizer does not know")
+                problems.append(f"text {short(text)} has words the Janus tokenizer does not know")
             else:
                 # The positions the text needs in its longest use: a caption or answer after the
                 # caption prompt, a question before a one-token answer, an image prompt before the image.
                 need = max(caption_prompt + len(self._answer_ids(text)), len(self._understanding_ids(text)) + 1,
                            len(self._generation_ids(text)) + self.n_image_tokens - 1)
                 if need > self.context:
-                    problems.append(f"text {_short(text)} is {len(ids)} tokens and needs {need} positions; the Janus "
+                    problems.append(f"text {short(text)} is {len(ids)} tokens and needs {need} positions; the Janus "
                                     f"model's context is {self.context}")
         return problems
 
@@ -207,7 +202,7 @@ class JanusBackbone(BackboneBase):
 
     def prepare_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, 3, S, S) pixel values in the model's dtype, from RGB arrays of any size."""
-        arrays = [_check_rgb(np.asarray(image)) for image in images]
+        arrays = [check_rgb(np.asarray(image)) for image in images]
         if not arrays:
             return torch.zeros(0, 3, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
         pixels = self.image_processor(images=arrays, return_tensors="pt", input_data_format="channels_last")
@@ -462,20 +457,3 @@ def _image_processor(directory: Path, config: JanusConfig) -> JanusImageProcesso
                                   image_std=list(SIGLIP_STD))
 
 
-def _rgb_problems(image: np.ndarray) -> list[str]:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        return [f"image is {image.dtype} {tuple(image.shape)}; expected an (H, W, 3) uint8 RGB image"]
-    if min(image.shape[:2]) < 1:
-        return [f"image {tuple(image.shape)} has no pixels"]
-    return []
-
-
-def _check_rgb(image: np.ndarray) -> np.ndarray:
-    problems = _rgb_problems(image)
-    if problems:
-        raise UsageError(problems[0])
-    return image
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -61,6 +61,10 @@ from hermesflow.backbones.base import (
     ImageEstimator,
     LogProbs,
     MaskedEstimator,
+    check_rgb,
+    rgb_problems,
+    sample_token,
+    short,
 )
 from hermesflow.backbones.magvit2 import MagvitConfig, MagvitV2, pixel_values, to_uint8
 from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
@@ -214,18 +218,6 @@ def official_maskgit_decode(guided_logits: Callable[[torch.Tensor], torch.Tensor
     return sampled
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
-    """One id per row of `logits` (B, V): argmax at temperature 0, else a draw from
-    softmax(logits / T) over the `top_k` largest (all when 0), on the CPU with `generator`."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(logits.device)
-
-
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, Q, K) booleans → (B, 1, Q, K) float mask: 0 where allowed, the dtype's minimum elsewhere.
     Additive floats, because eager attention adds a boolean 4-D mask as 0/1."""
@@ -346,7 +338,7 @@ class ShowoBackbone(BackboneBase):
     # ----- what the model can represent -----------------------------------------------------------
 
     def fit_problems(self, image: np.ndarray | None, texts: Sequence[str]) -> list[str]:
-        problems = _rgb_problems(np.asarray(image)) if image is not None else []
+        problems = rgb_problems(np.asarray(image)) if image is not None else []
         slot = self.cfg.max_seq_length - 2  # the t2i slot holds <|t2i|> <bos> prompt <eos> left-padded
         context = self.showo.config.max_position_embeddings
         specials = set(range(self.cfg.pad_id, self.cfg.image_offset))
@@ -356,17 +348,17 @@ class ShowoBackbone(BackboneBase):
             if not text.strip():
                 problems.append(f"text {text!r} is empty")
             elif specials & set(ids):
-                problems.append(f"text {_short(text)} contains Show-o special tokens")
+                problems.append(f"text {short(text)} contains Show-o special tokens")
             elif self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
-                problems.append(f"text {_short(text)} has words the Show-o tokenizer does not know")
+                problems.append(f"text {short(text)} has words the Show-o tokenizer does not know")
             elif len(ids) > slot:
-                problems.append(f"text {_short(text)} is {len(ids)} tokens; Show-o's text-to-image prompt holds "
+                problems.append(f"text {short(text)} is {len(ids)} tokens; Show-o's text-to-image prompt holds "
                                 f"{slot} (max_seq_length {self.cfg.max_seq_length} with <|t2i|> <bos> ... <eos>)")
             else:
                 question = 4 + self.n_image_tokens + len(self._encode(self.cfg.question_template.format(question=text)))
                 need = max(caption_prefix + len(self._answer_ids(text)), question + 2)
                 if need > context:
-                    problems.append(f"text {_short(text)} needs {need} positions in an understanding sequence; "
+                    problems.append(f"text {short(text)} needs {need} positions in an understanding sequence; "
                                     f"Show-o's context is {context}")
         return problems
 
@@ -449,7 +441,7 @@ class ShowoBackbone(BackboneBase):
 
     def prepare_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, L) MAGVIT-v2 codes of RGB images of any size (resized and centre-cropped)."""
-        arrays = [_check_rgb(np.asarray(image)) for image in images]
+        arrays = [check_rgb(np.asarray(image)) for image in images]
         with torch.no_grad():
             pixels = pixel_values(arrays, self.image_size).to(self.device)
             return self.vq_model.encode(pixels) if arrays else torch.zeros(0, self.n_image_tokens, dtype=torch.long,
@@ -648,20 +640,3 @@ def _listing(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _rgb_problems(image: np.ndarray) -> list[str]:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        return [f"image is {image.dtype} {tuple(image.shape)}; expected an (H, W, 3) uint8 RGB image"]
-    if min(image.shape[:2]) < 1:
-        return [f"image {tuple(image.shape)} has no pixels"]
-    return []
-
-
-def _check_rgb(image: np.ndarray) -> np.ndarray:
-    problems = _rgb_problems(image)
-    if problems:
-        raise UsageError(problems[0])
-    return image
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -173,6 +173,16 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator
     return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
+def best_choices(scores: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[str]:
+    """Multiple choice: `scores` holds one log-likelihood per option, the options of each question
+    in order; the answer to each question is its highest-scoring option (the first among equals)."""
+    answers, start = [], 0
+    for options in choices:
+        answers.append(options[int(scores[start : start + len(options)].argmax())])
+        start += len(options)
+    return answers
+
+
 def rgb_problems(image: np.ndarray) -> list[str]:
     """Why an array is not an (H, W, 3) uint8 RGB image with pixels; empty when it is one."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

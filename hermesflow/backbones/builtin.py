@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, check_rgb, sample_token
+from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, best_choices, check_rgb, sample_token
 from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
@@ -270,11 +270,7 @@ class UnifiedModel(BackboneBase):
                 unique, owners = torch.unique(inputs[rows[s : s + batch_size]], dim=0, return_inverse=True)
                 scores.append(self.text_logprob_shared_image(unique, owners.tolist(), prefixes[s : s + batch_size], targets[s : s + batch_size]))
         scores = torch.cat(scores).cpu()
-        answers, s = [], 0
-        for options in choices:
-            answers.append(options[int(scores[s : s + len(options)].argmax())])
-            s += len(options)
-        return answers
+        return best_choices(scores, choices)
 
     def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig, use_cache: bool = True) -> list[list[str]]:
         """`n` captions per image, sampled token by token (temperature 0 = greedy)."""

@@ -52,6 +52,7 @@ from hermesflow.backbones.base import (
     GenerationConfig,
     ImageEstimator,
     LogProbs,
+    best_choices,
     check_rgb,
     rgb_problems,
     sample_token,
@@ -235,11 +236,7 @@ class JanusBackbone(BackboneBase):
                 scores.append(self._answer_logps(features[owners], [questions[i] for i, _ in chunk],
                                                  [option for _, option in chunk]).total)
         scores = torch.cat(scores).cpu()
-        answers, s = [], 0
-        for options in choices:
-            answers.append(options[int(scores[s : s + len(options)].argmax())])
-            s += len(options)
-        return answers
+        return best_choices(scores, choices)
 
     def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig) -> list[list[str]]:
         """`n` captions per image, sampled with a KV cache until <eos> or `caption_max_tokens`."""

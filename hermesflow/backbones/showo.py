@@ -61,6 +61,7 @@ from hermesflow.backbones.base import (
     ImageEstimator,
     LogProbs,
     MaskedEstimator,
+    best_choices,
     check_rgb,
     rgb_problems,
     sample_token,
@@ -493,11 +494,7 @@ class ShowoBackbone(BackboneBase):
                 scores.append(self.text_logps(codes[owners], [prompts[i] for i, _ in chunk],
                                               [self._answer_ids(o) for _, o in chunk]).total)
         scores = torch.cat(scores).cpu() if scores else torch.zeros(0)
-        answers, s = [], 0
-        for options in choices:
-            answers.append(options[int(scores[s : s + len(options)].argmax())])
-            s += len(options)
-        return answers
+        return best_choices(scores, choices)
 
     def continue_text(self, ids: torch.Tensor, max_new: int, temperature: float, top_k: int,
                       generator: torch.Generator | None, text_only: bool = True) -> torch.Tensor:

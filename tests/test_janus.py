@@ -449,3 +449,18 @@ def test_empty_batches_give_empty_results(backbone):
     assert backbone.generate([], 2, GenerationConfig()).shape == (0, N_IMAGE_TOKENS)
     assert backbone.sample_captions(none, 2, GenerationConfig()) == []
     assert backbone.answer(none, [], []) == []
+
+
+def test_answering_runs_each_prompt_once_and_scores_every_choice_as_teacher_forcing_does(backbone, world):
+    """The shared-prompt path (each image + question once, its choices on the cached keys) gives the
+    log-probs of scoring each (question, choice) row alone, for questions and choices of any length."""
+    _, images = world
+    features = backbone._image_features(backbone.prepare_images(images[:3]))
+    questions = ["is there a circle?", "where is the red square relative to the blue circle?", "how many triangles are there?"]
+    choices = [["yes", "no"], ["left of", "right of", "above", "below"], ["one", "two", "three"]]
+    with torch.no_grad():
+        shared = backbone._choice_logps(features, questions, choices)
+        owners = [i for i, options in enumerate(choices) for _ in options]
+        alone = backbone._answer_logps(features[owners], [questions[i] for i in owners], [c for o in choices for c in o])
+    torch.testing.assert_close(shared.total, alone.total, atol=1e-4, rtol=1e-5)
+    assert torch.equal(shared.count, alone.count)

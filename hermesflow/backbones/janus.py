@@ -226,17 +226,41 @@ class JanusBackbone(BackboneBase):
             raise UsageError("answer: every question needs at least one choice")
         if not questions:
             return []
-        rows = [(i, option) for i, options in enumerate(choices) for option in options]
         scores = []
         with self.sampling():
             features = self._image_features(inputs)
-            for s in range(0, len(rows), batch_size):
-                chunk = rows[s : s + batch_size]
-                owners = torch.tensor([i for i, _ in chunk], device=self.device)
-                scores.append(self._answer_logps(features[owners], [questions[i] for i, _ in chunk],
-                                                 [option for _, option in chunk]).total)
-        scores = torch.cat(scores).cpu()
-        return best_choices(scores, choices)
+            for s in range(0, len(questions), batch_size):
+                chunk = range(s, min(s + batch_size, len(questions)))
+                scores.append(self._choice_logps(features[s : chunk.stop], [questions[i] for i in chunk],
+                                                 [choices[i] for i in chunk]).total)
+        return best_choices(torch.cat(scores).cpu(), choices)
+
+    def _choice_logps(self, features: torch.Tensor, questions: Sequence[str],
+                      choices: Sequence[Sequence[str]]) -> LogProbs:
+        """log π(choice <eos> | image, question) for every choice of every question, in order. Each
+        (image, question) prompt (about 600 positions on Janus-Pro, the image's 576 among them) runs
+        once; its choices attend its cached keys and values."""
+        # right padding: the image block must sit at the same place in every row (_embed_understanding);
+        # positions count real tokens only, so the choices continue each prompt exactly
+        prompts = [self._understanding_ids(q) for q in questions]
+        width = max(map(len, prompts))
+        ids = torch.tensor([q + [self.tokens.pad] * (width - len(q)) for q in prompts], device=self.device)
+        mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in prompts], device=self.device)
+        cache = DynamicCache(config=self.model.config.text_config)
+        hidden = self._language_model(self._embed_understanding(ids, features), mask, cache)
+        last = hidden[torch.arange(len(prompts), device=self.device), torch.tensor([len(q) - 1 for q in prompts], device=self.device)]
+        owners = torch.tensor([i for i, options in enumerate(choices) for _ in options], device=self.device)
+        targets = [self._answer_ids(option) for options in choices for option in options]
+        cache.batch_select_indices(owners)
+        longest = max(map(len, targets))
+        target = torch.tensor([t + [self.tokens.pad] * (longest - len(t)) for t in targets], device=self.device)
+        valid = torch.tensor([[j < len(t) for j in range(longest)] for t in targets], device=self.device)
+        hidden = self._language_model(self._embed_text(target), torch.cat([mask[owners], valid.long()], dim=1), cache)
+        # the prompt's last position predicts a choice's first token, choice token j its token j + 1
+        hidden = torch.cat([last[owners, None], hidden[:, :-1]], dim=1)
+        logps = self.model.lm_head(hidden).float().log_softmax(-1).gather(-1, target[..., None])[..., 0]
+        logps = torch.where(valid, logps, 0.0)
+        return LogProbs(logps.sum(-1), valid.sum(-1).float())
 
     def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig) -> list[list[str]]:
         """`n` captions per image, sampled with a KV cache until <eos> or `caption_max_tokens`."""

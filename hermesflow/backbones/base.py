@@ -201,6 +201,18 @@ def check_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def token_problem(text: str, ids: Sequence[int], specials: set[int], unk_id: int | None, model: str) -> str | None:
+    """Why a text cannot be read as the tokenizer encoded it (`ids`): empty, holding the model's special
+    tokens, or words the tokenizer does not know; None when it can."""
+    if not text.strip():
+        return f"text {text!r} is empty"
+    if specials & set(ids):
+        return f"text {short(text)} contains {model} special tokens"
+    if unk_id is not None and unk_id in ids:
+        return f"text {short(text)} has words the {model} tokenizer does not know"
+    return None
+
+
 def short(text: str, limit: int = 60) -> str:
     """A text quoted for an error message, cut at `limit` characters."""
     return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -57,6 +57,7 @@ from hermesflow.backbones.base import (
     rgb_problems,
     sample_token,
     short,
+    token_problem,
 )
 from hermesflow.errors import UsageError
 
@@ -183,12 +184,9 @@ class JanusBackbone(BackboneBase):
         caption_prompt = len(self._understanding_ids(CAPTION_QUESTION))
         for text in texts:
             ids = self._encode(text)
-            if not text.strip():
-                problems.append(f"text {text!r} is empty")
-            elif specials & set(ids):
-                problems.append(f"text {short(text)} contains Janus special tokens")
-            elif self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
-                problems.append(f"text {short(text)} has words the Janus tokenizer does not know")
+            problem = token_problem(text, ids, specials, self.tokenizer.unk_token_id, "Janus")
+            if problem:
+                problems.append(problem)
             else:
                 # The positions the text needs in its longest use: a caption or answer after the
                 # caption prompt, a question before a one-token answer, an image prompt before the image.

@@ -66,6 +66,7 @@ from hermesflow.backbones.base import (
     rgb_problems,
     sample_token,
     short,
+    token_problem,
 )
 from hermesflow.backbones.magvit2 import MagvitConfig, MagvitV2, pixel_values, to_uint8
 from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
@@ -346,12 +347,9 @@ class ShowoBackbone(BackboneBase):
         caption_prefix = 4 + self.n_image_tokens + len(self._encode(self.cfg.caption_prompt))
         for text in texts:
             ids = self._encode(text)
-            if not text.strip():
-                problems.append(f"text {text!r} is empty")
-            elif specials & set(ids):
-                problems.append(f"text {short(text)} contains Show-o special tokens")
-            elif self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
-                problems.append(f"text {short(text)} has words the Show-o tokenizer does not know")
+            problem = token_problem(text, ids, specials, self.tokenizer.unk_token_id, "Show-o")
+            if problem:
+                problems.append(problem)
             elif len(ids) > slot:
                 problems.append(f"text {short(text)} is {len(ids)} tokens; Show-o's text-to-image prompt holds "
                                 f"{slot} (max_seq_length {self.cfg.max_seq_length} with <|t2i|> <bos> ... <eos>)")

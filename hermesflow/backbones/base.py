@@ -173,6 +173,14 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator
     return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
+def check_choices(inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> None:
+    """The arguments of `Backbone.answer`: one image, question and non-empty choice list per row."""
+    if not (len(inputs) == len(questions) == len(choices)):
+        raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
+    if any(len(options) == 0 for options in choices):
+        raise UsageError("answer: every question needs at least one choice")
+
+
 def best_choices(scores: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[str]:
     """Multiple choice: `scores` holds one log-likelihood per option, the options of each question
     in order; the answer to each question is its highest-scoring option (the first among equals)."""

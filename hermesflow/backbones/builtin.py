@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, best_choices, check_rgb, sample_token
+from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, best_choices, check_choices, check_rgb, sample_token
 from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
@@ -253,8 +253,7 @@ class UnifiedModel(BackboneBase):
     def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
                batch_size: int = 512) -> list[str]:
         """Multiple choice: the choice with the highest log-likelihood as the answer to the question."""
-        if not (len(inputs) == len(questions) == len(choices)):
-            raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
+        check_choices(inputs, questions, choices)
         rows, prefixes, targets = [], [], []
         for i, (q, options) in enumerate(zip(questions, choices)):
             prefix = self.encode_text(q, self.cfg.text_len - 2) + [self.text.ans]

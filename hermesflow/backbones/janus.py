@@ -53,6 +53,7 @@ from hermesflow.backbones.base import (
     ImageEstimator,
     LogProbs,
     best_choices,
+    check_choices,
     check_rgb,
     rgb_problems,
     sample_token,
@@ -218,10 +219,7 @@ class JanusBackbone(BackboneBase):
     def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
                batch_size: int = 64) -> list[str]:
         """The choice with the highest log π(choice <eos> | image, question), summed over its tokens."""
-        if not (len(inputs) == len(questions) == len(choices)):
-            raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
-        if any(len(options) == 0 for options in choices):
-            raise UsageError("answer: every question needs at least one choice")
+        check_choices(inputs, questions, choices)
         if not questions:
             return []
         scores = []

@@ -62,6 +62,7 @@ from hermesflow.backbones.base import (
     LogProbs,
     MaskedEstimator,
     best_choices,
+    check_choices,
     check_rgb,
     rgb_problems,
     sample_token,
@@ -477,10 +478,7 @@ class ShowoBackbone(BackboneBase):
     def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
                batch_size: int = 64) -> list[str]:
         """The choice with the highest log π(" choice" <eos> | image, question), summed over its tokens."""
-        if not (len(inputs) == len(questions) == len(choices)):
-            raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
-        if any(len(options) == 0 for options in choices):
-            raise UsageError("answer: every question needs at least one choice")
+        check_choices(inputs, questions, choices)
         codes = self._check_codes(inputs)
         rows = [(i, option) for i, options in enumerate(choices) for option in options]
         prompts = [self._encode(self.cfg.question_template.format(question=q)) for q in questions]

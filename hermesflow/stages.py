@@ -61,7 +61,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def refusal(what: str, folder: Path, changed: list[str]) -> UsageError:
     return UsageError(
         f"{folder} holds {what} made with other settings:\n  " + "\n  ".join(changed) + "\n"
-        f"to keep those results, rerun with another --out; to delete them and start again, add --overwrite")
+        "to keep those results, rerun with another --out; to delete them and start again, add --overwrite")
 
 
 def clear(folder: Path, outputs: tuple[str, ...]) -> None:

@@ -83,6 +83,22 @@ def test_batching_does_not_change_a_log_prob(backbone, world):
         torch.testing.assert_close(alone.total, batched.total[i : i + 1], atol=1e-4, rtol=1e-5)
 
 
+def test_the_answer_is_the_argmax_of_the_choice_scores(backbone, world):
+    # curation ranks images by the softmax of choice_logps and gates them by answer's accuracy:
+    # the two must come from one computation
+    records, images = world
+    inputs = backbone.prepare_images(images)
+    rows = [(i, q) for i, r in enumerate(records) for q in r["qa"]]
+    questions, choices = [q["question"] for _, q in rows], [list(q["choices"]) for _, q in rows]
+    with torch.no_grad():
+        scores = backbone.choice_logps(inputs[[i for i, _ in rows]], questions, choices)
+        answers = backbone.answer(inputs[[i for i, _ in rows]], questions, choices)
+    assert [len(s) for s in scores] == [len(c) for c in choices]
+    assert all(np.isfinite(s).all() and max(s) <= 0 for s in scores)
+    assert answers == [options[int(np.argmax(s))] for s, options in zip(scores, choices)]
+    assert backbone.choice_logps(inputs[:0], [], []) == []
+
+
 def test_chosen_and_rejected_share_masks_and_an_identical_reference_gives_zero_margins(backbone, world):
     records, _ = world
     caption = records[0]["caption"]

@@ -130,8 +130,12 @@ class Backbone(Protocol):
         """log π(caption | image) for each row of `inputs` and its caption, over the caption's tokens
         and its end token."""
 
+    def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Multiple choice scores: for each (image, question), log π(option <eos> | image, question) of
+        each of its options, in order. Curation's graded self-score is the softmax over them."""
+
     def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> list[str]:
-        """One option per (image, question): multiple choice by the log-likelihood of each choice."""
+        """One option per (image, question): the argmax of `choice_logps` (the first among equals)."""
 
     def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig) -> list[list[str]]:
         """`n` captions per image."""
@@ -174,21 +178,27 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator
 
 
 def check_choices(inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> None:
-    """The arguments of `Backbone.answer`: one image, question and non-empty choice list per row."""
+    """The arguments of `Backbone.choice_logps` and `answer`: one image, question and non-empty
+    choice list per row."""
     if not (len(inputs) == len(questions) == len(choices)):
         raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
     if any(len(options) == 0 for options in choices):
         raise UsageError("answer: every question needs at least one choice")
 
 
-def best_choices(scores: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[str]:
-    """Multiple choice: `scores` holds one log-likelihood per option, the options of each question
-    in order; the answer to each question is its highest-scoring option (the first among equals)."""
-    answers, start = [], 0
+def per_question(scores: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Flat option scores (one per option, the options of each question in order) split per question."""
+    flat, out, start = scores.float().cpu().tolist(), [], 0
     for options in choices:
-        answers.append(options[int(scores[start : start + len(options)].argmax())])
+        out.append(flat[start : start + len(options)])
         start += len(options)
-    return answers
+    return out
+
+
+def best_choices(scores: Sequence[Sequence[float]], choices: Sequence[Sequence[str]]) -> list[str]:
+    """Multiple choice: `scores[i]` holds one log-likelihood per option of question i; its answer is
+    the highest-scoring option (the first among equals)."""
+    return [options[max(range(len(options)), key=lambda k: s[k])] for s, options in zip(scores, choices)]
 
 
 def rgb_problems(image: np.ndarray) -> list[str]:
@@ -246,6 +256,10 @@ class BackboneBase(nn.Module):
 
     def prepare_generated(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.prepare_images(list(self.decode(tokens)))
+
+    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]], **kwargs) -> list[str]:
+        """The argmax of `choice_logps` (written once, so an answer and its score never disagree)."""
+        return best_choices(self.choice_logps(inputs, questions, choices, **kwargs), choices)
 
     def fingerprint(self) -> str:
         """sha1 over every parameter and buffer's name, dtype and bytes (bf16 included)."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, best_choices, check_choices, check_rgb, sample_token
+from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, check_choices, check_rgb, per_question, sample_token
 from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
@@ -250,9 +250,9 @@ class UnifiedModel(BackboneBase):
 
     # ----- understanding ------------------------------------------------------------------------
 
-    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
-               batch_size: int = 512) -> list[str]:
-        """Multiple choice: the choice with the highest log-likelihood as the answer to the question."""
+    def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
+                     batch_size: int = 512) -> list[list[float]]:
+        """log π(option [EOS] | image, question [ANS]) of each option of each question, summed over tokens."""
         check_choices(inputs, questions, choices)
         rows, prefixes, targets = [], [], []
         for i, (q, options) in enumerate(zip(questions, choices)):
@@ -268,8 +268,7 @@ class UnifiedModel(BackboneBase):
             for s in range(0, len(rows), batch_size):
                 unique, owners = torch.unique(inputs[rows[s : s + batch_size]], dim=0, return_inverse=True)
                 scores.append(self.text_logprob_shared_image(unique, owners.tolist(), prefixes[s : s + batch_size], targets[s : s + batch_size]))
-        scores = torch.cat(scores).cpu()
-        return best_choices(scores, choices)
+        return per_question(torch.cat(scores), choices)
 
     def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig, use_cache: bool = True) -> list[list[str]]:
         """`n` captions per image, sampled token by token (temperature 0 = greedy)."""

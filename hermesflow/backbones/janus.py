@@ -52,9 +52,9 @@ from hermesflow.backbones.base import (
     GenerationConfig,
     ImageEstimator,
     LogProbs,
-    best_choices,
     check_choices,
     check_rgb,
+    per_question,
     rgb_problems,
     sample_token,
     short,
@@ -216,9 +216,9 @@ class JanusBackbone(BackboneBase):
         features = self._image_features(inputs)
         return self._answer_logps(features, [CAPTION_QUESTION] * len(captions), captions)
 
-    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
-               batch_size: int = 64) -> list[str]:
-        """The choice with the highest log π(choice <eos> | image, question), summed over its tokens."""
+    def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
+                     batch_size: int = 64) -> list[list[float]]:
+        """log π(choice <eos> | image, question) of each choice, summed over its tokens."""
         check_choices(inputs, questions, choices)
         if not questions:
             return []
@@ -229,7 +229,7 @@ class JanusBackbone(BackboneBase):
                 chunk = range(s, min(s + batch_size, len(questions)))
                 scores.append(self._choice_logps(features[s : chunk.stop], [questions[i] for i in chunk],
                                                  [choices[i] for i in chunk]).total)
-        return best_choices(torch.cat(scores).cpu(), choices)
+        return per_question(torch.cat(scores), choices)
 
     def _choice_logps(self, features: torch.Tensor, questions: Sequence[str],
                       choices: Sequence[Sequence[str]]) -> LogProbs:

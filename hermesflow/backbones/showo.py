@@ -61,9 +61,9 @@ from hermesflow.backbones.base import (
     ImageEstimator,
     LogProbs,
     MaskedEstimator,
-    best_choices,
     check_choices,
     check_rgb,
+    per_question,
     rgb_problems,
     sample_token,
     short,
@@ -475,9 +475,9 @@ class ShowoBackbone(BackboneBase):
         return self.text_logps(self._check_codes(inputs), [prompt] * len(captions),
                                [self._answer_ids(c) for c in captions])
 
-    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
-               batch_size: int = 64) -> list[str]:
-        """The choice with the highest log π(" choice" <eos> | image, question), summed over its tokens."""
+    def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
+                     batch_size: int = 64) -> list[list[float]]:
+        """log π(" choice" <eos> | image, question) of each choice, summed over its tokens."""
         check_choices(inputs, questions, choices)
         codes = self._check_codes(inputs)
         rows = [(i, option) for i, options in enumerate(choices) for option in options]
@@ -489,8 +489,7 @@ class ShowoBackbone(BackboneBase):
                 owners = torch.tensor([i for i, _ in chunk], device=self.device)
                 scores.append(self.text_logps(codes[owners], [prompts[i] for i, _ in chunk],
                                               [self._answer_ids(o) for _, o in chunk]).total)
-        scores = torch.cat(scores).cpu() if scores else torch.zeros(0)
-        return best_choices(scores, choices)
+        return per_question(torch.cat(scores) if scores else torch.zeros(0), choices)
 
     def continue_text(self, ids: torch.Tensor, max_new: int, temperature: float, top_k: int,
                       generator: torch.Generator | None, text_only: bool = True) -> torch.Tensor:

@@ -199,13 +199,15 @@ def format_summary(rows: list[dict]) -> str:
 
 def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> HomologousData:
     """The user's data (--data), or a slice of the world's train split drawn at the backbone's
-    resolution; checked to fit the backbone before any work."""
+    resolution without the prompts held out for generation (`world.holdout`), so generation can be
+    measured on unseen prompts; checked to fit the backbone before any work."""
     if cfg.data:
         data = require_qa(read_data(cfg.data, cfg))
     else:
         data_dir = out / "data"
         if state.is_main_process and not (data_dir / "data.jsonl").exists():
-            write_world(data_dir, cfg.n_train, seed=cfg.seed + 1, split="train", image_size=max(32, backbone.image_size // 32 * 32))
+            write_world(data_dir, cfg.n_train, seed=cfg.seed + 1, split="train", image_size=max(32, backbone.image_size // 32 * 32),
+                        prompts="seen")
         state.wait_for_everyone()
         data = read_homologous(data_dir)
     check_fit(backbone, data)

@@ -171,3 +171,53 @@ def test_world_refuses_a_non_empty_output(tmp_path):
     with pytest.raises(UsageError, match="not empty"):
         write_world(tmp_path / "out", n=5, seed=0, split="train")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+# The prompt-level hold-out: generation is measured on prompts post-training never saw.
+
+from hermesflow.world.holdout import ALWAYS_SEEN, HELD_OUT_CATEGORIES, all_specs, is_held_out, spec_key  # noqa: E402
+from hermesflow.errors import UsageError  # noqa: E402
+from hermesflow.world.prompts import PromptSpec  # noqa: E402
+
+
+def test_holdout_is_a_fixed_rule_over_specs_ignoring_phrasing():
+    for category in CATEGORIES:
+        for spec in all_specs(category):
+            texts = {phrase(spec, v) for v in range(3)}
+            assert {is_held_out(parse_prompt(t)) for t in texts} == {is_held_out(spec)}  # every phrasing agrees
+    # the order two objects are named in does not matter, nor the direction a relation is said in
+    left = PromptSpec("position", (("circle", None), ("square", None)), relation="left of")
+    right = PromptSpec("position", (("square", None), ("circle", None)), relation="right of")
+    assert spec_key(left) == spec_key(right) and is_held_out(left) == is_held_out(right)
+    a = PromptSpec("color_attr", (("circle", "red"), ("square", "blue")))
+    b = PromptSpec("color_attr", (("square", "blue"), ("circle", "red")))
+    assert is_held_out(a) == is_held_out(b)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_holdout_covers_each_category_as_documented(category):
+    specs = all_specs(category)
+    held = [s for s in specs if is_held_out(s)]
+    seen = [s for s in specs if not is_held_out(s)]
+    if category in ALWAYS_SEEN:
+        assert not held
+        return
+    assert category in HELD_OUT_CATEGORIES
+    assert 0.4 <= len(held) / len(specs) <= 0.6  # about half, where there are enough specs
+    # every word of the category still appears in a seen spec: post-training never lacks a shape, colour, count or relation
+    def words(group):
+        return {w for s in group for obj in s.objects for w in obj if w} | {s.count for s in group} | {s.relation for s in group}
+    assert words(seen) == words(specs)
+
+
+def test_post_training_world_data_holds_no_held_out_prompt_and_eval_has_enough_unseen(tmp_path):
+    write_world(tmp_path / "seen", n=120, seed=1, split="train", prompts="seen")
+    records = [json.loads(line) for line in (tmp_path / "seen" / "data.jsonl").read_text().splitlines()]
+    assert len(records) == 120 and not any(is_held_out(parse_prompt(r["caption"])) for r in records)
+    assert {r["category"] for r in records} == set(CATEGORIES)
+    everything = [r for r, _ in world_records(120, seed=1, split="train")]  # the default (pretraining's world) keeps them
+    assert any(is_held_out(parse_prompt(r["caption"])) for r in everything)
+    unseen = [r for r, _ in world_records(500, seed=0, split="eval") if is_held_out(parse_prompt(r["caption"]))]
+    assert len(unseen) >= 150 and {r["category"] for r in unseen} == set(HELD_OUT_CATEGORIES)
+    with pytest.raises(UsageError, match="prompts must be one of"):
+        next(world_records(1, seed=0, split="train", prompts="unseen"))

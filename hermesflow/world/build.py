@@ -11,28 +11,33 @@ from pathlib import Path
 from PIL import Image
 
 from hermesflow.errors import UsageError
+from hermesflow.world.holdout import is_held_out
 from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
 from hermesflow.world.questions import questions_for
 from hermesflow.world.render import at_size, render
 from hermesflow.world.scenes import split_of
 
 SPLITS = ("train", "eval")
+PROMPTS = ("all", "seen")
 
 
-def world_records(n: int, seed: int, split: str, eval_fraction: float = 0.2, image_size: int = 32):
+def world_records(n: int, seed: int, split: str, eval_fraction: float = 0.2, image_size: int = 32, prompts: str = "all"):
     """Yield (record, image) for `n` scenes of a split, drawn at `image_size` pixels (a multiple of
     32); categories cycle so each gets n/6.
 
-    Deterministic from (seed, split); a scene belongs to the split its content hashes to, so train
-    and eval never share a scene whatever seeds they were made with.
+    Deterministic from (seed, split, prompts); a scene belongs to the split its content hashes to, so
+    train and eval never share a scene whatever seeds they were made with. `prompts="seen"` leaves out
+    the prompts held out for generation (`world.holdout`): post-training data is drawn that way.
     """
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {SPLITS}, got {split!r}")
+    if prompts not in PROMPTS:
+        raise UsageError(f"prompts must be one of {PROMPTS}, got {prompts!r}")
     rng = random.Random(f"hermesflow-world/{seed}/{split}")
     for i in range(n):
         category = CATEGORIES[i % len(CATEGORIES)]
         scene, spec = sample_scene(category, rng)
-        while split_of(scene, eval_fraction) != split:
+        while split_of(scene, eval_fraction) != split or (prompts == "seen" and is_held_out(spec)):
             scene, spec = sample_scene(category, rng)
         record_id = f"{split}-{seed}-{i:06d}"
         record = {
@@ -46,9 +51,10 @@ def world_records(n: int, seed: int, split: str, eval_fraction: float = 0.2, ima
         yield record, at_size(render(scene), image_size)
 
 
-def write_world(out: Path, n: int, seed: int, split: str, eval_fraction: float = 0.2, image_size: int = 32) -> Path:
+def write_world(out: Path, n: int, seed: int, split: str, eval_fraction: float = 0.2, image_size: int = 32,
+                prompts: str = "all") -> Path:
     """Write the split to `out` (which must not exist or be empty), atomically: everything is
-    built in a temporary sibling folder and renamed into place at the end."""
+    built in a temporary sibling folder and renamed into place at the end. `prompts` as in `world_records`."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"output folder {out} is not empty; choose a new --out")
@@ -61,7 +67,7 @@ def write_world(out: Path, n: int, seed: int, split: str, eval_fraction: float =
     try:
         (tmp / "images").mkdir()
         with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
-            for record, image in world_records(n, seed, split, eval_fraction, image_size):
+            for record, image in world_records(n, seed, split, eval_fraction, image_size, prompts):
                 Image.fromarray(image).save(tmp / record["image"])
                 f.write(json.dumps(record) + "\n")
         if out.exists():

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, check_choices, check_rgb, per_question, sample_token
-from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
+from hermesflow.backbones.maskgit import (MASKED, Trajectory, TrajectoryEstimator, cfg_logits, masked_logps, maskgit_decode,
+                                       trajectory_logps)
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
 from hermesflow.model.tokenizers import SPECIALS, ImageTokenizer, TextTokenizer, split_words, world_words
@@ -300,15 +301,27 @@ class UnifiedModel(BackboneBase):
 
     # ----- generation ---------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], n: int, gen: GenerationConfig) -> torch.Tensor:
+    def generate(self, prompts: Sequence[str], n: int, gen: GenerationConfig, trace: list | None = None) -> torch.Tensor:
         """MaskGIT decoding with classifier-free guidance: (len(prompts) * n, 16) image token ids,
-        the n samples of each prompt adjacent. All prompts x n samples decode in one batch."""
+        the n samples of each prompt adjacent. All prompts x n samples decode in one batch.
+        `trace` receives the codes after each step (`maskgit_decode`)."""
         prompt_ids = [ids for ids in (self.encode_text(p) for p in prompts) for _ in range(n)]
         g = torch.Generator().manual_seed(gen.seed)
         with self.sampling():
             context = self._prompt_context(prompt_ids, gen.guidance)
             return maskgit_decode(lambda codes: self._guided_logits(context, codes, gen.guidance), len(prompt_ids),
-                                  self.images.n_tokens, gen.steps, gen.temperature, g, self.device)
+                                  self.images.n_tokens, gen.steps, gen.temperature, g, self.device, trace)
+
+    def generate_trajectory(self, prompts: Sequence[str], n: int, gen: GenerationConfig) -> Trajectory:
+        """`generate`'s images (the same codes) with the decoding trajectory that reached them."""
+        trace: list = []
+        codes = self.generate(prompts, n, gen, trace)
+        return Trajectory.from_trace(trace, codes)
+
+    def trajectory_logps(self, prompts: Sequence[str], trajectory: Trajectory, estimator: TrajectoryEstimator) -> LogProbs:
+        """log π(codes | prompt) along the recorded trajectory (`maskgit.trajectory_logps`)."""
+        self.check_codes(trajectory.codes)
+        return trajectory_logps(self._masked_logits, prompts, trajectory, estimator)
 
     def _prompt_context(self, prompt_ids: list[list[int]], guidance: float) -> tuple[KVCache, torch.Tensor]:
         """Keys and values of the prompt part, computed once per `generate`: the prompt never

@@ -5,7 +5,16 @@
 - generation_score: the oracle's accuracy on the same questions about the model's images drawn
   for the same captions;
 - understanding_prior: the understanding score with a blank image, what the answer prior alone gets.
-Intervals are 95% normal intervals over examples (questions of one image are not independent).
+All three are per question (the share of answers that are right, as the paper's Table 4 averages
+answers); the per-image means are kept as `*_per_image`. Intervals are 95% normal intervals,
+clustered by image because the questions of one image are not independent: the linearised
+standard error of a ratio estimator (`cluster_mean_ci`), with no resampling, so they are exact
+functions of the answers. Differences between two evaluations of the same items with the same
+sampling seed get paired intervals (`paired_difference`, and `pooled_paired_difference` over seeds).
+
+On the world, the prompts held out from post-training data (`world.holdout`) are scored apart:
+`*_unseen` and `*_seen` keys, `geneval_unseen`; every claim about generation should use the unseen
+ones. single_object and two_object have no unseen prompts (`prompt_holdout` says so).
 The generated images are judged by the oracle when every item has a world scene; otherwise by the
 model itself (self-VQA), or, when given, by an external judge (`hermesflow.judges.VLMJudge`, a VLM
 behind an OpenAI-compatible endpoint: the paper's GPT-4o role); `judges` in the metrics says which
@@ -27,6 +36,8 @@ from hermesflow.data import HomologousData
 from hermesflow.errors import UsageError
 from hermesflow.world import oracle
 from hermesflow.world.build import world_records
+from hermesflow.world.holdout import describe as describe_holdout
+from hermesflow.world.holdout import is_held_out
 from hermesflow.world.prompts import CATEGORIES, parse_prompt, satisfied_by
 from hermesflow.world.questions import QA, QUESTION_TYPES, answer_on_scene
 from hermesflow.world.render import to_world_size, upscale
@@ -68,11 +79,87 @@ def mean_ci(values: np.ndarray) -> dict:
     return {"mean": mean, "ci95": [mean - half, mean + half]}
 
 
-def _per_example(correct: list[bool], owners: list[int], n: int) -> np.ndarray:
-    totals, counts = np.zeros(n), np.zeros(n)
-    np.add.at(totals, owners, np.asarray(correct, dtype=np.float64))
-    np.add.at(counts, owners, 1.0)
-    return totals / np.maximum(counts, 1)
+def cluster_mean_ci(totals: np.ndarray, counts: np.ndarray) -> dict:
+    """Per-question mean Σ totals / Σ counts of items holding `counts[i]` questions that add up to
+    `totals[i]` (right answers, or a paired difference of them), with a 95% normal interval
+    clustered by item: the ratio estimator's linearised variance
+        var(r) = n / (n - 1) · Σ_i (totals_i − r · counts_i)² / (Σ_i counts_i)²
+    (Cochran, Sampling Techniques, §6.4), so questions of one item count as one draw. Zero width when
+    every item's total is r times its count (e.g. a difference of identical evaluations)."""
+    totals, counts = np.asarray(totals, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    if totals.shape != counts.shape or totals.ndim != 1:
+        raise ValueError(f"totals and counts must be 1-d of one length, got {totals.shape} and {counts.shape}")
+    n, m = len(counts), counts.sum()
+    if m <= 0:
+        raise ValueError("no questions to average")
+    r = float(totals.sum() / m)
+    if n < 2:
+        return {"mean": r, "ci95": [float("nan"), float("nan")]}
+    half = 1.96 * math.sqrt(n / (n - 1) * float(((totals - r * counts) ** 2).sum())) / m
+    return {"mean": r, "ci95": [r - half, r + half]}
+
+
+# What paired_difference compares: per item, the right answers of each evaluation (a function of
+# per_example), and the items it keeps (all, or the prompts held out from post-training).
+DIFFERENCE_KEYS = {
+    "understanding": (lambda e: np.asarray(e["understanding_correct"], dtype=np.float64), False),
+    "generation": (lambda e: np.asarray(e["generation_correct"], dtype=np.float64), False),
+    "generation_unseen": (lambda e: np.asarray(e["generation_correct"], dtype=np.float64), True),
+    "gap": (lambda e: np.subtract(e["understanding_correct"], e["generation_correct"], dtype=np.float64), False),
+}
+
+
+def _aligned(base: dict, other: dict, what: str) -> tuple[dict, np.ndarray]:
+    """`other`'s per_example reordered to `base`'s item order; refused unless both hold the same items
+    with the same question counts (a paired difference needs the same eval items)."""
+    a, b = base.get("per_example"), other.get("per_example")
+    if not a or not b or "questions" not in a or "questions" not in b:
+        raise UsageError(f"{what}: metrics without per-question counts (made before they were recorded); evaluate again")
+    if sorted(a["ids"]) != sorted(b["ids"]):
+        raise UsageError(f"{what}: the two evaluations are of different items ({len(a['ids'])} and {len(b['ids'])}); "
+                         "paired differences need the same eval items and seed")
+    where = {item: i for i, item in enumerate(b["ids"])}
+    order = np.array([where[item] for item in a["ids"]])
+    b = {k: (np.asarray(v)[order].tolist() if isinstance(v, list) and len(v) == len(order) else v) for k, v in b.items()}
+    if b["questions"] != a["questions"]:
+        raise UsageError(f"{what}: the same items hold different numbers of questions; paired differences need the same questions")
+    return b, np.asarray(a["questions"], dtype=np.float64)
+
+
+def pooled_paired_difference(base: dict, others: list[dict], key: str) -> dict:
+    """Mean and 95% interval of other − base, per question, over several evaluations `others` (one
+    per training seed) each paired with the same `base` evaluation by item id.
+
+    Each item's difference is averaged over the seeds and the items are the clusters of
+    `cluster_mean_ci`: the interval covers the choice of eval items (the arm's seed-average being
+    the quantity estimated), not the spread between seeds, which the std over seeds shows.
+    `key` is one of DIFFERENCE_KEYS; `generation_unseen` keeps the held-out prompts only."""
+    if key not in DIFFERENCE_KEYS:
+        raise UsageError(f"unknown difference {key!r}; expected one of {sorted(DIFFERENCE_KEYS)}")
+    if not others:
+        raise UsageError("no evaluations to compare with the base")
+    score, unseen_only = DIFFERENCE_KEYS[key]
+    diffs = []
+    for i, other in enumerate(others):
+        aligned, counts = _aligned(base, other, f"evaluation {i + 1} of {len(others)} against the base")
+        diffs.append(score(aligned) - score(base["per_example"]))
+    keep = np.ones(len(counts), dtype=bool)
+    if unseen_only:
+        flags = base["per_example"].get("unseen")
+        if flags is None or None in flags:
+            raise UsageError("generation_unseen needs world prompts: these items are not all world captions")
+        keep = np.asarray(flags, dtype=bool)
+        if not keep.any():
+            raise UsageError("generation_unseen: none of these items has a held-out prompt")
+    result = cluster_mean_ci(np.mean(diffs, axis=0)[keep], counts[keep])
+    return {**result, "n_items": int(keep.sum()), "n_questions": int(counts[keep].sum()), "seeds": len(others)}
+
+
+def paired_difference(base: dict, other: dict, key: str) -> dict:
+    """Mean and 95% interval of other − base, per question, clustered and paired by item: two
+    evaluations (metrics.json dicts) of the same items with the same sampling seed. See
+    `pooled_paired_difference` for several seeds."""
+    return pooled_paired_difference(base, [other], key)
 
 
 def _by_type(correct: list[bool], types: list[str]) -> dict:
@@ -82,6 +169,20 @@ def _by_type(correct: list[bool], types: list[str]) -> dict:
         if picked:
             out[t] = float(np.mean(picked))
     return out
+
+
+def _geneval(hits: np.ndarray, categories: np.ndarray) -> tuple[dict, dict]:
+    """GenEval's score per category (share of prompts satisfied), `overall` the mean over the
+    categories present, and [satisfied, prompts] per category."""
+    scores, counts = {}, {}
+    for category in CATEGORIES:
+        picked = hits[categories == category]
+        if len(picked):
+            scores[category] = float(picked.mean())
+            counts[category] = [int(picked.sum()), len(picked)]
+    if scores:
+        scores["overall"] = float(np.mean(list(scores.values())))
+    return scores, counts
 
 
 def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConfig, similarity=None,
@@ -122,33 +223,54 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
 
     bar.update()
     n = len(items)
-    und, gen = _per_example(und_correct, owners, n), _per_example(gen_correct, owners, n)
+    counts = np.bincount(owners, minlength=n).astype(np.float64)
+    und_c = np.bincount(owners, weights=np.asarray(und_correct, dtype=np.float64), minlength=n)
+    gen_c = np.bincount(owners, weights=np.asarray(gen_correct, dtype=np.float64), minlength=n)
+    und, gen = und_c / np.maximum(counts, 1), gen_c / np.maximum(counts, 1)
+    prior = np.bincount(owners, weights=np.asarray(prior_correct, dtype=np.float64), minlength=n) / np.maximum(counts, 1)
+    specs = [parse_prompt(it.caption) for it in items]
+    world = all(spec is not None for spec in specs)  # the hold-out is defined over world prompts only
+    unseen = np.array([world and is_held_out(spec) for spec in specs], dtype=bool)
     metrics = {
         "n_examples": n,
         "n_questions": len(qas),
         "judges": {"understanding": "answers vs truth", "generation": judge},
-        "understanding_score": mean_ci(und),
-        "generation_score": mean_ci(gen),
-        "gap": mean_ci(und - gen),
+        "scores": "per question; intervals clustered by image (ratio estimator); *_per_image: per-image means",
+        "understanding_score": cluster_mean_ci(und_c, counts),
+        "generation_score": cluster_mean_ci(gen_c, counts),
+        "gap": cluster_mean_ci(und_c - gen_c, counts),
         "understanding_prior": float(np.mean(prior_correct)),
+        "understanding_score_per_image": mean_ci(und),
+        "generation_score_per_image": mean_ci(gen),
+        "gap_per_image": mean_ci(und - gen),
+        "understanding_prior_per_image": float(prior.mean()),
         "understanding_by_type": _by_type(und_correct, types),
         "generation_by_type": _by_type(gen_correct, types),
         "understanding_prior_by_type": _by_type(prior_correct, types),
-        # per example, in item order: the report pairs a round's scores with the base's on the same items
-        "per_example": {"ids": [it.id for it in items], "understanding": und.tolist(), "generation": gen.tolist()},
+        # per example, in item order: paired differences between evaluations of the same items
+        "per_example": {"ids": [it.id for it in items], "understanding": und.tolist(), "generation": gen.tolist(),
+                        "questions": counts.astype(int).tolist(), "understanding_correct": und_c.astype(int).tolist(),
+                        "generation_correct": gen_c.astype(int).tolist(),
+                        "unseen": unseen.tolist() if world else [None] * n,
+                        "category": [spec.category if spec else None for spec in specs]},
         "sample_prompts": [it.caption for it in items[:32]],  # the prompts of the sample sheet's images, in order
     }
+    if world:
+        metrics["prompt_holdout"] = describe_holdout()
+        metrics["unseen_categories"] = sorted({s.category for s, u in zip(specs, unseen) if u}, key=CATEGORIES.index)
+        for part, keep in (("unseen", unseen), ("seen", ~unseen)):
+            metrics[f"n_examples_{part}"] = int(keep.sum())
+            for key, totals in (("understanding_score", und_c), ("generation_score", gen_c), ("gap", und_c - gen_c)):
+                metrics[f"{key}_{part}"] = cluster_mean_ci(totals[keep], counts[keep]) if keep.any() else None
 
     geneval, geneval_counts = {}, {}
     if judge == "oracle":
-        specs = [parse_prompt(it.caption) for it in items]
-        for category in CATEGORIES:
-            hits = [satisfied_by(scene, spec) for scene, spec in zip(scenes, specs) if spec and spec.category == category]
-            if hits:
-                geneval[category] = float(np.mean(hits))
-                geneval_counts[category] = [int(sum(hits)), len(hits)]
-        if geneval:
-            geneval["overall"] = float(np.mean(list(geneval.values())))
+        hits = np.array([spec is not None and satisfied_by(scene, spec) for scene, spec in zip(scenes, specs)])
+        categories = np.array([spec.category if spec else "" for spec in specs])
+        geneval, geneval_counts = _geneval(hits, categories)
+        if world:
+            for part, keep in (("unseen", unseen), ("seen", ~unseen)):
+                metrics[f"geneval_{part}"], metrics[f"geneval_counts_{part}"] = _geneval(hits[keep], categories[keep])
     metrics["geneval"] = geneval
     metrics["geneval_counts"] = geneval_counts  # [prompts satisfied, prompts] per category
 
@@ -177,6 +299,17 @@ def format_table(metrics: dict) -> str:
         f"{'gap':<22}{ci(metrics['gap'])}",
         f"{'understanding_prior':<22}{metrics['understanding_prior']:.3f}",
     ]
+    if "prompt_holdout" in metrics:  # the world: prompts held out from post-training, scored apart
+        for part in ("unseen", "seen"):
+            for key in ("understanding_score", "generation_score"):
+                value = metrics[f"{key}_{part}"]
+                lines.append(f"{key + '_' + part:<29}{ci(value) if value else '-'}")
+        lines.append(f"{'unseen prompts':<22}{metrics['n_examples_unseen']} of {metrics['n_examples']} "
+                     f"({', '.join(metrics['unseen_categories']) or 'none'}; "
+                     f"{', '.join(metrics['prompt_holdout']['always_seen'])} are always seen)")
+    lines.append(f"{'per image':<22}understanding {metrics['understanding_score_per_image']['mean']:.3f}, "
+                 f"generation {metrics['generation_score_per_image']['mean']:.3f}, "
+                 f"prior {metrics['understanding_prior_per_image']:.3f}")
     if "caption_similarity" in metrics:
         lines.append(f"{'caption_similarity':<22}{ci(metrics['caption_similarity'])}")
     lines.append("by question type       understanding  generation  prior")

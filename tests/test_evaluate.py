@@ -1,0 +1,134 @@
+"""Evaluation's numbers: per-question scores with intervals clustered by image, paired intervals on
+differences (alone and pooled over seeds), and seen/unseen prompts scored apart."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hermesflow.backbones import GenerationConfig
+from hermesflow.errors import UsageError
+from hermesflow.evaluate import EvalItem, cluster_mean_ci, evaluate, paired_difference, pooled_paired_difference
+from hermesflow.world.holdout import is_held_out
+from hermesflow.world.prompts import PromptSpec, phrase
+from hermesflow.world.questions import QA, ask_color, ask_object
+from hermesflow.world.render import render
+from hermesflow.world.scenes import Obj, Scene
+
+
+def test_cluster_mean_is_per_question_with_the_ratio_estimators_interval():
+    totals, counts = np.array([2.0, 0.0, 3.0]), np.array([2.0, 1.0, 5.0])
+    r = 5 / 8  # answers, not images: the per-image mean would be (1 + 0 + 0.6) / 3
+    residuals = totals - r * counts  # 0.75, -0.625, -0.125
+    half = 1.96 * math.sqrt(3 / 2 * float((residuals ** 2).sum())) / 8
+    got = cluster_mean_ci(totals, counts)
+    assert got["mean"] == pytest.approx(r)
+    assert got["ci95"] == pytest.approx([r - half, r + half])
+    assert cluster_mean_ci(np.array([1.0, 2.0]), np.array([2.0, 4.0]))["ci95"] == [0.5, 0.5]  # every item at r: zero width
+
+
+def per_example(ids, questions, und, gen, unseen=None):
+    n = len(ids)
+    return {"per_example": {"ids": ids, "questions": questions, "understanding_correct": und, "generation_correct": gen,
+                            "unseen": unseen if unseen is not None else [False] * n}}
+
+
+BASE = per_example(["a", "b", "c", "d"], [2, 4, 3, 1], und=[1, 3, 3, 0], gen=[0, 2, 1, 1], unseen=[True, False, True, False])
+
+
+def test_paired_difference_on_hand_made_numbers():
+    # the other evaluation lists the same items in another order: pairing is by id
+    other = per_example(["d", "c", "b", "a"], [1, 3, 4, 2], und=[1, 3, 4, 1], gen=[1, 3, 2, 2])
+    d = np.array([2.0, 0.0, 2.0, 0.0])  # generation, per item in BASE's order: a 0->2, b 2->2, c 1->3, d 1->1
+    counts = np.array([2.0, 4.0, 3.0, 1.0])
+    mean = 4 / 10
+    half = 1.96 * math.sqrt(4 / 3 * float(((d - mean * counts) ** 2).sum())) / 10
+    got = paired_difference(BASE, other, "generation")
+    assert got["mean"] == pytest.approx(mean) and got["ci95"] == pytest.approx([mean - half, mean + half])
+    assert got["n_items"] == 4 and got["n_questions"] == 10
+    unseen = paired_difference(BASE, other, "generation_unseen")  # items a and c: (2 + 2) / (2 + 3)
+    assert unseen["mean"] == pytest.approx(4 / 5) and unseen["n_items"] == 2
+    assert paired_difference(BASE, other, "understanding")["mean"] == pytest.approx(2 / 10)  # a +0, b +1, c 0, d +1
+    assert paired_difference(BASE, other, "gap")["mean"] == pytest.approx(2 / 10 - 4 / 10)
+
+
+def test_identical_evaluations_differ_by_zero_with_zero_width():
+    for key in ("understanding", "generation", "generation_unseen", "gap"):
+        got = paired_difference(BASE, BASE, key)
+        assert got["mean"] == 0 and got["ci95"] == [0.0, 0.0]
+
+
+def test_pooled_difference_averages_each_items_difference_over_seeds():
+    up = per_example(["a", "b", "c", "d"], [2, 4, 3, 1], und=[1, 3, 3, 0], gen=[2, 4, 3, 1])  # +2 +2 +2 +0
+    same = BASE
+    pooled = pooled_paired_difference(BASE, [up, same], "generation")
+    d, counts = np.array([1.0, 1.0, 1.0, 0.0]), np.array([2.0, 4.0, 3.0, 1.0])
+    mean = 3 / 10
+    half = 1.96 * math.sqrt(4 / 3 * float(((d - mean * counts) ** 2).sum())) / 10
+    assert pooled["mean"] == pytest.approx(mean) and pooled["ci95"] == pytest.approx([mean - half, mean + half])
+    assert pooled["seeds"] == 2
+    assert pooled["mean"] == pytest.approx(np.mean([paired_difference(BASE, o, "generation")["mean"] for o in (up, same)]))
+
+
+def test_paired_difference_refuses_other_items_or_questions():
+    with pytest.raises(UsageError, match="different items"):
+        paired_difference(BASE, per_example(["a", "b", "c", "e"], [2, 4, 3, 1], [0] * 4, [0] * 4), "generation")
+    with pytest.raises(UsageError, match="different numbers of questions"):
+        paired_difference(BASE, per_example(["a", "b", "c", "d"], [2, 4, 3, 2], [0] * 4, [0] * 4), "generation")
+    with pytest.raises(UsageError, match="unknown difference"):
+        paired_difference(BASE, BASE, "caption")
+    with pytest.raises(UsageError, match="per-question counts"):
+        paired_difference({"per_example": {"ids": ["a"], "understanding": [1.0]}}, BASE, "generation")
+
+
+class ScriptedModel:
+    """A stand-in backbone: answers right exactly the questions listed, draws each item's scene or a blank image."""
+
+    model_type, dtype, image_size = "scripted", torch.float32, 32
+
+    def __init__(self, right: set[str], drawn: set[int], scenes: list[Scene]):
+        self.right, self.drawn, self.scenes = right, drawn, scenes
+
+    def prepare_images(self, images):
+        return torch.arange(len(images))
+
+    def answer(self, inputs, questions, choices):
+        return [c[0] if q in self.right else c[-1] for q, c in zip(questions, choices)]
+
+    def generate(self, captions, n, sampling):
+        return list(range(len(captions)))
+
+    def decode(self, tokens):
+        blank = np.zeros((32, 32, 3), np.uint8)
+        return np.stack([render(self.scenes[i]) if i in self.drawn else blank for i in tokens])
+
+
+def test_evaluate_scores_per_question_and_scores_unseen_prompts_apart():
+    seen = PromptSpec("single_object", (("circle", None),))
+    held = PromptSpec("colors", (("square", "green"),))
+    assert is_held_out(held) and not is_held_out(seen)
+    scenes = [Scene((Obj("circle", "green", 0, 0),)), Scene((Obj(held.objects[0][0], held.objects[0][1], 1, 1),))]
+    shape1, color1 = held.objects[0]
+    qa0 = (QA(ask_object("circle"), ("yes", "no"), "yes", "object"),)
+    qa1 = (QA(ask_object(shape1), ("yes", "no"), "yes", "object"), QA(ask_color(shape1), (color1, "grey"), color1, "color"),
+           QA(ask_object("triangle"), ("no", "yes"), "no", "object"))
+    items = [EvalItem("s", render(scenes[0]), phrase(seen), qa0, scenes[0]), EvalItem("u", render(scenes[1]), phrase(held), qa1, scenes[1])]
+    # understanding: item s 1/1, item u 1/3 (only the triangle question)  -> per question 2/4, per image (1 + 1/3) / 2
+    # generation: item s drawn (1/1), item u blank (only "no triangle" right: 1/3)
+    model = ScriptedModel(right={ask_object("circle"), ask_object("triangle")}, drawn={0}, scenes=scenes)
+    metrics, _ = evaluate(model, items, GenerationConfig(seed=0))
+    assert metrics["understanding_score"]["mean"] == pytest.approx(2 / 4)
+    assert metrics["understanding_score_per_image"]["mean"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metrics["generation_score"]["mean"] == pytest.approx(2 / 4)
+    assert metrics["understanding_prior"] == pytest.approx(2 / 4)  # the blank image: the same scripted answers
+    assert metrics["generation_score_unseen"]["mean"] == pytest.approx(1 / 3)
+    assert metrics["generation_score_seen"]["mean"] == pytest.approx(1.0)
+    assert metrics["unseen_categories"] == ["colors"] and metrics["n_examples_unseen"] == 1
+    assert metrics["geneval_unseen"] == {"colors": 0.0, "overall": 0.0}
+    assert metrics["geneval_seen"]["single_object"] == 1.0
+    assert "single_object" in metrics["prompt_holdout"]["always_seen"]
+    assert metrics["per_example"]["questions"] == [1, 3] and metrics["per_example"]["unseen"] == [False, True]
+    assert metrics["per_example"]["generation_correct"] == [1, 1]

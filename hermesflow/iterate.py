@@ -116,7 +116,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
             backbone.load_adapter(out / "adapter")
             backbone.merge_lora()
             return backbone
-    examples = examples_from(list(read_prefs(round_dir).values()), data, cfg.loss_type, cfg.seed)
+    examples = examples_from(list(read_prefs(round_dir).values()), data, cfg.loss_type, cfg.seed, cfg.pair_rows)
     trained = train(backbone, examples, cfg, out / "train")
     if state.is_main_process:
         if cfg.lora_r:

@@ -131,19 +131,40 @@ class CurationOptions:
 class TrainingOptions:
     """Pair-DPO and its optimiser (DESIGN §2). The defaults are the built-in model's recipe, chosen
     by the runs in experiments/gen_dpo.md: plain DPO at a learning rate that moves the model lowers
-    the generation score (0.78 -> 0.60); the NLL term on chosen samples prevents it."""
+    the generation score (0.78 -> 0.60); the NLL term on chosen samples prevents it. Those runs used
+    the first version's summed NLL, masks fixed per round and per-branch rows; the defaults are now
+    per-token NLL, per-step masks and homologous rows (issue 10), each one flag away."""
 
     loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO), joint (-log σ(Δ_und + Δ_gen))",
                             choices=("product", "sum", "und", "gen", "joint"))
     beta_und: float = option(0.2, "β of the understanding branch", minimum=1e-6)
     beta_gen: float = option(0.2, "β of the generation branch", minimum=1e-6)
-    sft_und: float = option(1.0, "weight of an NLL term on chosen captions (RPO); 0 = plain DPO", minimum=0.0)
-    sft_gen: float = option(1.0, "weight of an NLL term on chosen images (RPO); 0 = plain DPO, which empties images (experiments/gen_dpo.md)", minimum=0.0)
-    length_normalize: bool = option(False, "per-token (mean) log-probs instead of sums")
+    gen_objective: str = option("dpo", "the image branch's objective: dpo; dpop (DPO-Positive, arXiv 2402.13228: DPO plus a penalty when "
+                                "the chosen image's likelihood falls below the reference's); apo_zero (TRL's loss_type apo_zero); "
+                                "cal_dpo (arXiv 2412.14516, as its official code); sft (positive-only, RAFT: the chosen image's NLL alone, "
+                                "no rejected image, no image reference). product and joint take dpo or dpop only",
+                                choices=("dpo", "dpop", "apo_zero", "cal_dpo", "sft"))
+    dpop_lambda: float = option(50.0, "λ of DPOP's penalty β·λ·max(0, log π_ref(x_w) − log π(x_w)) (the Smaug paper's value)", minimum=0.0)
+    sft_min_accuracy: float = option(1.0, "gen_objective sft: train the image term only on examples whose chosen image's self-VQA accuracy "
+                                     "is at least this (their captions train either way); counts in summary.json", minimum=0.0, maximum=1.0)
+    sft_und: float = option(1.0, "weight of an NLL term on chosen captions (RPO, TRL's sft); 0 = plain DPO", minimum=0.0)
+    sft_gen: float = option(1.0, "weight of an NLL term on chosen images (RPO, TRL's sft); 0 = plain DPO, which empties images "
+                            "(experiments/gen_dpo.md); no effect with gen_objective sft", minimum=0.0)
+    sft_norm: str = option("token", "the NLL terms per token (token, as TRL's sft, so its weight does not follow the caption length or "
+                           "the random mask count) or summed over tokens (sum, the first version's)", choices=("token", "sum"))
+    pair_rows: str = option("homologous", "which preference rows train: homologous (rows with both a caption and an image pair, the same "
+                            "tuples whatever the loss trains, so arms compare fairly) or branch (rows with a pair in every branch the "
+                            "loss trains: a one-branch loss then sees more rows); recorded in summary.json", choices=("homologous", "branch"))
+    length_normalize: bool = option(False, "per-token (mean) log-probs instead of sums in the margins")
     mask_samples: int = option(1, "Monte-Carlo mask samples K for image log-probs", minimum=1)
     ratio_weighting: bool = option(False, "weight each mask sample's log-prob by 1 / mask ratio")
+    mask_draws: str = option("step", "image masks drawn afresh each step (step, as the official code; the image reference is then "
+                             "computed online with the same masks) or once per round (round: each example keeps one mask, its "
+                             "reference cached)", choices=("step", "round"))
     cond_dropout: float = option(0.0, "share of image pairs scored under the empty prompt, so the unconditional branch that guidance subtracts moves too", minimum=0.0, maximum=1.0)
-    reference: str = option("cached", "cached: reference log-probs precomputed once per round; online: a frozen copy", choices=("cached", "online"))
+    reference: str = option("cached", "cached: reference log-probs precomputed once per round (caption ones always; image ones only with "
+                            "--mask-draws round, else online); online: all computed each step, by a frozen copy or with the LoRA "
+                            "adapter disabled", choices=("cached", "online"))
     lr: float = option(1e-4, "peak AdamW learning rate (the built-in model's recipe; the paper used 2e-5 for Show-o)", minimum=1e-12)
     weight_decay: float = option(0.01, "AdamW weight decay", minimum=0.0)
     warmup: int = option(10, "linear warm-up steps before the cosine decay", minimum=0)

@@ -1,12 +1,16 @@
 """Pair-DPO training on one round's preference data, through Hugging Face `accelerate`.
 
 The loop only wires components: the round's `Example`s (a data record joined by id with its
-`Preference`), the reference log-probs (cached once per round, computed in parallel across
-processes, or online), the policy log-probs (`PolicyLogps`, an nn.Module so that DDP sees one
-forward), and a loss from `hermesflow.losses`, which names the branches it trains: only those are
-scored. The accelerator picks the device; `dtype` bf16 trains in mixed precision. Batches are a pure
-function of (seed, step), and each process takes its slice of the global batch, so a run resumed
-from `save_state` continues exactly, and N processes match one process with the same global batch.
+`Preference`; by default only homologous rows, with both pairs, whatever the loss trains), the
+reference log-probs (cached once per round, computed in parallel across processes, or online), the
+policy log-probs (`PolicyLogps`, an nn.Module so that DDP sees one forward), and a loss from
+`hermesflow.losses`, which names the branches it trains: only those are scored. Image masks are
+drawn afresh each step by default (seeded by seed, round, id and step), so the image reference is
+then computed online with the step's masks while caption references stay cached. The accelerator
+picks the device; `dtype` bf16 trains in mixed precision. Batches, masks and condition dropout are
+pure functions of (seed, step), and each process takes its slice of the global batch, so a run
+resumed from `save_state` continues exactly, and N processes match one process with the same
+global batch.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from hermesflow.stages import say
 @dataclass(frozen=True)
 class Example:
     """One homologous training tuple (x, y, x_w, x_l, y_w, y_l): the data record (x, y) and its
-    preference pairs, with the seed of its image masks."""
+    preference pairs, with the round seed of its image masks (`mask_seeds` derives each step's)."""
 
     record: Record
     pref: Preference
@@ -49,20 +53,40 @@ class Example:
         return self.record.id
 
 
-def examples_from(prefs: list[Preference], data: HomologousData, loss_type: str, seed: int) -> list[Example]:
-    """Training tuples: each preference joined with its data record by id, kept when it has a pair in
-    every branch the loss trains."""
+PAIR_ROWS = ("homologous", "branch")
+MASK_DRAWS = ("step", "round")
+
+
+def examples_from(prefs: list[Preference], data: HomologousData, loss_type: str, seed: int,
+                  pair_rows: str = "homologous") -> list[Example]:
+    """Training tuples: each preference joined with its data record by id. `pair_rows` "homologous"
+    keeps the rows with both a caption and an image pair whatever the loss trains, so that arms
+    differing only in their loss train on the same tuples; "branch" keeps every row with a pair in
+    each branch the loss trains (a one-branch loss then sees more rows than a two-branch one)."""
+    if pair_rows not in PAIR_ROWS:
+        raise UsageError(f"--pair-rows must be one of {list(PAIR_ROWS)}, got {pair_rows!r}")
     records = {r.id: r for r in data.records}
     missing = [p.id for p in prefs if p.id not in records]
     if missing:
         raise DataError([f"preference rows name ids that the data does not hold: {missing[:5]} ({len(missing)} in all); "
                          "pass the --data the round was curated from"])
-    return [Example(records[p.id], p, _mask_seed(seed, p.round, p.id))
-            for p in prefs if all(p.has(b) for b in BRANCHES[loss_type])]
+    needed = ("und", "gen") if pair_rows == "homologous" else BRANCHES[loss_type]
+    return [Example(records[p.id], p, _mask_seed(seed, p.round, p.id)) for p in prefs if all(p.has(b) for b in needed)]
 
 
 def _mask_seed(seed: int, round_index: int, example_id: str) -> int:
     return random.Random(f"mask/{seed}/{round_index}/{example_id}").randrange(2**31)
+
+
+def mask_seeds(batch: list[Example], step: int, draws: str) -> list[int]:
+    """The image-mask seed of each example at a step: a fresh one per step ("step", derived from the
+    example's round seed, so from seed, round, id and step) or the round's own ("round"). The same
+    seed serves chosen and rejected, policy and reference, and a resumed run draws the same masks."""
+    if draws not in MASK_DRAWS:
+        raise UsageError(f"--mask-draws must be one of {list(MASK_DRAWS)}, got {draws!r}")
+    if draws == "round":
+        return [e.mask_seed for e in batch]
+    return [random.Random(f"mask-step/{e.mask_seed}/{step}").randrange(2**31) for e in batch]
 
 
 def estimator_of(backbone: Backbone, cfg: TrainConfig) -> ImageEstimator:
@@ -75,30 +99,37 @@ def estimator_of(backbone: Backbone, cfg: TrainConfig) -> ImageEstimator:
 
 class PolicyLogps(nn.Module):
     """Log-probs of the chosen and rejected samples of the trained branches of a batch of tuples,
-    under the wrapped backbone: {branch: (chosen, rejected)}, each a LogProbs of (B,).
+    under the wrapped backbone: {branch: (chosen, rejected)}, each a LogProbs of (B,); rejected is
+    None for the image branch when `gen_rejected` is off (the positive-only objective).
 
     The gen branch uses the same mask seeds for chosen and rejected, and for policy and reference."""
 
-    def __init__(self, backbone: Backbone, branches: tuple[str, ...], estimator: ImageEstimator):
+    def __init__(self, backbone: Backbone, branches: tuple[str, ...], estimator: ImageEstimator, gen_rejected: bool = True):
         super().__init__()
         self.backbone = backbone
         self.branches = branches
         self.estimator = estimator
+        self.gen_rejected = gen_rejected
 
-    def forward(self, batch: list[Example], uncond: list[bool] | None = None) -> dict[str, tuple[LogProbs, LogProbs]]:
-        """`uncond[i]` scores example i's images under the empty prompt (condition dropout)."""
+    def forward(self, batch: list[Example], uncond: list[bool] | None = None, seeds: list[int] | None = None,
+                branches: tuple[str, ...] | None = None) -> dict[str, tuple[LogProbs, LogProbs | None]]:
+        """`uncond[i]` scores example i's images under the empty prompt (condition dropout); `seeds[i]`
+        is its mask seed (default: the round's); `branches` scores a subset of the policy's."""
         b, n, out = self.backbone, len(batch), {}
-        if "und" in self.branches:
+        branches = self.branches if branches is None else branches
+        if "und" in branches:
             inputs = b.prepare_images([e.record.load_image() for e in batch])
             captions = [e.pref.und.chosen for e in batch] + [e.pref.und.rejected for e in batch]
             lp = b.caption_logps(torch.cat([inputs, inputs]), captions)
             out["und"] = (lp[:n], lp[n:])
-        if "gen" in self.branches:
+        if "gen" in branches:
             uncond = uncond or [False] * n
-            prompts = ["" if u else e.record.caption for e, u in zip(batch, uncond)] * 2
-            tokens = torch.tensor([e.pref.gen.chosen for e in batch] + [e.pref.gen.rejected for e in batch], device=b.device)
-            lp = b.image_logps(prompts, tokens, self.estimator, [e.mask_seed for e in batch] * 2)
-            out["gen"] = (lp[:n], lp[n:])
+            seeds = [e.mask_seed for e in batch] if seeds is None else seeds
+            sides = 2 if self.gen_rejected else 1
+            prompts = ["" if u else e.record.caption for e, u in zip(batch, uncond)] * sides
+            images = [e.pref.gen.chosen for e in batch] + ([e.pref.gen.rejected for e in batch] if self.gen_rejected else [])
+            lp = b.image_logps(prompts, torch.tensor(images, device=b.device), self.estimator, list(seeds) * sides)
+            out["gen"] = (lp[:n], lp[n:] if self.gen_rejected else None)
         return out
 
 
@@ -107,21 +138,64 @@ def logp_values(lp: LogProbs, cfg: TrainConfig) -> torch.Tensor:
     return (lp.mean() if cfg.length_normalize else lp.total).float()
 
 
-def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: TrainConfig, estimator: ImageEstimator) -> str:
-    """Everything the cached reference depends on: the weights, the estimator, the precision, the
-    condition dropout, and the content of the preference records with their mask seeds."""
+def branch_logps(chosen: LogProbs, rejected: LogProbs | None, ref: tuple[torch.Tensor, torch.Tensor] | None,
+                 cfg: TrainConfig, weight: torch.Tensor | None = None) -> BranchLogps:
+    """One branch's log-probs as the loss takes them. The chosen token count goes along when the NLL
+    term is per token (--sft-norm token) and the log-probs are sums; with --length-normalize they are
+    per-token means already."""
+    count = chosen.count.float() if cfg.sft_norm == "token" and not cfg.length_normalize else None
+    return BranchLogps(logp_values(chosen, cfg), None if rejected is None else logp_values(rejected, cfg),
+                       *(ref if ref is not None else (None, None)), chosen_count=count, weight=weight)
+
+
+def loss_of(cfg: TrainConfig) -> PairDPOLoss:
+    """The configured loss; a combination it does not define is a usage error naming the flags."""
+    try:
+        return PairDPOLoss(cfg.loss_type, beta_und=cfg.beta_und, beta_gen=cfg.beta_gen, sft_und=cfg.sft_und,
+                           sft_gen=cfg.sft_gen, gen_objective=cfg.gen_objective, dpop_lambda=cfg.dpop_lambda)
+    except ValueError as e:
+        raise UsageError(f"--loss-type {cfg.loss_type} --gen-objective {cfg.gen_objective}: {e}") from None
+
+
+def sft_weights(batch: list[Example], min_accuracy: float) -> torch.Tensor:
+    """1 for examples whose chosen image's self-VQA accuracy reaches `min_accuracy` (their image
+    term trains under the positive-only objective), else 0."""
+    return torch.tensor([float(e.pref.gen.chosen_score >= min_accuracy) for e in batch])
+
+
+def reference_branches(cfg: TrainConfig, gen_objective_needs_pair: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(cached, online): which trained branches take their reference from the round's cache and which
+    compute it each step. Image references are cached only when each example keeps one mask for the
+    round; with per-step masks they are computed with the step's masks. The positive-only image
+    objective needs no image reference at all."""
+    needed = tuple(b for b in BRANCHES[cfg.loss_type] if b == "und" or gen_objective_needs_pair)
+    if cfg.reference == "online":
+        return (), needed
+    online = tuple(b for b in needed if b == "gen" and cfg.mask_draws == "step")
+    return tuple(b for b in needed if b not in online), online
+
+
+def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: TrainConfig, estimator: ImageEstimator,
+                        branches: tuple[str, ...] = ("und", "gen")) -> str:
+    """Everything the cached reference of `branches` depends on: the weights, the precision, the
+    length normalisation and the content of the preference records; for the image branch also the
+    estimator, the condition dropout and the mask seeds."""
     h = hashlib.sha1()
     for e in examples:
         h.update(to_line(e.pref).encode())
-        h.update(f"{e.mask_seed}\n".encode())
-    settings = f"{estimator.key()}-{cfg.dtype}-{'mean' if cfg.length_normalize else 'sum'}-uncond{cfg.cond_dropout > 0}"
+        if "gen" in branches:
+            h.update(f"{e.mask_seed}\n".encode())
+    settings = f"{'+'.join(branches)}-{cfg.dtype}-{'mean' if cfg.length_normalize else 'sum'}"
+    if "gen" in branches:
+        settings += f"-{estimator.key()}-uncond{cfg.cond_dropout > 0}"
     return f"{backbone.fingerprint()}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}-{h.hexdigest()[:12]}"
 
 
 @torch.no_grad()
 def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainConfig, accelerator, batch_size: int = 64) -> dict[str, dict]:
-    """Reference log-probs of every example, computed once per round under the policy's precision,
-    each process taking its share; returns {id: {"und_chosen": ..., "mask_seed": ...}} on every process."""
+    """Reference log-probs of every example for the policy's branches, computed once per round under
+    the policy's precision (image masks: each example's round seed), each process taking its share;
+    returns {id: {"und_chosen": ..., "mask_seed": ...}} on every process."""
     from accelerate.utils import gather_object
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -185,17 +259,21 @@ def make_accelerator(cfg: TrainConfig):
 
 
 def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainConfig, accelerator, out: Path) -> dict[str, dict]:
-    """The reference log-probs of this round's examples, from `out/reference-<key>.json` or computed
-    (in parallel across processes) and written there. The key names what made them; the stored mask
-    seeds are checked against the examples'."""
-    path = out / f"reference-{reference_cache_key(policy.backbone, examples, cfg, policy.estimator)}.json"
+    """The reference log-probs of this round's examples for the policy's branches, from
+    `out/reference-<key>.json` or computed (in parallel across processes) and written there. The key
+    names what made them; every example must be there with its branches' values, and, when image
+    log-probs are cached, with the mask seed it is trained with."""
+    path = out / f"reference-{reference_cache_key(policy.backbone, examples, cfg, policy.estimator, policy.branches)}.json"
     if not path.exists():
         refs = reference_logps(policy, examples, cfg, accelerator)
         if accelerator.is_main_process:
-            atomic_write_json(path, {"model": policy.backbone.fingerprint(), "estimator": policy.estimator.key(), "refs": refs})
+            atomic_write_json(path, {"model": policy.backbone.fingerprint(), "estimator": policy.estimator.key(),
+                                     "branches": list(policy.branches), "refs": refs})
         accelerator.wait_for_everyone()
     refs = json.loads(path.read_text())["refs"]
-    wrong = [e.id for e in examples if e.id not in refs or refs[e.id]["mask_seed"] != e.mask_seed]
+    keys = [f"{b}_{side}" for b in policy.branches for side in ("chosen", "rejected")]
+    wrong = [e.id for e in examples if e.id not in refs or any(k not in refs[e.id] for k in keys)
+             or ("gen" in policy.branches and refs[e.id]["mask_seed"] != e.mask_seed)]
     if wrong:
         raise DataError([f"{path}: cached reference log-probs do not match the examples (first: {wrong[0]}); delete the file"])
     return refs
@@ -212,22 +290,24 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     branches = BRANCHES[cfg.loss_type]
+    loss_fn = loss_of(cfg)
+    positive_only = "gen" in branches and not loss_fn.needs_pair("gen")
     for param in backbone.parameters():  # fp32 master weights for what trains; frozen (LoRA base) weights stay as loaded
         if param.requires_grad:
             param.data = param.data.float()
-    policy = PolicyLogps(backbone.to(accelerator.device), branches, estimator_of(backbone, cfg))
-    refs, reference = None, None
-    if cfg.reference == "cached":
-        refs = cached_reference(policy, examples, cfg, accelerator, out)
-    elif backbone.peft_model is None:  # online, with a frozen copy
-        reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), branches, policy.estimator)
+    policy = PolicyLogps(backbone.to(accelerator.device), branches, estimator_of(backbone, cfg), gen_rejected=not positive_only)
+    cached, online = reference_branches(cfg, not positive_only)
+    refs, reference = {}, None
+    if cached:
+        refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, accelerator, out)
+    if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
+        reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), online, policy.estimator)
     policy.train()
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     # The scheduler is not prepared: accelerate would step it once per process per step.
     policy, opt = accelerator.prepare(policy, opt)
     accelerator.register_for_checkpointing(sched)
-    loss_fn = PairDPOLoss(cfg.loss_type, beta_und=cfg.beta_und, beta_gen=cfg.beta_gen, sft_und=cfg.sft_und, sft_gen=cfg.sft_gen)
     inner = accelerator.unwrap_model(policy)
 
     state_dir, start, skipped = out / "state", 0, 0
@@ -248,9 +328,11 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
         indices = batch_indices(step, len(examples), cfg.batch_size, cfg.seed)
         local = [examples[i] for i in indices[rank::world]]
         uncond = dropped_conditions(step, local, cfg.cond_dropout, cfg.seed)
-        logps = policy(local, uncond)
-        ref = _reference(inner, reference, refs, local, uncond, cfg, accelerator)
-        logs = {b: BranchLogps(logp_values(c, cfg), logp_values(r, cfg), ref[b][0], ref[b][1]) for b, (c, r) in logps.items()}
+        seeds = mask_seeds(local, step, cfg.mask_draws)
+        logps = policy(local, uncond, seeds)
+        ref = _reference(inner, reference, refs, cached, online, local, uncond, seeds, cfg, accelerator)
+        weight = sft_weights(local, cfg.sft_min_accuracy).to(accelerator.device) if positive_only else None
+        logs = {b: branch_logps(c, r, ref.get(b), cfg, weight if b == "gen" else None) for b, (c, r) in logps.items()}
         out_ = loss_fn(**logs)
         loss = out_.loss.mean()
         finite = accelerator.reduce(torch.tensor(float(torch.isfinite(loss)), device=accelerator.device), reduction="mean").item() == 1.0
@@ -263,7 +345,7 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
             sched.step()
             continue
         nonfinite_in_a_row = 0
-        grad_norms = branch_grad_norms(policy, logs, cfg) if cfg.log_branch_grad_norms else {}
+        grad_norms = branch_grad_norms(policy, logs, loss_fn) if cfg.log_branch_grad_norms else {}
         accelerator.backward(loss)
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -275,7 +357,8 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
         if metrics_file is not None:
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            bar.set_postfix({"loss": f"{row['loss']:.4f}", **{b: f"{row[f'{b}/rewards/margins']:.3f}" for b in branches}})
+            bar.set_postfix({"loss": f"{row['loss']:.4f}", **{b: f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
+                                                              if f"{b}/rewards/margins" in row}})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.train_steps:
             _save_state(accelerator, state_dir, step + 1, skipped)
     if metrics_file is not None:
@@ -288,40 +371,48 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
     digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])
     identical = bool((accelerator.gather(digest[None]) == digest).all())
     if accelerator.is_main_process:
-        atomic_write_json(out / "summary.json", {"steps": cfg.train_steps, "processes": world, "ranks_identical": identical,
-                                                 "skipped_nonfinite": skipped, "examples": len(examples),
-                                                 "branches": list(branches)})
+        summary = {"steps": cfg.train_steps, "processes": world, "ranks_identical": identical,
+                   "skipped_nonfinite": skipped, "examples": len(examples), "pair_rows": cfg.pair_rows,
+                   "branches": list(branches), "gen_objective": cfg.gen_objective if "gen" in branches else None,
+                   "mask_draws": cfg.mask_draws, "sft_norm": cfg.sft_norm,
+                   "reference": {"cached": list(cached), "online": list(online)}}
+        if positive_only:
+            kept = int(sft_weights(examples, cfg.sft_min_accuracy).sum())
+            summary["sft_image"] = {"min_accuracy": cfg.sft_min_accuracy, "kept": kept, "dropped": len(examples) - kept}
+        atomic_write_json(out / "summary.json", summary)
     accelerator.wait_for_everyone()
     return backbone
 
 
-def _reference(inner: PolicyLogps, reference: PolicyLogps | None, refs: dict | None, batch: list[Example],
-               uncond: list[bool], cfg: TrainConfig, accelerator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The reference's (chosen, rejected) log-probs per trained branch: from the cache, from a frozen
-    copy, or from the policy itself with its LoRA adapter disabled."""
-    if refs is not None:
-        def cached(branch: str, side: str) -> torch.Tensor:
-            key = lambda u: f"{branch}{'_uncond' if u and branch == 'gen' else ''}_{side}"  # noqa: E731
-            return torch.tensor([refs[e.id][key(u)] for e, u in zip(batch, uncond)], device=accelerator.device)
-        return {b: (cached(b, "chosen"), cached(b, "rejected")) for b in inner.branches}
-    with torch.no_grad(), accelerator.autocast():
-        if reference is not None:
-            out = reference(batch, uncond)
-        else:
-            with inner.backbone.reference_context():
-                out = inner(batch, uncond)
-    return {b: (logp_values(c, cfg), logp_values(r, cfg)) for b, (c, r) in out.items()}
+def _reference(inner: PolicyLogps, reference: PolicyLogps | None, refs: dict, cached: tuple[str, ...], online: tuple[str, ...],
+               batch: list[Example], uncond: list[bool], seeds: list[int], cfg: TrainConfig,
+               accelerator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The reference's (chosen, rejected) log-probs of the branches that need one: the `cached`
+    ones from the round's cache, the `online` ones computed now with the step's mask seeds, by a
+    frozen copy or by the policy itself with its LoRA adapter disabled."""
+    def from_cache(branch: str, side: str) -> torch.Tensor:
+        key = lambda u: f"{branch}{'_uncond' if u and branch == 'gen' else ''}_{side}"  # noqa: E731
+        return torch.tensor([refs[e.id][key(u)] for e, u in zip(batch, uncond)], device=accelerator.device)
+
+    out = {b: (from_cache(b, "chosen"), from_cache(b, "rejected")) for b in cached}
+    if online:
+        with torch.no_grad(), accelerator.autocast():
+            if reference is not None:
+                now = reference(batch, uncond, seeds, online)
+            else:
+                with inner.backbone.reference_context():
+                    now = inner(batch, uncond, seeds, online)
+        out |= {b: (logp_values(c, cfg), logp_values(r, cfg)) for b, (c, r) in now.items()}
+    return out
 
 
-def branch_grad_norms(policy: nn.Module, logs: dict[str, BranchLogps], cfg) -> dict[str, torch.Tensor]:
-    """The gradient norm of each branch's DPO loss alone (this process's batch), to see whether one
-    branch dominates the update: summed image log-probs over many tokens can outweigh captions."""
+def branch_grad_norms(policy: nn.Module, logs: dict[str, BranchLogps], loss_fn: PairDPOLoss) -> dict[str, torch.Tensor]:
+    """The gradient norm of each branch's own objective alone (this process's batch), to see whether
+    one branch dominates the update: summed image log-probs over many tokens can outweigh captions."""
     params = [p for p in policy.parameters() if p.requires_grad]
     norms = {}
-    betas = {"und": cfg.beta_und, "gen": cfg.beta_gen}
     for branch, lp in logs.items():
-        margin = betas[branch] * ((lp.policy_chosen - lp.ref_chosen) - (lp.policy_rejected - lp.ref_rejected))
-        grads = torch.autograd.grad(-torch.nn.functional.logsigmoid(margin.float()).mean(), params, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(loss_fn.branch_loss(branch, lp).float().mean(), params, retain_graph=True, allow_unused=True)
         norms[f"{branch}/grad_norm"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))[None]
     return norms
 
@@ -330,8 +421,10 @@ def _step_metrics(accelerator, out, step: int, lr: float, skipped: int, extra: d
     """TRL's metric names per trained branch, averaged over the global batch across processes."""
     local = {**extra, "loss": out.loss.detach()}
     for branch, branch_loss in out.branch_losses.items():
-        chosen, rejected = out.chosen_rewards[branch], out.rejected_rewards[branch]
         local[f"loss/{branch}"] = branch_loss
+        if branch not in out.chosen_rewards:  # the positive-only image branch has no reference, so no rewards
+            continue
+        chosen, rejected = out.chosen_rewards[branch], out.rejected_rewards[branch]
         local[f"{branch}/rewards/chosen"] = chosen
         local[f"{branch}/rewards/rejected"] = rejected
         local[f"{branch}/rewards/margins"] = chosen - rejected

@@ -1,4 +1,7 @@
-"""Pair-DPO losses against the paper's equations (Eq. 6/15, Eq. 12, Table 5's one-branch DPO)."""
+"""Pair-DPO losses against the paper's equations (Eq. 6/15, Eq. 12, Table 5's one-branch DPO), and the image
+objectives (DPO, DPOP, APO-zero, Cal-DPO, positive-only NLL) against their closed forms."""
+
+import math
 
 import pytest
 import torch
@@ -149,3 +152,98 @@ def test_mismatched_shapes_are_refused():
     lp = random_logps(7)["gen"]
     with pytest.raises(ValueError, match="one shape"):
         BranchLogps(**{**vars(lp), "ref_rejected": lp.ref_rejected[:, None]})
+
+
+# The image objectives (gen_objective), on hand-made log-ratios c = log π(x_w) − log π_ref(x_w) and
+# r = log π(x_l) − log π_ref(x_l): reference log-probs 0, so the policy log-probs are c and r.
+def gen_pair(c: float, r: float, count: float | None = None) -> BranchLogps:
+    z = torch.zeros(1, dtype=torch.float64)
+    return BranchLogps(torch.full_like(z, c).requires_grad_(), torch.full_like(z, r).requires_grad_(), z.clone(), z.clone(),
+                       chosen_count=None if count is None else torch.full_like(z, count))
+
+
+def gen_term(objective: str, lp: BranchLogps, beta: float = 0.5, **kw) -> float:
+    return PairDPOLoss("gen", beta_gen=beta, gen_objective=objective, **kw)(gen=lp).loss.item()
+
+
+def test_dpo_objective_closed_form():
+    assert gen_term("dpo", gen_pair(1.0, -1.0)) == pytest.approx(math.log1p(math.exp(-1.0)))  # −log σ(0.5·2)
+
+
+def test_dpop_closed_form_with_its_penalty_active():
+    # c = −0.1 < 0: margin β[(c − r) − λ·0.1] = 0.5·(0.9 − 1.0) = −0.05, loss −log σ(−0.05) = log(1 + e^0.05)
+    assert gen_term("dpop", gen_pair(-0.1, -1.0), dpop_lambda=10.0) == pytest.approx(math.log1p(math.exp(0.05)))
+
+
+@pytest.mark.parametrize("c, r", [(0.0, -1.0), (0.3, 2.0), (5.0, -3.0), (1e-9, 1e-9)])
+def test_dpop_equals_dpo_where_the_chosen_likelihood_has_not_fallen(c, r):
+    dpo, dpop = gen_pair(c, r), gen_pair(c, r)
+    a = PairDPOLoss("gen", gen_objective="dpo")(gen=dpo).loss
+    b = PairDPOLoss("gen", gen_objective="dpop", dpop_lambda=50.0)(gen=dpop).loss
+    torch.testing.assert_close(a, b)
+    a.sum().backward()
+    b.sum().backward()
+    torch.testing.assert_close(dpo.policy_chosen.grad, dpop.policy_chosen.grad)
+    torch.testing.assert_close(dpo.policy_rejected.grad, dpop.policy_rejected.grad)
+
+
+def test_dpop_punishes_a_fall_of_the_chosen_likelihood_that_dpo_rewards():
+    # both likelihoods fall, the gap grows: DPO's loss drops below log 2, DPOP's rises above it
+    fall = gen_pair(-1.0, -3.0)
+    assert gen_term("dpo", fall) < math.log(2) < gen_term("dpop", fall, dpop_lambda=50.0)
+
+
+def test_apo_zero_closed_form_is_trls():
+    # TRL: losses_chosen = 1 − σ(β·c), losses_rejected = σ(β·r)
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert gen_term("apo_zero", gen_pair(1.0, -1.0)) == pytest.approx((1 - sigmoid(0.5)) + sigmoid(-0.5))
+    assert gen_term("apo_zero", gen_pair(-2.0, 0.4), beta=0.1) == pytest.approx((1 - sigmoid(-0.2)) + sigmoid(0.04))
+
+
+def test_cal_dpo_closed_form_as_its_official_code():
+    # −log σ(c − r) + ½[(c − 1/(2β))² + (r + 1/(2β))²], β = 0.25: targets ±2
+    assert gen_term("cal_dpo", gen_pair(1.0, -1.0), beta=0.25) == pytest.approx(math.log1p(math.exp(-2.0)) + 0.5 * (1 + 1))
+    assert gen_term("cal_dpo", gen_pair(2.0, -2.0), beta=0.25) == pytest.approx(math.log1p(math.exp(-4.0)))  # calibrated: DPO part only
+
+
+def test_positive_only_objective_is_the_per_token_nll_and_its_gradient():
+    lp = BranchLogps(torch.tensor([-12.0, -3.0], requires_grad=True), chosen_count=torch.tensor([6.0, 1.0]))
+    out = PairDPOLoss("gen", gen_objective="sft", sft_gen=5.0)(gen=lp)  # sft_gen does not add a second NLL
+    torch.testing.assert_close(out.loss, torch.tensor([2.0, 3.0]))
+    out.loss.sum().backward()
+    torch.testing.assert_close(lp.policy_chosen.grad, -1 / torch.tensor([6.0, 1.0]))  # d/dlog π of −log π / n
+    assert out.chosen_rewards == {} and list(out.branch_losses) == ["gen"]
+    with pytest.raises(ValueError, match="needs rejected and reference"):
+        PairDPOLoss("gen", gen_objective="dpo")(gen=lp)
+
+
+def test_a_gen_objective_replaces_the_image_dpo_term_of_sum():
+    lp = random_logps(9)
+    for objective in ("dpop", "apo_zero", "cal_dpo"):
+        total = PairDPOLoss("sum", beta_gen=0.3, gen_objective=objective)(**lp).loss
+        parts = PairDPOLoss("und")(**lp).loss + PairDPOLoss("gen", beta_gen=0.3, gen_objective=objective)(**lp).loss
+        torch.testing.assert_close(total, parts)
+
+
+def test_weights_leave_examples_out_of_a_branch_term_only():
+    lp = random_logps(10)
+    w = torch.tensor([1.0, 0.0] * (B // 2), dtype=torch.float64)
+    gen = BranchLogps(lp["gen"].policy_chosen, chosen_count=torch.full((B,), 4.0, dtype=torch.float64), weight=w)
+    out = PairDPOLoss("sum", gen_objective="sft")(und=lp["und"], gen=gen)
+    und = PairDPOLoss("und")(**lp).loss
+    torch.testing.assert_close(out.loss, und + w * (-lp["gen"].policy_chosen / 4))
+
+
+@pytest.mark.parametrize("loss_type", ["product", "joint"])
+def test_product_and_joint_take_margin_objectives_only(loss_type):
+    lp = random_logps(11)
+    with pytest.raises(ValueError, match="combines the two branches' margins"):
+        PairDPOLoss(loss_type, gen_objective="cal_dpo")
+    # with DPOP the combined margin is DPOP's (the penalty inside)
+    out = PairDPOLoss(loss_type, beta_und=1.0, beta_gen=0.5, gen_objective="dpop", dpop_lambda=3.0)(**lp)
+    u, g = lp["und"], lp["gen"]
+    c, r = g.policy_chosen - g.ref_chosen, g.policy_rejected - g.ref_rejected
+    d_und = (u.policy_chosen - u.ref_chosen) - (u.policy_rejected - u.ref_rejected)
+    d_gen = 0.5 * ((c - r) - 3.0 * torch.clamp(-c, min=0))
+    combined = d_und * d_gen if loss_type == "product" else d_und + d_gen
+    torch.testing.assert_close(out.loss, -torch.log(torch.sigmoid(combined)))

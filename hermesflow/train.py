@@ -282,7 +282,10 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainCon
 def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Path) -> Backbone:
     """Train the policy on the examples (resuming from `out/state` if present); returns the backbone."""
     if not examples:
-        raise UsageError("no training examples: every preference pair was dropped")
+        if cfg.pair_rows == "homologous":
+            raise UsageError("no training examples: no preference row has both a caption and an image pair (--pair-rows "
+                             "homologous); curate more records, or train each branch on its own pairs with --pair-rows branch")
+        raise UsageError(f"no training examples: no preference row has a pair in every branch --loss-type {cfg.loss_type} trains")
     accelerator = make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.batch_size % world:

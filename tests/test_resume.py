@@ -14,7 +14,8 @@ from hermesflow.errors import UsageError
 from hermesflow.stages import claim, settings_file
 
 TINY = ["--n-train", "8", "--eval-n", "8", "--batch-size", "4", "--n-captions", "4", "--n-images", "4", "--steps", "2",
-        "--curate-batch-size", "4", "--min-chosen-accuracy", "0", "--loss-type", "und"]
+        "--curate-batch-size", "4", "--min-chosen-accuracy", "0", "--loss-type", "und",
+        "--pair-rows", "branch"]  # the tiny random model's images all tie: its caption pairs train alone
 
 
 def test_claim_resumes_the_same_settings_refuses_others_and_overwrite_clears(tmp_path: Path):

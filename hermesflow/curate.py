@@ -4,10 +4,20 @@ For each homologous record (image x, caption y, questions):
 - understanding: the model samples n captions of x; each is scored by sentence similarity to y;
   best -> chosen y_w, worst -> rejected y_l;
 - generation: the model draws n images for y; it answers the record's questions about each image
-  itself (self-VQA); the accuracy ranks them; best -> chosen x_w (kept only above the threshold),
-  worst -> rejected x_l. When the records carry world scenes, the exact oracle's accuracy of each
-  image is stored beside it, only to measure how often the model's own judgement agrees with the
+  itself (self-VQA); a score ranks them; best -> chosen x_w (kept only if its self-VQA accuracy is
+  above the threshold), worst -> rejected x_l. The score (`image_score`) is the hard accuracy, or
+  the graded self-score: the mean over the questions of the probability the model's own
+  multiple-choice scores (a softmax over the choices' log-likelihoods) give the correct answer, which
+  orders images of equal accuracy. When the records carry world scenes, the exact oracle's accuracy
+  of each image is stored beside it, to measure how often the model's own judgement agrees with the
   truth; other data is curated by the self-judge alone.
+- two options change where pairs come from. `pair_source="oracle"` ranks the images by the oracle's
+  accuracy instead (a control that is NOT self-curated; the pairs and the manifest say so).
+  `rejected_from="perturbed"` draws the rejected image for the caption with one attribute swapped
+  (`perturbed_caption`), so chosen and rejected differ in what the caption names; it is judged on
+  the true caption's questions and pairs with the best sample in every round (see
+  `selfplay.contrast_pair`). Both refuse, before any work, data they cannot serve
+  (`check_curation_data`): records without scenes, captions the world's prompt parser does not read.
 Sampled captions the model cannot score (`Backbone.fit_problems`) do not compete; a record left with
 none drops its caption pair as "unscorable". From round 1 on, pairs follow the paper's Eq. 10
 (`hermesflow.selfplay`). Each record becomes one `prefs.Preference`.
@@ -20,8 +30,9 @@ one. Shards are merged in input order into `prefs.jsonl`, with a `manifest.json`
 
 from __future__ import annotations
 
+import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +40,23 @@ import torch
 from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
+from hermesflow.backbones.base import best_choices
 from hermesflow.data import HomologousData, Record
-from hermesflow.errors import DataError
+from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.prefs import PREFS, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
-from hermesflow.selfplay import Pair, Sample, initial_pair, update_pair
+from hermesflow.selfplay import Pair, Sample, contrast_pair, initial_pair, update_pair
 from hermesflow.settings import CurationOptions
 from hermesflow.stages import say
 from hermesflow.world.oracle import parse_batch
+from hermesflow.world.prompts import PromptSpec, parse_prompt, phrase
 from hermesflow.world.questions import answer_on_scene
+from hermesflow.world.scenes import COLOR_NAMES, RELATIONS, SHAPES
 
 MANIFEST = "manifest.json"
 UNSCORABLE = "unscorable"  # every sampled caption is one the model cannot score
+NOT_SELF_CURATED = "NOT self-curated: images ranked by the world's exact oracle (a control)"
+RANKED_BY = {("self", "hard"): "self_accuracy", ("self", "graded"): "self_graded", ("oracle", "hard"): "oracle"}
 
 
 @dataclass
@@ -52,9 +68,19 @@ class CurationSettings(CurationOptions):
     seed: int = 0
 
 
-def self_vqa_accuracy(backbone: Backbone, inputs: torch.Tensor, qa: tuple, owners: list[int]) -> np.ndarray:
-    """Acc(x_j): the share of the record's questions the model answers correctly about each image.
-    `inputs[j]` are image j's understanding inputs, `owners[j]` its record, `qa[r]` that record's questions."""
+@dataclass(frozen=True)
+class SelfScores:
+    """The model's judgement of each image: `accuracy` (hard self-VQA: the share of questions its
+    answer gets right) and `graded` (the mean probability its choice scores give the right answers)."""
+
+    accuracy: np.ndarray
+    graded: np.ndarray
+
+
+def self_vqa_scores(backbone: Backbone, inputs: torch.Tensor, qa: tuple, owners: list[int]) -> SelfScores:
+    """Acc(x_j) and the graded s(x_j) = mean_q softmax(choice log-likelihoods)[correct answer].
+    `inputs[j]` are image j's understanding inputs, `owners[j]` its record, `qa[r]` that record's
+    questions. One call to `choice_logps` gives both, so the answer is the argmax of the same scores."""
     rows, questions, choices, truth = [], [], [], []
     for j, r in enumerate(owners):
         for q in qa[r]:
@@ -62,8 +88,11 @@ def self_vqa_accuracy(backbone: Backbone, inputs: torch.Tensor, qa: tuple, owner
             questions.append(q.question)
             choices.append(list(q.choices))
             truth.append(q.answer)
-    answers = backbone.answer(inputs[rows], questions, choices)
-    return _share_correct(rows, [a == t for a, t in zip(answers, truth)], len(owners))
+    logps = backbone.choice_logps(inputs[rows], questions, choices)
+    correct = [a == t for a, t in zip(best_choices(logps, choices), truth)]
+    p_correct = [float(torch.tensor(scores, dtype=torch.float64).softmax(0)[options.index(t)])
+                 for scores, options, t in zip(logps, choices, truth)]
+    return SelfScores(_share_correct(rows, correct, len(owners)), _mean_by(rows, p_correct, len(owners)))
 
 
 def oracle_accuracy(images: np.ndarray, qa: tuple, owners: list[int]) -> np.ndarray:
@@ -78,10 +107,70 @@ def oracle_accuracy(images: np.ndarray, qa: tuple, owners: list[int]) -> np.ndar
 
 
 def _share_correct(rows: list[int], correct: list[bool], n: int) -> np.ndarray:
+    return _mean_by(rows, [float(c) for c in correct], n)
+
+
+def _mean_by(rows: list[int], values: list[float], n: int) -> np.ndarray:
+    """The mean of `values` per image (`rows[i]` is value i's image); 0 for an image with none."""
     totals, counts = np.zeros(n), np.zeros(n)
-    np.add.at(totals, rows, np.asarray(correct, dtype=np.float64))
+    np.add.at(totals, rows, np.asarray(values, dtype=np.float64))
     np.add.at(counts, rows, 1.0)
     return totals / np.maximum(counts, 1)
+
+
+# ----- where pairs come from ----------------------------------------------------------------------
+
+def perturbed_spec(spec: PromptSpec, rng: random.Random) -> PromptSpec:
+    """`spec` with exactly one attribute swapped: an attribute slot (an object's shape, a named
+    colour, the count, the relation) is drawn uniformly, then a new value for it. Named objects keep
+    distinct shapes (and distinct named colours), as the world's prompts do, and counts stay in 2-4."""
+    slots: list[list[PromptSpec]] = []
+    for i, (shape, color) in enumerate(spec.objects):
+        others = [o for j, o in enumerate(spec.objects) if j != i]
+
+        def with_object(new: tuple[str, str | None], i=i) -> PromptSpec:
+            return replace(spec, objects=spec.objects[:i] + (new,) + spec.objects[i + 1 :])
+
+        slots.append([with_object((s, color)) for s in SHAPES if s != shape and s not in {o[0] for o in others}])
+        if color is not None:
+            slots.append([with_object((shape, c)) for c in COLOR_NAMES if c != color and c not in {o[1] for o in others}])
+    if spec.count is not None:
+        slots.append([replace(spec, count=n) for n in (2, 3, 4) if n != spec.count])
+    if spec.relation is not None:
+        slots.append([replace(spec, relation=r) for r in RELATIONS if r != spec.relation])
+    slots = [s for s in slots if s]
+    return rng.choice(rng.choice(slots))
+
+
+def perturbed_caption(caption: str, key: str) -> str | None:
+    """The caption with one attribute swapped (`perturbed_spec`), in the same phrasing; the swap is
+    drawn from `key` (seed, round and record id), so a rerun perturbs alike. None when the world's
+    prompt parser does not read the caption."""
+    spec = parse_prompt(caption)
+    if spec is None:
+        return None
+    said = " ".join(caption.lower().split())
+    variant = next((v for v in range(3) if phrase(spec, v) == said), 0)
+    return phrase(perturbed_spec(spec, random.Random(f"hermesflow-perturb/{key}")), variant)
+
+
+def check_curation_data(data: HomologousData, s: CurationOptions, limit: int = 20) -> None:
+    """Refuse, before any work, options the data cannot serve, naming the records."""
+    if s.pair_source == "oracle" and s.image_score != "hard":
+        raise UsageError("--pair-source oracle ranks images by the oracle's accuracy; --image-score graded ranks by the "
+                         "model's own scores: choose one (--image-score hard with the oracle)")
+    problems = []
+    if s.pair_source == "oracle":
+        problems += [f"{data.where(r)}: no world scene, so the oracle cannot rank its images" for r in data.records if r.scene is None]
+    if s.rejected_from == "perturbed":
+        problems += [f"{data.where(r)}: caption {r.caption!r} is not one the world's prompt parser reads, so it cannot be "
+                     "perturbed" for r in data.records if parse_prompt(r.caption) is None]
+    if problems:
+        option = " and ".join(o for o, on in (("--pair-source oracle", s.pair_source == "oracle"),
+                                              ("--rejected-from perturbed", s.rejected_from == "perturbed")) if on)
+        shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+        raise DataError([f"{data.path}: {len(problems)} records cannot be curated with {option} (world data only; "
+                         "nothing was run)", *shown])
 
 
 def curate_batch(backbone: Backbone, similarity, records: list[Record], previous: dict[str, Preference],
@@ -95,28 +184,49 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
 
     image_gen = GenerationConfig(guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed)
     tokens = backbone.generate([r.caption for r in records], s.n_images, image_gen).cpu()
-    # Each record's candidates: its n new images, then (from round 1 on) the previous pair, which
-    # is judged again by the current model so that Eq. 10 compares scores of one judge.
+    perturbed = [perturbed_caption(r.caption, f"{s.seed}/{s.round}/{r.id}") for r in records] \
+        if s.rejected_from == "perturbed" else None
+    if perturbed is not None:  # one image per record for its perturbed caption, on seeds of its own
+        other = backbone.generate(perturbed, 1, GenerationConfig(
+            guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed + 7_919)).cpu()
+    # Each record's candidates: its n new images, then either the image of its perturbed caption or
+    # (from round 1 on) the previous pair, which is judged again by the current model so that
+    # Eq. 10 compares scores of one judge.
     candidates = []
     for i, record in enumerate(records):
         prev = previous.get(record.id)
-        carried = [list(prev.gen.chosen), list(prev.gen.rejected)] if prev is not None and prev.has("gen") else []
-        candidates.append(tokens[i * s.n_images : (i + 1) * s.n_images].tolist() + carried)
+        if perturbed is not None:
+            extra = [other[i].tolist()]
+        else:
+            extra = [list(prev.gen.chosen), list(prev.gen.rejected)] if prev is not None and prev.has("gen") else []
+        candidates.append(tokens[i * s.n_images : (i + 1) * s.n_images].tolist() + extra)
     owners = [i for i, c in enumerate(candidates) for _ in c]
     all_tokens = torch.tensor([t for c in candidates for t in c])
     qa = tuple(r.qa for r in records)
-    self_acc = self_vqa_accuracy(backbone, backbone.prepare_generated(all_tokens), qa, owners).tolist()
-    # the oracle judges only data it knows (the world's scenes), and only to measure the self-judge
+    judge = self_vqa_scores(backbone, backbone.prepare_generated(all_tokens), qa, owners)
+    self_acc, graded = judge.accuracy.tolist(), judge.graded.tolist()
+    # the oracle judges only data it knows (the world's scenes): to measure the self-judge, or to
+    # rank the images itself in the oracle control
     judged = all(r.scene is not None for r in records)
     true_acc = oracle_accuracy(backbone.decode(all_tokens), qa, owners).tolist() if judged else None
+    ranked_by = RANKED_BY[(s.pair_source, s.image_score)]
+    if ranked_by == "oracle" and not judged:
+        raise DataError([f"record {r.id!r}: no world scene, so the oracle cannot rank its images" for r in records if r.scene is None])
+
+    def sample(j: int, own: slice) -> Sample:
+        """Candidate j of a record as the pairing rules see it: ranked by the chosen score, gated by accuracy."""
+        k = own.start + j
+        if ranked_by == "oracle":
+            return Sample(j, true_acc[k])
+        if ranked_by == "self_graded":
+            return Sample(j, graded[k], accuracy=self_acc[k])
+        return Sample(j, self_acc[k])
 
     out, offset = [], 0
     for i, record in enumerate(records):
         n = s.n_images
         own = slice(offset, offset + len(candidates[i]))
         offset += len(candidates[i])
-        scores = self_acc[own]
-        truth = true_acc[own] if judged else None
         prev = previous.get(record.id)
         # a caption the model cannot score (no words, too long) does not compete
         mine = captions[i]
@@ -128,18 +238,25 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
             und_pair, und_reason = _choose(prev_und, und_samples, None, s.round)
         else:
             und_pair, und_reason = None, UNSCORABLE
-        gen_prev = Pair(Sample(n, scores[n]), Sample(n + 1, scores[n + 1])) if len(candidates[i]) > n else None
-        gen_pair, gen_reason = _choose(gen_prev, [Sample(j, scores[j]) for j in range(n)], s.min_chosen_accuracy, s.round)
+        new_samples = [sample(j, own) for j in range(n)]
+        if perturbed is not None:
+            gen_pair, gen_reason = contrast_pair(new_samples, sample(n, own), s.min_chosen_accuracy)
+        else:
+            gen_prev = Pair(sample(n, own), sample(n + 1, own)) if len(candidates[i]) > n else None
+            gen_pair, gen_reason = _choose(gen_prev, new_samples, s.min_chosen_accuracy, s.round)
         und = Dropped(und_reason) if und_pair is None else CaptionPair(
             und_pair.chosen.key, und_pair.rejected.key, und_pair.chosen.score, und_pair.rejected.score, und_reason)
         if gen_pair is None:
             gen = Dropped(gen_reason)
         else:
-            c, r = gen_pair.chosen.key, gen_pair.rejected.key
-            gen = ImagePair(tuple(candidates[i][c]), tuple(candidates[i][r]), gen_pair.chosen.score, gen_pair.rejected.score,
-                            gen_reason, truth[c] if judged else None, truth[r] if judged else None)
-        out.append(Preference(record.id, s.round, record.caption, und, gen, tuple(mine), tuple(scores[:n]),
-                              tuple(truth[:n]) if judged else None))
+            c, r = own.start + gen_pair.chosen.key, own.start + gen_pair.rejected.key
+            gen = ImagePair(tuple(candidates[i][gen_pair.chosen.key]), tuple(candidates[i][gen_pair.rejected.key]),
+                            self_acc[c], self_acc[r], gen_reason,
+                            true_acc[c] if judged else None, true_acc[r] if judged else None,
+                            graded[c], graded[r], ranked_by, perturbed[i] if perturbed is not None else None)
+        first = slice(own.start, own.start + n)
+        out.append(Preference(record.id, s.round, record.caption, und, gen, tuple(mine), tuple(self_acc[first]),
+                              tuple(true_acc[first]) if judged else None, tuple(graded[first])))
     return out
 
 
@@ -152,6 +269,9 @@ def _choose(previous: Pair | None, samples: list[Sample], threshold: float | Non
 def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: CurationSettings,
            previous: dict[str, Preference], rank: int = 0, world: int = 1) -> None:
     """Curate this process's share of the batches into its shard (resumable)."""
+    check_curation_data(data, s)
+    if rank == 0 and s.pair_source == "oracle":
+        say(f"pair source: the world's oracle ranks the images ({NOT_SELF_CURATED})")
     out.mkdir(parents=True, exist_ok=True)
     shard = out / "shards" / f"shard-{rank}-of-{world}.jsonl"
     shard.parent.mkdir(exist_ok=True)
@@ -194,7 +314,11 @@ def merge(out: Path, data: HomologousData, world: int, extra_manifest: dict) -> 
         counts[f"{b}_dropped"] = dict(Counter(getattr(p, b).reason for p in prefs if not p.has(b)))
     for b in ("und", "gen"):
         counts[f"{b}_kept_by"] = dict(Counter(getattr(p, b).reason for p in prefs if p.has(b)))
-    manifest = {**extra_manifest, "counts": counts, "self_judge": self_judge_agreement(prefs)}
+    ranked_by = Counter(p.gen.ranked_by for p in prefs if p.has("gen"))
+    counts["gen_ranked_by"] = dict(ranked_by)
+    self_curated = "oracle" not in ranked_by
+    manifest = {**extra_manifest, "self_curated": self_curated, **({} if self_curated else {"pairs": NOT_SELF_CURATED}),
+                "counts": counts, "self_judge": self_judge_agreement(prefs)}
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
@@ -205,7 +329,11 @@ def self_judge_agreement(prefs: list[Preference]) -> dict:
     kept = [p.gen for p in prefs if p.has("gen") and p.gen.chosen_oracle is not None]
     if not kept:
         return {"pairs": 0}
+    ranked = sorted({g.ranked_by for g in kept})
     return {
+        # with oracle-ranked pairs the agreement is by construction, not a measurement of the model
+        "ranked_by": ranked if len(ranked) > 1 else ranked[0],
+        **({} if all(g.self_curated for g in kept) else {"note": NOT_SELF_CURATED}),
         "pairs": len(kept),
         "oracle_prefers_chosen": float(np.mean([g.chosen_oracle > g.rejected_oracle for g in kept])),
         "oracle_ties": float(np.mean([g.chosen_oracle == g.rejected_oracle for g in kept])),

@@ -4,14 +4,22 @@ A `Preference` holds, for one homologous record, the round it was curated in and
 each either a pair (chosen over rejected, with scores and the rule that kept it) or a `Dropped`
 with its reason. On disk it is one JSON line of `prefs.jsonl`:
 
-    {"id", "round", "caption",
+    {"format", "id", "round", "caption",
      "und": {"chosen", "rejected", "chosen_score", "rejected_score", "reason", "samples"}
             or {"dropped", "samples"},
      "gen": {"chosen", "rejected" (image token ids), "chosen_score", "rejected_score", "reason",
-             "chosen_oracle", "rejected_oracle", "self_scores", "oracle_scores"}
-            or {"dropped", "self_scores", "oracle_scores"}}
+             "ranked_by", "chosen_graded", "rejected_graded", "rejected_caption",
+             "chosen_oracle", "rejected_oracle", "self_scores", "graded_scores", "oracle_scores"}
+            or {"dropped", "self_scores", "graded_scores", "oracle_scores"}}
 
-`oracle_*` are present only when the data has scenes the world's oracle can judge.
+`*_score` and `self_scores` are hard self-VQA accuracies, `*_graded` and `graded_scores` the graded
+self-score (mean probability the model gives the correct answers), `*_oracle` the world oracle's
+accuracy (present only when the data has scenes it can judge). `ranked_by` says which of them chose
+the pair: "self_accuracy", "self_graded" or "oracle" (a control, NOT self-curated).
+`rejected_caption` is the perturbed caption the rejected image was drawn for, when it was.
+
+Format 1 (no "format" field) lacks the graded scores, `ranked_by` (it was "self_accuracy") and
+`rejected_caption`; it is still read. Format 2 adds them.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from pathlib import Path
 from hermesflow.errors import DataError
 
 PREFS = "prefs.jsonl"
+FORMAT = 2
+RANKED_BY = ("self_accuracy", "self_graded", "oracle")
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,8 @@ class CaptionPair:
 
 @dataclass(frozen=True)
 class ImagePair:
-    """x_w over x_l: image token ids scored by self-VQA accuracy (and by the oracle, when it can)."""
+    """x_w over x_l: image token ids with their self-VQA accuracy (`*_score`), graded self-score
+    and oracle accuracy (None when not measured), and which of them ranked the pair."""
 
     chosen: tuple[int, ...]
     rejected: tuple[int, ...]
@@ -54,6 +65,18 @@ class ImagePair:
     reason: str
     chosen_oracle: float | None = None
     rejected_oracle: float | None = None
+    chosen_graded: float | None = None
+    rejected_graded: float | None = None
+    ranked_by: str = "self_accuracy"
+    rejected_caption: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ranked_by not in RANKED_BY:
+            raise ValueError(f"ranked_by must be one of {RANKED_BY}, got {self.ranked_by!r}")
+
+    @property
+    def self_curated(self) -> bool:
+        return self.ranked_by != "oracle"
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,7 @@ class Preference:
     caption_samples: tuple[str, ...] = ()
     self_scores: tuple[float, ...] = ()
     oracle_scores: tuple[float, ...] | None = None
+    graded_scores: tuple[float, ...] | None = None
     extra: dict = field(default_factory=dict, compare=False)  # fields of other writers, kept on rewrite
 
     def has(self, branch: str) -> bool:
@@ -80,17 +104,26 @@ class Preference:
         gen = ({"dropped": self.gen.reason} if isinstance(self.gen, Dropped) else
                {"chosen": list(self.gen.chosen), "rejected": list(self.gen.rejected), "reason": self.gen.reason,
                 "chosen_score": self.gen.chosen_score, "rejected_score": self.gen.rejected_score})
-        if isinstance(self.gen, ImagePair) and self.gen.chosen_oracle is not None:
-            gen |= {"chosen_oracle": self.gen.chosen_oracle, "rejected_oracle": self.gen.rejected_oracle}
+        if isinstance(self.gen, ImagePair):
+            gen["ranked_by"] = self.gen.ranked_by
+            for name in ("chosen_oracle", "rejected_oracle", "chosen_graded", "rejected_graded", "rejected_caption"):
+                if getattr(self.gen, name) is not None:
+                    gen[name] = getattr(self.gen, name)
         und["samples"] = list(self.caption_samples)
         gen["self_scores"] = list(self.self_scores)
+        if self.graded_scores is not None:
+            gen["graded_scores"] = list(self.graded_scores)
         if self.oracle_scores is not None:
             gen["oracle_scores"] = list(self.oracle_scores)
-        return {**self.extra, "id": self.id, "round": self.round, "caption": self.caption, "und": und, "gen": gen}
+        return {**self.extra, "format": FORMAT, "id": self.id, "round": self.round, "caption": self.caption, "und": und, "gen": gen}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Preference":
-        """Raises KeyError/TypeError/ValueError on a malformed row (`read_prefs` names the line)."""
+        """Raises KeyError/TypeError/ValueError on a malformed row (`read_prefs` names the line).
+        Rows without a "format" field are format 1 and read with the fields it had."""
+        version = int(obj.get("format", 1))
+        if version > FORMAT:
+            raise ValueError(f"format {version} is newer than this hermesflow reads ({FORMAT}): upgrade hermesflow")
         und, gen = obj["und"], obj["gen"]
         und_pair = (Dropped(str(und["dropped"])) if "dropped" in und else
                     CaptionPair(str(und["chosen"]), str(und["rejected"]), float(und["chosen_score"]),
@@ -98,12 +131,16 @@ class Preference:
         gen_pair = (Dropped(str(gen["dropped"])) if "dropped" in gen else
                     ImagePair(tuple(int(t) for t in gen["chosen"]), tuple(int(t) for t in gen["rejected"]),
                               float(gen["chosen_score"]), float(gen["rejected_score"]), str(gen.get("reason", "unrecorded")),
-                              _maybe_float(gen.get("chosen_oracle")), _maybe_float(gen.get("rejected_oracle"))))
-        oracle = gen.get("oracle_scores")
-        known = {"id", "round", "caption", "und", "gen"}
+                              _maybe_float(gen.get("chosen_oracle")), _maybe_float(gen.get("rejected_oracle")),
+                              _maybe_float(gen.get("chosen_graded")), _maybe_float(gen.get("rejected_graded")),
+                              str(gen.get("ranked_by", "self_accuracy")),
+                              None if gen.get("rejected_caption") is None else str(gen["rejected_caption"])))
+        oracle, graded = gen.get("oracle_scores"), gen.get("graded_scores")
+        known = {"format", "id", "round", "caption", "und", "gen"}
         return cls(str(obj["id"]), int(obj["round"]), str(obj["caption"]), und_pair, gen_pair,
                    tuple(str(c) for c in und.get("samples", ())), tuple(float(x) for x in gen.get("self_scores", ())),
                    None if oracle is None else tuple(float(x) for x in oracle),
+                   None if graded is None else tuple(float(x) for x in graded),
                    {k: v for k, v in obj.items() if k not in known})
 
 

@@ -120,6 +120,14 @@ class CurationOptions:
     guidance: float = option(2.0, "classifier-free guidance w for generation, (1 + w) cond - w uncond", minimum=0.0)
     image_temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
     min_chosen_accuracy: float = option(0.6, "a generated winner is kept only if its self-VQA accuracy is above this", minimum=0.0, maximum=1.0)
+    image_score: str = option("hard", "how the model ranks its images: hard (self-VQA accuracy, ties at the top are common) or graded "
+                              "(mean probability of the correct answers under its own multiple-choice scores); the threshold stays on the accuracy",
+                              choices=("hard", "graded"))
+    pair_source: str = option("self", "self: the model ranks its images; oracle: the world's exact oracle ranks them, a control that is "
+                              "NOT self-curated (records need world scenes)", choices=("self", "oracle"))
+    rejected_from: str = option("samples", "samples: the worst sample is rejected; perturbed: an image drawn for the caption with one "
+                                "attribute swapped (colour, shape, count or relation; world-phrased captions only)",
+                                choices=("samples", "perturbed"))
     curate_batch_size: int = option(16, "records per curation batch", minimum=1)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))

@@ -1,10 +1,27 @@
-"""Pair selection in round 0 (paper §4.1) and in the self-play rounds (Eq. 9–10)."""
+"""Pair selection in round 0 (paper §4.1) and in the self-play rounds (Eq. 9–10); the graded self-score,
+perturbed captions and the oracle control that feed it; the preference file that stores the pairs."""
 
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
 import pytest
+import torch
 
+from hermesflow.curate import check_curation_data, perturbed_caption, perturbed_spec, self_vqa_scores
+from hermesflow.data import HomologousData, Record
+from hermesflow.errors import DataError, UsageError
+from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.selfplay import (
-    BELOW_THRESHOLD, IMPROVED, INITIAL, INVERTED, NOT_IMPROVED, TIE, Pair, Sample, initial_pair, update_pair,
+    BELOW_THRESHOLD, IMPROVED, INITIAL, INVERTED, NOT_IMPROVED, NOT_WORSE, PERTURBED, TIE, Pair, Sample, contrast_pair,
+    initial_pair, update_pair,
 )
+from hermesflow.settings import CurationOptions
+from hermesflow.world.prompts import CATEGORIES, PromptSpec, parse_prompt, phrase, sample_scene
+from hermesflow.world.questions import QA
+from hermesflow.world.scenes import Scene
 
 
 def samples(*scores: float) -> list[Sample]:
@@ -71,3 +88,229 @@ def test_bad_inputs_are_refused():
         initial_pair([])
     with pytest.raises(ValueError, match="finite"):
         update_pair(PREVIOUS, samples(0.5, float("nan")))
+
+
+# ----- graded self-score, pair sources, perturbed captions, the prefs file (issue 10) ---------------
+
+def graded(*pairs: tuple[float, float]) -> list[Sample]:
+    """Samples ranked by a graded score and gated by their hard accuracy: (graded, accuracy) each."""
+    return [Sample(i, g, accuracy=a) for i, (g, a) in enumerate(pairs)]
+
+
+def test_graded_scores_order_images_of_equal_accuracy():
+    # all four answer every question right (hard accuracy 1: a tie, dropped); the graded score orders them
+    assert initial_pair(samples(1.0, 1.0, 1.0, 1.0), 0.6) == (None, TIE)
+    assert initial_pair(graded((0.7, 1.0), (0.9, 1.0), (0.8, 1.0), (0.6, 1.0)), 0.6) == \
+        (Pair(Sample(1, 0.9, 1.0), Sample(3, 0.6, 1.0)), INITIAL)
+
+
+def test_the_threshold_stays_on_the_hard_accuracy():
+    # the graded winner (0.9) passes 0.6 but its accuracy (0.5) does not; the other way round it is kept
+    assert initial_pair(graded((0.9, 0.5), (0.2, 0.0)), 0.6) == (None, BELOW_THRESHOLD)
+    assert initial_pair(graded((0.55, 0.75), (0.2, 0.0)), 0.6)[1] == INITIAL
+
+
+def test_graded_scores_break_ties_in_eq_10():
+    previous = Pair(Sample("w_prev", 0.80, 1.0), Sample("l_prev", 0.30, 0.5))
+    # hard accuracy 1.0 = 1.0 would not be an improvement; the graded 0.85 > 0.80 is
+    assert update_pair(previous, graded((0.85, 1.0), (0.2, 0.5)), 0.6) == \
+        (Pair(Sample(0, 0.85, 1.0), Sample("w_prev", 0.80, 1.0)), IMPROVED)
+    assert update_pair(previous, graded((0.75, 1.0)), 0.6) == \
+        (Pair(Sample(0, 0.75, 1.0), Sample("l_prev", 0.30, 0.5)), NOT_IMPROVED)
+    with pytest.raises(ValueError, match="finite"):
+        initial_pair(graded((0.5, float("nan"))))
+
+
+def test_a_contrast_pair_is_the_best_over_the_given_rejected():
+    rejected = Sample("perturbed", 0.3, 0.5)
+    assert contrast_pair(graded((0.6, 1.0), (0.9, 1.0)), rejected, 0.6) == (Pair(Sample(1, 0.9, 1.0), rejected), PERTURBED)
+    assert contrast_pair(graded((0.3, 1.0)), rejected, 0.6) == (None, NOT_WORSE)
+    assert contrast_pair(graded((0.9, 0.5)), rejected, 0.6) == (None, BELOW_THRESHOLD)
+
+
+class ScoredBackbone:
+    """A backbone whose multiple-choice scores are given: image j answers with `logps[j]`."""
+
+    def __init__(self, logps: list[list[list[float]]]):
+        self.logps = logps
+
+    def choice_logps(self, inputs, questions, choices):
+        seen: dict[int, int] = {}
+        out = []
+        for j in inputs.tolist():
+            k = seen.get(j, 0)
+            seen[j] = k + 1
+            out.append(self.logps[j][k])
+        return out
+
+
+def test_self_vqa_scores_are_the_accuracy_and_the_mean_probability_of_the_correct_answers():
+    qa = ((QA("is there a circle?", ("yes", "no"), "yes", "exist"), QA("what color is the circle?", ("red", "blue", "green"), "blue", "color")),)
+    ln = math.log
+    logps = [[[ln(0.8), ln(0.2)], [ln(0.5), ln(0.3), ln(0.2)]],   # right, wrong (red over blue)
+             [[ln(0.6), ln(0.4)], [ln(0.1), ln(0.6), ln(0.3)]],   # right, right
+             [[ln(0.5), ln(0.5)], [ln(0.2), ln(0.4), ln(0.4)]]]   # equal scores: the first option answers
+    scores = self_vqa_scores(ScoredBackbone(logps), torch.arange(3), qa, [0, 0, 0])
+    np.testing.assert_allclose(scores.accuracy, [0.5, 1.0, 1.0])
+    np.testing.assert_allclose(scores.graded, [(0.8 + 0.3) / 2, (0.6 + 0.6) / 2, (0.5 + 0.4) / 2])
+    # two images of equal accuracy are told apart by the graded score
+    assert scores.graded[1] > scores.graded[2]
+
+
+def specs() -> list[PromptSpec]:
+    rng = random.Random(0)
+    return [sample_scene(c, rng)[1] for c in CATEGORIES for _ in range(20)]
+
+
+def changed_attributes(a: PromptSpec, b: PromptSpec) -> list[str]:
+    out = [f"object {i} {name}" for i, (x, y) in enumerate(zip(a.objects, b.objects))
+           for name, u, v in (("shape", x[0], y[0]), ("colour", x[1], y[1])) if u != v]
+    return out + [name for name in ("category", "count", "relation") if getattr(a, name) != getattr(b, name)]
+
+
+def test_a_perturbed_spec_differs_in_exactly_one_attribute():
+    swapped = set()
+    for k, spec in enumerate(specs()):
+        for seed in range(5):
+            new = perturbed_spec(spec, random.Random(f"{k}/{seed}"))
+            [what] = changed_attributes(spec, new)
+            swapped.add(what.split()[-1])
+            shapes = [s for s, _ in new.objects]
+            assert len(set(shapes)) == len(shapes)  # named objects keep distinct shapes, as in the world
+            assert new.count is None or 2 <= new.count <= 4
+    assert swapped == {"shape", "colour", "count", "relation"}
+
+
+@pytest.mark.parametrize("variant", range(3))
+def test_a_perturbed_caption_stays_parseable_in_the_same_phrasing(variant):
+    for spec in specs():
+        caption = phrase(spec, variant)
+        new = perturbed_caption(caption, "0/0/x")
+        assert new == perturbed_caption(caption, "0/0/x")  # the same key swaps alike
+        parsed = parse_prompt(new)
+        assert parsed is not None and len(changed_attributes(spec, parsed)) == 1
+        assert phrase(parsed, variant) == new  # the caption's own phrasing
+    assert perturbed_caption("a cat on a mat", "0/0/x") is None
+
+
+def records(scene: bool, captions=("a red circle", "two squares")) -> HomologousData:
+    rs = [Record(f"r{i}", Path("x.png"), c, (), scene=Scene(()) if scene else None, line=i + 1) for i, c in enumerate(captions)]
+    return HomologousData(Path("data.jsonl"), rs)
+
+
+def test_the_oracle_pair_source_refuses_data_without_scenes():
+    oracle = CurationOptions(pair_source="oracle")
+    check_curation_data(records(scene=True), oracle)
+    with pytest.raises(DataError) as e:
+        check_curation_data(records(scene=False), oracle)
+    assert "--pair-source oracle" in str(e.value) and 'id "r0"' in str(e.value) and 'id "r1"' in str(e.value)
+    with pytest.raises(UsageError, match="choose one"):
+        check_curation_data(records(scene=True), CurationOptions(pair_source="oracle", image_score="graded"))
+    check_curation_data(records(scene=False), CurationOptions())  # self-curation needs no scenes
+
+
+def test_perturbed_rejections_refuse_captions_the_parser_does_not_read():
+    perturbed = CurationOptions(rejected_from="perturbed")
+    check_curation_data(records(scene=False), perturbed)
+    with pytest.raises(DataError) as e:
+        check_curation_data(records(scene=False, captions=("a red circle", "a cat on a mat")), perturbed)
+    assert "'a cat on a mat'" in str(e.value) and 'id "r1"' in str(e.value) and 'id "r0"' not in str(e.value)
+
+
+def test_prefs_round_trip_with_graded_scores_and_perturbed_captions(tmp_path):
+    pref = Preference("a", 0, "a red circle", CaptionPair("a red circle", "a square", 0.9, 0.1, "initial"),
+                      ImagePair((1, 2), (3, 4), 1.0, 0.5, "perturbed", 1.0, 0.0, 0.93, 0.41, "self_graded", "a blue circle"),
+                      ("a red circle", "a square"), (1.0, 0.5), (1.0, 0.0), (0.93, 0.41))
+    oracle = Preference("b", 0, "two squares", Dropped("tie"), ImagePair((5,), (6,), 0.5, 0.5, "initial", 1.0, 0.5, ranked_by="oracle"))
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(to_line(pref) + to_line(oracle))
+    assert read_lines(path) == [pref, oracle]
+    assert json.loads(path.read_text().splitlines()[0])["format"] == 2
+    assert not read_lines(path)[1].gen.self_curated
+
+
+def test_prefs_of_format_1_are_still_read(tmp_path):
+    old = {"id": "a", "round": 0, "caption": "a red circle",
+           "und": {"chosen": "a red circle", "rejected": "a square", "reason": "initial", "chosen_score": 0.9,
+                   "rejected_score": 0.1, "samples": ["a red circle", "a square"]},
+           "gen": {"chosen": [1, 2], "rejected": [3, 4], "reason": "initial", "chosen_score": 1.0, "rejected_score": 0.5,
+                   "chosen_oracle": 1.0, "rejected_oracle": 0.0, "self_scores": [1.0, 0.5], "oracle_scores": [1.0, 0.0]}}
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    [pref] = read_lines(path)
+    assert pref.gen == ImagePair((1, 2), (3, 4), 1.0, 0.5, "initial", 1.0, 0.0)
+    assert pref.gen.ranked_by == "self_accuracy" and pref.gen.chosen_graded is None and pref.graded_scores is None
+    assert pref.extra == {}
+    path.write_text(json.dumps({**old, "format": 3}) + "\n")
+    with pytest.raises(DataError, match="format 3 is newer"):
+        read_lines(path)
+
+
+# ----- the options end to end on a tiny random model ----------------------------------------------
+
+class LengthSimilarity:
+    """A stand-in for the sentence encoder: longer captions score higher (the caption branch is not under test)."""
+
+    def similarity(self, a: list[str], b: list[str]) -> torch.Tensor:
+        return torch.tensor([float(len(x)) for x in a])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from hermesflow.backbones import load_backbone
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.data import read_homologous
+    from hermesflow.world.build import write_world
+
+    root = tmp_path_factory.mktemp("options")
+    torch.manual_seed(0)
+    UnifiedModel(UnifiedConfig(d_model=32, n_layers=2, n_heads=2)).save_pretrained(root / "model")
+    return root, load_backbone(root / "model").eval(), read_homologous(write_world(root / "data", n=6, seed=1, split="train"))
+
+
+def curated(tiny, name: str, round_index: int = 0, previous=None, **options):
+    from hermesflow.curate import CurationSettings, curate, merge
+    from hermesflow.prefs import read_prefs
+
+    root, backbone, data = tiny
+    s = CurationSettings(n_captions=2, n_images=4, steps=2, curate_batch_size=6, min_chosen_accuracy=0.0,
+                         round=round_index, **options)
+    with torch.no_grad():
+        curate(backbone, LengthSimilarity(), data, root / name, s, previous or {})
+    manifest = merge(root / name, data, 1, {})
+    return read_prefs(root / name), manifest
+
+
+def test_graded_curation_ranks_by_the_graded_score_and_stores_both(tiny):
+    prefs, manifest = curated(tiny, "graded", image_score="graded")
+    kept = [p.gen for p in prefs.values() if p.has("gen")]
+    assert kept and manifest["self_curated"] and manifest["counts"]["gen_ranked_by"] == {"self_graded": len(kept)}
+    for p in prefs.values():
+        assert len(p.graded_scores) == len(p.self_scores) == 4 and all(0 < g < 1 for g in p.graded_scores)
+        if p.has("gen"):
+            assert p.gen.chosen_graded == max(p.graded_scores) > p.gen.rejected_graded == min(p.graded_scores)
+            assert p.gen.chosen_score == p.self_scores[p.graded_scores.index(p.gen.chosen_graded)]  # its hard accuracy
+    # a second round updates the pairs by Eq. 10 on graded scores of the current judge
+    again, _ = curated(tiny, "graded-2", 1, prefs, image_score="graded")
+    for p in again.values():
+        if p.has("gen"):
+            assert p.gen.reason in ("improved", "not_improved", "initial") and p.gen.chosen_graded > p.gen.rejected_graded
+
+
+def test_oracle_ranked_pairs_are_labelled_not_self_curated(tiny):
+    prefs, manifest = curated(tiny, "oracle", pair_source="oracle")
+    kept = [p.gen for p in prefs.values() if p.has("gen")]
+    assert kept and all(g.ranked_by == "oracle" and g.chosen_oracle > g.rejected_oracle for g in kept)
+    assert manifest["self_curated"] is False and "NOT self-curated" in manifest["pairs"]
+    assert "NOT self-curated" in manifest["self_judge"]["note"] and manifest["self_judge"]["ranked_by"] == "oracle"
+
+
+def test_perturbed_rejections_record_their_caption(tiny):
+    prefs, manifest = curated(tiny, "perturbed", rejected_from="perturbed", image_score="graded")
+    kept = [p for p in prefs.values() if p.has("gen")]
+    assert kept and manifest["counts"]["gen_kept_by"] == {"perturbed": len(kept)}
+    for p in kept:
+        assert p.gen.rejected_caption == perturbed_caption(p.caption, f"0/0/{p.id}")
+        assert len(changed_attributes(parse_prompt(p.caption), parse_prompt(p.gen.rejected_caption))) == 1
+        assert p.gen.chosen_graded == max(p.graded_scores) > p.gen.rejected_graded
+    assert all(p.gen.reason in ("rejected_not_worse", "below_threshold") for p in prefs.values() if not p.has("gen"))

@@ -34,6 +34,7 @@ from hermesflow.curate import MANIFEST, CurationSettings, curate, merge
 from hermesflow.data import HomologousData, check_fit, read_data, read_homologous
 from hermesflow.errors import DataError
 from hermesflow.evaluate import EvalItem, data_eval_items, evaluate, save_sample_sheet, world_eval_items
+from hermesflow.grpo import grpo_settings, train_grpo
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import judge_setting, vlm_judge
 from hermesflow.prefs import PREFS, read_prefs
@@ -100,7 +101,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
     out = Path(out) if out is not None else round_dir
     stage = {**{f.name: getattr(cfg, f.name) for f in fields(TrainingOptions) if f.name not in RUN_FREE},
              "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(), "model_type": backbone.model_type,
-             "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path)}
+             "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path), **grpo_settings(cfg)}
     if state.is_main_process:
         reused = claim(out / "train", "train", "a training", stage, tuple(f"../{o}" for o in TRAIN_OUTPUTS),
                        getattr(cfg, "overwrite", False))
@@ -117,7 +118,10 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
             backbone.merge_lora()
             return backbone
     examples = examples_from(list(read_prefs(round_dir).values()), data, cfg.loss_type, cfg.seed, cfg.pair_rows)
-    trained = train(backbone, examples, cfg, out / "train")
+    if getattr(cfg, "recipe", "dpo") == "grpo":  # online GRPO on fresh samples: the curated pairs are not used
+        trained = train_grpo(backbone, list(data.records), cfg, out / "train")
+    else:
+        trained = train(backbone, examples, cfg, out / "train")
     if state.is_main_process:
         if cfg.lora_r:
             trained.save_adapter(out / "adapter")

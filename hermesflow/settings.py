@@ -190,6 +190,34 @@ class TrainingOptions:
 
 
 @dataclass
+class GRPOOptions:
+    """Online GRPO on the image branch as a round's training step (`--recipe grpo`; hermesflow/grpo.py):
+    UniGRPO (MMaDA, arXiv 2505.15809) and UniRL (arXiv 2505.23380) with the model's own self-VQA as
+    the reward. The optimiser (lr, warmup, train_steps, weight_decay, max_grad_norm, save_every) and
+    the sampler (steps, guidance, image_temperature) are the run's; the curated pairs are not used."""
+
+    recipe: str = option("dpo", "a round's training step: dpo (Pair-DPO on the curated pairs) or grpo (online GRPO on the image "
+                         "branch: fresh samples each step rewarded by the model's own answers to the record's questions; "
+                         "the understanding branch does not train)", choices=("dpo", "grpo"))
+    grpo_prompts: int = option(4, "GRPO: records (captions) per step, split across processes", minimum=1)
+    grpo_group: int = option(8, "GRPO: images sampled per caption, the group whose rewards are normalised together", minimum=2)
+    grpo_reward: str = option("hard", "GRPO: hard (the share of questions answered correctly) or graded (the mean probability of "
+                              "the correct answers under the model's multiple-choice scores)", choices=("hard", "graded"))
+    grpo_estimator: str = option("trajectory", "GRPO: the image log-prob in the ratio: trajectory (over the cells each MaskGIT step "
+                                 "committed, at the recorded states; MaskGIT backbones) or random_mask (the backbone's own "
+                                 "estimator: random cosine masks with --mask-samples, exact on autoregressive backbones)",
+                                 choices=("trajectory", "random_mask"))
+    grpo_logits: str = option("sampler", "GRPO trajectory estimator: sampler (the guided logits at the sampling temperature, "
+                              "what the images were drawn from) or conditional (the conditional model alone, w 0, temperature 1)",
+                              choices=("sampler", "conditional"))
+    grpo_inner_steps: int = option(2, "GRPO: μ, optimiser updates on each sampled batch (after the first the ratio leaves 1 and "
+                                   "the clip acts)", minimum=1)
+    grpo_clip: float = option(0.2, "GRPO: ε of the clipped ratio clip(ρ, 1 − ε, 1 + ε), ρ over per-token mean log-probs", minimum=0.0)
+    grpo_beta_kl: float = option(0.0, "GRPO: β of a k3 KL penalty to the round's starting model; 0 = none, as DAPO", minimum=0.0)
+    grpo_eps: float = option(1e-4, "GRPO: eps in the advantage (r − mean) / (std + eps)", minimum=0.0)
+
+
+@dataclass
 class CurateConfig(CurationOptions, DataOptions):
     """`hermesflow curate`: build one round of homologous preference data with the model itself."""
 
@@ -226,7 +254,7 @@ RUN_PRESETS = {
 
 
 @dataclass
-class RunConfig(CurationOptions, TrainingOptions, DataOptions, ApiOptions):
+class RunConfig(CurationOptions, TrainingOptions, GRPOOptions, DataOptions, ApiOptions):
     """`hermesflow run` / `iterate`: evaluate the base model, then R self-play rounds of curate, train, evaluate."""
 
     PRESETS = RUN_PRESETS
@@ -348,6 +376,7 @@ def _groups(cls: type, own: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, 
 
 
 RunConfig.GROUPS = _groups(RunConfig, {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model",),
-                                       "data": ("data", "n_train"), "evaluation": ("eval_n", "eval_data", "eval_guidance")})
+                                       "data": ("data", "n_train"), "evaluation": ("eval_n", "eval_data", "eval_guidance"),
+                                       "grpo": tuple(f.name for f in fields(GRPOOptions))})
 AblateConfig.GROUPS = _groups(AblateConfig, {"ablation": ("out", "preset", "seeds", "seed", "overwrite"), "model": ("model",),
                                              "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance")})

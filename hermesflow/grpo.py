@@ -1,0 +1,311 @@
+"""Online GRPO on the image branch: the successor of image DPO (UniGRPO in MMaDA, arXiv 2505.15809;
+UniRL, arXiv 2505.23380), run as a round's training step with `--recipe grpo`.
+
+Each step takes B records (a pure function of seed and step), samples a group of G images for each
+caption with the current policy (no grad, seeded by seed, step and process), rewards each image by
+the model's own answers to the record's questions (`vqa_rewards`: hard accuracy, or the graded mean
+probability of the correct answers), normalises rewards within each group (`group_advantages`,
+groups whose rewards are all equal carry no signal and are dropped), and takes μ optimiser updates
+on the clipped-ratio objective (`clipped_objective`) over an image log-prob estimator: the MaskGIT
+trajectory (`maskgit.TrajectoryEstimator`, the decoding's own states) or the backbone's own one
+(random masks, or exact on autoregressive backbones), the same estimator draw for the old policy,
+the policy and the reference within a step. A k3 KL to the starting model is optional (β 0 by
+default, as DAPO). Only the image branch trains: the understanding branch is left out (no caption
+loss), so the rewards come from an understanding that stays the starting model's up to the shared
+weights GRPO moves.
+
+Resumable as the DPO trainer: accelerate's save_state every `save_every` steps, and everything a step
+draws is a function of (seed, step), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from hermesflow.backbones import Backbone, GenerationConfig, LogProbs
+from hermesflow.backbones.maskgit import Trajectory, TrajectoryEstimator
+from hermesflow.data import Record
+from hermesflow.errors import UsageError
+from hermesflow.io import keep_rows_up_to
+from hermesflow.stages import say
+from hermesflow.train import _save_state, batch_indices, estimator_of, lr_lambda, make_accelerator
+
+REWARDS = ("hard", "graded")
+ESTIMATORS = ("trajectory", "random_mask")
+
+
+# ----- components ---------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO's advantages (DeepSeekMath, arXiv 2402.03300, as TRL): A = (r − mean) / (std + eps) within
+    each group, std unbiased as `torch.std`. `rewards` is (P, G), one row per prompt. Returns the
+    advantages (P, G) and which groups are kept (P,): a group whose rewards are all equal has zero
+    advantages and no gradient, so it is dropped (DAPO's dynamic sampling without the re-sampling)."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise UsageError(f"group_advantages: rewards must be (prompts, group >= 2), got {tuple(rewards.shape)}")
+    mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)
+    return (rewards - mean) / (std + eps), std[:, 0] > 0
+
+
+@dataclass(frozen=True)
+class ClippedOutput:
+    """Per-sample loss (N,), the ratio π/π_old (N,), whether the clipped term was the active one (its
+    gradient is then zero) (N,), and the k3 KL to the reference (N,; zeros without a reference)."""
+
+    loss: torch.Tensor
+    ratio: torch.Tensor
+    clipped: torch.Tensor
+    kl: torch.Tensor
+
+
+def clipped_objective(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip: float,
+                      ref_logps: torch.Tensor | None = None, beta_kl: float = 0.0) -> ClippedOutput:
+    """PPO's clipped surrogate (arXiv 1707.06347) as GRPO uses it, per sample:
+
+        loss = −min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A) + β·KL,   ρ = exp(logp − logp_old),
+
+    where ρ > 1 + ε with A > 0 (or ρ < 1 − ε with A < 0) takes the constant clipped term, so the
+    update cannot push the ratio further. KL is the k3 estimator (Schulman's; GRPO's):
+    exp(ref − logp) − (ref − logp) − 1 ≥ 0. All inputs are (N,); the loop passes per-token mean
+    log-probs, so ρ is the geometric mean of the per-token ratios (GSPO's sequence ratio, arXiv
+    2507.18071), which a clip range of 0.2 suits whatever the image's token count."""
+    if not (logps.shape == old_logps.shape == advantages.shape) or logps.dim() != 1:
+        raise UsageError(f"clipped_objective: logps {tuple(logps.shape)}, old {tuple(old_logps.shape)} and advantages "
+                         f"{tuple(advantages.shape)} must be the same (N,)")
+    ratio = torch.exp(logps - old_logps.detach())
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(loss)
+    if ref_logps is not None:
+        delta = ref_logps.detach() - logps
+        kl = torch.exp(delta) - delta - 1
+        loss = loss + beta_kl * kl
+    return ClippedOutput(loss, ratio, clipped < unclipped, kl)
+
+
+def vqa_rewards(choice_logps: Sequence[Sequence[float]], truth: Sequence[int], owners: Sequence[int], n: int,
+                kind: str) -> torch.Tensor:
+    """Each image's self-VQA reward (n,), the mean over its questions: "hard", 1 when the
+    highest-scoring option (the first among equals, as `answer`) is the correct one, else 0; "graded",
+    the probability of the correct option under the softmax of the option scores. `choice_logps[k]` are
+    question k's option scores, `truth[k]` the index of its correct option, `owners[k]` its image."""
+    if kind not in REWARDS:
+        raise UsageError(f"reward must be one of {list(REWARDS)}, got {kind!r}")
+    totals, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    for scores, t, j in zip(choice_logps, truth, owners):
+        s = torch.tensor(scores, dtype=torch.float64)
+        totals[j] += float(int(s.argmax()) == t) if kind == "hard" else float(s.softmax(0)[t])
+        counts[j] += 1
+    return (totals / counts.clamp(min=1)).float()
+
+
+def self_vqa_rewards(backbone: Backbone, tokens: torch.Tensor, records: Sequence[Record], kind: str) -> torch.Tensor:
+    """`vqa_rewards` of generated images, image j answering the questions of `records[j]`."""
+    inputs = backbone.prepare_generated(tokens)
+    rows, questions, choices, truth = [], [], [], []
+    for j, record in enumerate(records):
+        for q in record.qa:
+            rows.append(j)
+            questions.append(q.question)
+            choices.append(list(q.choices))
+            truth.append(list(q.choices).index(q.answer))
+    with torch.no_grad():
+        scores = backbone.choice_logps(inputs[rows], questions, choices)
+    return vqa_rewards(scores, truth, rows, len(records), kind)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A step's samples: the captions, the images as a decoding trajectory (MaskGIT) or plain token
+    ids, and the seeds of the random-mask estimator's masks (one per image, fixed within the step)."""
+
+    prompts: list[str]
+    tokens: torch.Tensor
+    trajectory: Trajectory | None
+    mask_seeds: list[int]
+
+    def select(self, keep: torch.Tensor) -> "Rollout":
+        idx = keep.nonzero()[:, 0]
+        return Rollout([self.prompts[i] for i in idx.tolist()], self.tokens[idx],
+                       self.trajectory[idx] if self.trajectory is not None else None,
+                       [self.mask_seeds[i] for i in idx.tolist()])
+
+
+class ImageLogps(nn.Module):
+    """log π(image | caption) of a rollout under the wrapped backbone (an nn.Module so that DDP sees
+    one forward): the trajectory estimator on the recorded trajectory, or the backbone's own."""
+
+    def __init__(self, backbone: Backbone, estimator):
+        super().__init__()
+        self.backbone = backbone
+        self.estimator = estimator
+
+    def forward(self, rollout: Rollout) -> LogProbs:
+        if isinstance(self.estimator, TrajectoryEstimator):
+            return self.backbone.trajectory_logps(rollout.prompts, rollout.trajectory, self.estimator)
+        return self.backbone.image_logps(rollout.prompts, rollout.tokens, self.estimator, rollout.mask_seeds)
+
+
+def grpo_estimator(backbone: Backbone, cfg):
+    """The configured estimator: the trajectory one (guided like the sampler, or conditional), or the
+    backbone's own (random cosine masks with --mask-samples; exact on autoregressive backbones)."""
+    if cfg.grpo_estimator == "random_mask":
+        return estimator_of(backbone, cfg)
+    if not hasattr(backbone, "generate_trajectory"):
+        raise UsageError(f"--grpo-estimator trajectory needs a MaskGIT backbone that records its decoding; "
+                         f"{backbone.model_type} does not: use --grpo-estimator random_mask")
+    if cfg.grpo_logits == "sampler":
+        return TrajectoryEstimator.for_sampler(cfg.guidance, cfg.image_temperature)
+    return TrajectoryEstimator(0.0, 1.0)
+
+
+def sample_rollout(backbone: Backbone, records: Sequence[Record], group: int, gen: GenerationConfig, trajectory: bool,
+                   mask_seed: int) -> Rollout:
+    """G images for each record's caption (the group's images adjacent), with the current weights."""
+    prompts = [r.caption for r in records]
+    if trajectory:
+        traj = backbone.generate_trajectory(prompts, group, gen)
+        tokens = traj.codes
+    else:
+        traj, tokens = None, backbone.generate(prompts, group, gen)
+    rng = random.Random(mask_seed)
+    return Rollout([p for p in prompts for _ in range(group)], tokens, traj, [rng.randrange(2**31) for _ in range(len(tokens))])
+
+
+def step_seed(kind: str, seed: int, step: int, rank: int) -> int:
+    return random.Random(f"grpo-{kind}/{seed}/{step}/{rank}").randrange(2**31)
+
+
+# ----- the loop -------------------------------------------------------------------------------------
+
+
+def train_grpo(backbone: Backbone, records: list[Record], cfg, out: Path) -> Backbone:
+    """GRPO on the records' captions and questions (resuming from `out/state` if present); `cfg` holds
+    the GRPO, training and sampling options of a run. Writes `out/metrics.jsonl`; returns the backbone."""
+    records = [r for r in records if r.qa]
+    if not records:
+        raise UsageError("GRPO rewards images by the records' questions: no record has any")
+    accelerator = make_accelerator(cfg)
+    world = accelerator.num_processes
+    if cfg.grpo_prompts % world:
+        raise UsageError(f"--grpo-prompts {cfg.grpo_prompts} must divide evenly over {world} processes")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    for param in backbone.parameters():  # fp32 master weights for what trains
+        if param.requires_grad:
+            param.data = param.data.float()
+    estimator = grpo_estimator(backbone, cfg)
+    policy = ImageLogps(backbone.to(accelerator.device), estimator)
+    reference = None
+    if cfg.grpo_beta_kl > 0 and backbone.peft_model is None:  # with LoRA: the adapter disabled
+        reference = ImageLogps(copy.deepcopy(backbone).eval().requires_grad_(False), estimator)
+    policy.train()
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    policy, opt = accelerator.prepare(policy, opt)
+    accelerator.register_for_checkpointing(sched)
+    inner = accelerator.unwrap_model(policy)
+
+    state_dir, start = out / "state", 0
+    if (state_dir / "step.json").exists():
+        accelerator.load_state(str(state_dir))
+        start = json.loads((state_dir / "step.json").read_text())["step"]
+        if accelerator.is_main_process:
+            say(f"resuming: GRPO from step {start} of {cfg.train_steps} ({state_dir})")
+    if accelerator.is_main_process:
+        keep_rows_up_to(out / "metrics.jsonl", start)
+    metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
+    bar = tqdm(range(start, cfg.train_steps), initial=start, total=cfg.train_steps, desc="grpo",
+               disable=not accelerator.is_main_process, dynamic_ncols=True)
+    for step in bar:
+        row = grpo_step(policy, inner, reference, opt, accelerator, records, cfg, step)
+        sched.step()
+        row = {"step": step + 1, **row, "lr": sched.get_last_lr()[0]}
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            bar.set_postfix({"reward": f"{row['reward/mean']:.3f}", "dropped": f"{row['groups/dropped']:.2f}"})
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.train_steps:
+            _save_state(accelerator, state_dir, step + 1, 0)
+    if metrics_file is not None:
+        metrics_file.close()
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(policy).backbone
+
+
+def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, accelerator, records: list[Record], cfg,
+              step: int) -> dict:
+    """One GRPO step: sample, reward, normalise, then μ clipped-ratio updates; returns its metrics."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    indices = batch_indices(step, len(records), cfg.grpo_prompts, cfg.seed)
+    local = [records[i] for i in indices[rank::world]]
+    backbone = inner.backbone
+    gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.image_temperature, steps=cfg.steps,
+                           seed=step_seed("sample", cfg.seed, step, rank))
+    rollout = sample_rollout(backbone, local, cfg.grpo_group, gen, isinstance(inner.estimator, TrajectoryEstimator),
+                             step_seed("mask", cfg.seed, step, rank))
+    owners = [r for r in local for _ in range(cfg.grpo_group)]
+    with backbone.sampling():
+        rewards = self_vqa_rewards(backbone, rollout.tokens, owners, cfg.grpo_reward).to(accelerator.device)
+    advantages, kept = group_advantages(rewards.view(len(local), cfg.grpo_group), cfg.grpo_eps)
+    keep = kept.repeat_interleave(cfg.grpo_group)
+    metrics = {"reward/mean": rewards.mean(), "reward/std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
+               "groups/dropped": 1 - kept.float().mean()}
+    losses, clip_fractions, kls, ratios = [], [], [], []
+    if accelerator.reduce(keep.any().float().reshape(1), reduction="sum").item() > 0:  # some process has signal
+        batch, adv = rollout.select(keep), advantages.flatten()[keep]
+        old = ref = None
+        if len(batch.prompts):
+            with torch.no_grad(), accelerator.autocast():
+                old = inner(batch).mean().float()
+                if reference is not None:
+                    ref = reference(batch).mean().float()
+                elif cfg.grpo_beta_kl > 0:  # LoRA: the starting model is the adapter disabled
+                    with backbone.reference_context():
+                        ref = inner(batch).mean().float()
+        for _ in range(cfg.grpo_inner_steps):
+            if old is not None:
+                with accelerator.autocast():
+                    logps = policy(batch).mean().float()
+                out = clipped_objective(logps, old, adv, cfg.grpo_clip, ref, cfg.grpo_beta_kl)
+                loss = out.loss.mean()
+                clip_fractions.append(out.clipped.float().mean())
+                kls.append(out.kl.detach().mean())
+                ratios.append(out.ratio.detach().mean())
+            else:  # no signal here but elsewhere: a zero loss keeps DDP's gradient all-reduce in step
+                loss = sum(p.sum() for p in policy.parameters() if p.requires_grad) * 0.0
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+            losses.append(loss.detach())
+    zero = torch.zeros((), device=accelerator.device)
+    metrics.update({name: torch.stack(values).mean() if values else zero
+                    for name, values in (("loss", losses), ("clip_fraction", clip_fractions), ("kl", kls), ("ratio/mean", ratios))})
+    return {k: accelerator.gather_for_metrics(v.float().reshape(1).to(accelerator.device)).mean().item() for k, v in metrics.items()}
+
+
+def grpo_settings(cfg) -> dict:
+    """What a round's GRPO training depends on beyond the training options, for the stage's recorded
+    settings: the GRPO options and the sampler's. Empty for Pair-DPO, whose recorded settings stay as
+    they were."""
+    from dataclasses import fields
+
+    from hermesflow.settings import GRPOOptions
+
+    if getattr(cfg, "recipe", "dpo") != "grpo":
+        return {}
+    return {**{f.name: getattr(cfg, f.name) for f in fields(GRPOOptions)},
+            "steps": cfg.steps, "guidance": cfg.guidance, "image_temperature": cfg.image_temperature}

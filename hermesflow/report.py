@@ -215,7 +215,9 @@ def self_judge(rows: list[dict]) -> dict:
     differ = [g for g in kept if g["chosen_oracle"] != g["rejected_oracle"]]
     agree = sum(g["chosen_oracle"] > g["rejected_oracle"] for g in differ)
     return {"pairs": len(kept), "oracle_differs": len(differ), "agree": agree, "ties": len(kept) - len(differ),
-            "agreement": agree / len(differ) if differ else float("nan"), "interval": wilson(agree, len(differ))}
+            "agreement": agree / len(differ) if differ else float("nan"), "interval": wilson(agree, len(differ)),
+            # oracle-ranked pairs (--pair-source oracle) agree with the oracle by construction
+            "self_curated": all(g.get("ranked_by") != "oracle" for g in kept)}
 
 
 def _true_of(caption: str, scene) -> bool | None:
@@ -375,7 +377,8 @@ def build_report(run: str | Path, gallery_size: int = 8) -> Path:
         j = self_judge(_prefs(folder))
         lo, hi = j["interval"]
         agreement = "–" if not j["oracle_differs"] else f"{j['agreement']:.2f} <span class=ci>[{lo:.2f},&nbsp;{hi:.2f}]</span>"
-        judge_rows.append([name, str(j["pairs"]), str(j["oracle_differs"]), f"{j['agree']} of {j['oracle_differs']}", agreement, str(j["ties"])])
+        label = name if j["self_curated"] else f"{name} (oracle-ranked control: NOT self-curated)"
+        judge_rows.append([label, str(j["pairs"]), str(j["oracle_differs"]), f"{j['agree']} of {j['oracle_differs']}", agreement, str(j["ties"])])
         drop_rows += _drop_rows(name, manifests[name]["counts"])
     last = next((folder for name, folder in reversed(rounds) if name in manifests), None)
     gallery = (_gallery(run, last, out, gallery_size, _base_model(config_path), int(run_config.get("seed") or 0))

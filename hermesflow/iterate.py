@@ -30,7 +30,7 @@ import yaml
 
 from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, Backbone, GenerationConfig, load_backbone
-from hermesflow.curate import MANIFEST, CurationSettings, curate, merge
+from hermesflow.curate import MANIFEST, CurationSettings, check_curation_data, curate, merge
 from hermesflow.data import HomologousData, check_fit, read_data, read_homologous
 from hermesflow.errors import DataError
 from hermesflow.evaluate import EvalItem, data_eval_items, evaluate, save_sample_sheet, world_eval_items
@@ -215,6 +215,7 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
         state.wait_for_everyone()
         data = read_homologous(data_dir)
     check_fit(backbone, data)
+    check_curation_data(data, cfg)  # an oracle or perturbed pair source on data it cannot serve: refused before any work
     return data
 
 

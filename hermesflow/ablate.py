@@ -1,37 +1,138 @@
-"""The paper's Table 5 ablation on the shapes world (`hermesflow ablate`).
+"""A fair comparison of post-training recipes on the shapes world (`hermesflow ablate`).
 
-From one base model and ONE curated round-0 data set, each arm trains with the same step budget
-and is evaluated on the same eval scenes with the same sampling seed, for several training seeds
-(the seed changes batch order, mask draws and, for rounds 2-3, curation sampling):
+The arms come from a YAML file (`--arms`): a mapping of arm name to the settings it changes from
+the ablation's own (any field of the training, curation or GRPO options) and, optionally, `rounds: N`
+to continue it by N − 1 self-play rounds (Eq. 10). Without `--arms`, the paper's Table 5 arms:
 
     dpo_und       DPO on the caption pairs only        (Table 5 "DPO (Understanding)")
     dpo_gen       DPO on the image pairs only          (Table 5 "DPO (Generation)")
-    pair_sum      Pair-DPO, sum of the two DPO losses  (Eq. 12; the official code)
+    pair_sum      Pair-DPO, sum of the two DPO losses  (Eq. 12; the official code), with rounds 2 and 3
     pair_product  Pair-DPO, −log σ(Δ_und · Δ_gen)      (Eq. 6; starts at a zero-gradient saddle)
-    sum_r2, sum_r3  pair_sum continued by self-play rounds 2 and 3 (Eq. 10), per seed
 
-Every stage is skipped when its output exists, so a killed ablation resumes where it was.
-Results: `ablation.json`, and `ablation.md` with the Table 5 and Table 4 analogs (mean ± std).
+What every arm shares, so that only its settings differ: the base model; ONE curated round-0 data
+set (an arm that changes a curation setting curates its own round 0 from the same records with the
+same seed, and the tables say so); the step budget; the eval items and the sampling seed (arms are
+evaluated with the ablation's own sampling settings). Each arm is trained from the base for several
+seeds (batch order and mask draws; for later rounds also curation sampling). Settings that would
+make arms unequal (`train_steps`, `dtype`, the caption encoder) are refused in an arm.
+
+Results: `ablation.json` and `ablation.md`, per arm (each later round a row of its own, `<arm>_rN`):
+mean ± std over seeds of understanding, generation (all prompts and prompts unseen in
+post-training), gap, caption similarity and GenEval categories; the paired 95% interval of the
+difference to the base, pooled over seeds (`evaluate.pooled_paired_difference`); the self-judge
+agreement of the round's curation; and training seconds per step (from `timings.json`). Every stage
+is skipped when its output exists, so a killed ablation resumes where it was.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from hermesflow.io import atomic_write_json, atomic_write_text
+from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, load_backbone
-from hermesflow.iterate import claim_folder, curate_round, evaluate_into, train_data, train_round
-from hermesflow.settings import AblateConfig, RunConfig
+from hermesflow.errors import UsageError
+from hermesflow.evaluate import pooled_paired_difference
+from hermesflow.io import atomic_write_json, atomic_write_text
+from hermesflow.curate import MANIFEST
+from hermesflow.iterate import Timings, claim_folder, curate_round, evaluate_into, train_data, train_round
+from hermesflow.settings import AblateConfig, ApiOptions, CurationOptions, DataOptions, RunConfig
+from hermesflow.world.holdout import ALWAYS_SEEN
 from hermesflow.world.prompts import CATEGORIES
 
 PRESETS = {
-    "quick": dict(seeds=3, n_train=200, eval_n=300),
+    "quick": dict(seeds=3, n_train=200, eval_n=500),
     "full": dict(seeds=5, n_train=400, eval_n=1000),
 }
-ONE_ROUND_ARMS = {"dpo_und": "und", "dpo_gen": "gen", "pair_sum": "sum", "pair_product": "product"}
+# Settings an arm may not change, with the reason: they are what every arm must share.
+SHARED = {
+    "train_steps": "the step budget is shared by every arm",
+    "dtype": "precision also changes sampling and evaluation; set it for the whole ablation",
+    "encoder": "the caption encoder also scores evaluation; set it for the whole ablation",
+    "pooling": "the caption encoder also scores evaluation; set it for the whole ablation",
+}
+# An arm may set any field of the option classes a run is made of (training, curation, GRPO, and
+# those added later), but not where the data, the model or the evaluation come from.
+ARM_OPTIONS = tuple(c for c in RunConfig.__mro__[1:] if dataclasses.is_dataclass(c) and c not in (DataOptions, ApiOptions))
+ARM_SETTINGS = tuple(dict.fromkeys(f.name for c in ARM_OPTIONS for f in dataclasses.fields(c)))
+CURATION_SETTINGS = tuple(f.name for f in dataclasses.fields(CurationOptions))
+DIFFERENCES = ("understanding", "generation", "generation_unseen", "gap")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: the settings it changes from the ablation's, and its number of self-play rounds."""
+
+    name: str
+    settings: dict = field(default_factory=dict)
+    rounds: int = 1
+
+    @property
+    def curates(self) -> bool:
+        """Whether the arm changes how round 0 is curated (then it curates its own round 0)."""
+        return any(k in CURATION_SETTINGS for k in self.settings)
+
+    def row(self, r: int) -> str:
+        return self.name if r == 1 else f"{self.name}_r{r}"
+
+
+BUILTIN_ARMS = (
+    Arm("dpo_und", {"loss_type": "und"}),
+    Arm("dpo_gen", {"loss_type": "gen"}),
+    Arm("pair_sum", {"loss_type": "sum"}, rounds=3),
+    Arm("pair_product", {"loss_type": "product"}),
+)
+
+
+def load_arms(path: Path) -> list[Arm]:
+    """The arms of a YAML file, each setting checked as `--config` files are (type, range, choices);
+    errors name the file, the arm and the key."""
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"arms file {path}: cannot be read ({e})") from None
+    if not isinstance(loaded, dict) or not loaded:
+        raise UsageError(f"arms file {path}: expected a mapping of arm name: {{setting: value}}, e.g. 'paper_sum: {{loss_type: sum}}'")
+    arms = []
+    for name, settings in loaded.items():
+        where = f"arms file {path}, arm {name!r}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise UsageError(f"{where}: an arm name is a folder name (letters, digits, _ . -)")
+        if name == "base":
+            raise UsageError(f"{where}: 'base' is the starting model's row; name the arm otherwise")
+        settings = {} if settings is None else settings
+        if not isinstance(settings, dict):
+            raise UsageError(f"{where}: expected a mapping of setting: value, got {settings!r}")
+        settings = dict(settings)
+        rounds = settings.pop("rounds", 1)
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+            raise UsageError(f"{where}: rounds must be a whole number of at least 1, got {rounds!r}")
+        for key in settings:
+            if key in SHARED:
+                raise UsageError(f"{where}: {key} cannot differ between arms ({SHARED[key]})")
+            if key not in ARM_SETTINGS:
+                close = difflib.get_close_matches(str(key), ARM_SETTINGS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; an arm may set rounds or any of {sorted(ARM_SETTINGS)}"
+                raise UsageError(f"{where}: unknown setting {key!r}{hint}")
+        values = {k: config._coerce(RunConfig, k, v, where) for k, v in settings.items()}
+        try:  # ranges and choices, checked exactly as for a run's flags and config files
+            config.resolve(RunConfig, argparse.Namespace(out=Path("."), **values))
+        except UsageError as e:
+            raise UsageError(f"{where}: {e}") from None
+        arms.append(Arm(name, values, rounds))
+    rows = [arm.row(r) for arm in arms for r in range(1, arm.rounds + 1)]
+    clash = sorted({r for r in rows if rows.count(r) > 1})
+    if clash:
+        raise UsageError(f"arms file {path}: the rows {clash} would be written twice (a later round of one arm is named <arm>_rN)")
+    return arms
 
 
 def _run_config(cfg: AblateConfig, preset: dict, **changes) -> RunConfig:
@@ -44,74 +145,177 @@ def ablate(cfg: AblateConfig) -> dict:
 
     from hermesflow.scorers.similarity import SentenceSimilarity
 
+    arms = load_arms(cfg.arms) if cfg.arms else list(BUILTIN_ARMS)  # a bad file is refused before any work
     preset = {k: getattr(cfg, k) or v for k, v in PRESETS[cfg.preset].items()}
     state = partial_state()
     out = Path(cfg.out)
     if state.is_main_process:
         claim_folder(cfg, "ablate_config.yaml", "an ablation")  # never rewritten over results it did not make
+        if cfg.arms:
+            atomic_write_text(out / "arms.yaml", Path(cfg.arms).read_text(encoding="utf-8"))  # what was compared, beside the results
     state.wait_for_everyone()
     base_cfg = _run_config(cfg, preset)
     base_dir = Path(cfg.model) if cfg.model else BASE_MODEL
     base = load_backbone(base_dir, cfg.dtype).eval()
     data = train_data(base, base_cfg, out, state)
     similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
+    timings = Timings(out / "timings.json", state.is_main_process)
 
-    results = {"base": [evaluate_into(base, out / "base" / "eval", base_cfg, similarity)]}
+    def evaluated(model, folder: Path) -> dict:  # the same items, sampling settings and seed for every arm
+        return evaluate_into(model.eval(), folder / "eval", base_cfg, similarity, cfg.seed)
+
+    runs: dict[str, list[dict]] = {"base": [evaluated(base, out / "base")]}
+    manifests: dict[str, list[dict]] = {}
     round0 = out / "round-0"
-    curate_round(base, similarity, data, round0, base_cfg, 0, None, state)
-    for seed in range(preset["seeds"]):
-        for arm, loss_type in ONE_ROUND_ARMS.items():
-            arm_cfg = _run_config(cfg, preset, loss_type=loss_type, seed=seed)
-            folder = out / arm / f"seed-{seed}"
-            model = train_round(load_backbone(base_dir, cfg.dtype), data, round0, arm_cfg, state, out=folder)
-            results.setdefault(arm, []).append(evaluate_into(model.eval(), folder / "eval", arm_cfg, similarity, cfg.seed))
-        # self-play: pair_sum's model curates rounds 2 and 3 (Eq. 10 against the previous pairs)
-        sum_cfg = _run_config(cfg, preset, loss_type="sum", seed=seed)
-        model, previous = load_backbone(out / "pair_sum" / f"seed-{seed}" / "model", cfg.dtype).eval(), round0
-        for r in (2, 3):
-            folder = out / f"sum_r{r}" / f"seed-{seed}"
-            curate_round(model, similarity, data, folder, sum_cfg, r - 1, previous, state)
-            model = train_round(model, data, folder, sum_cfg, state).eval()
-            results.setdefault(f"sum_r{r}", []).append(evaluate_into(model, folder / "eval", sum_cfg, similarity, cfg.seed))
-            previous = folder
-    summary = {arm: summarise(runs) for arm, runs in results.items()}
-    atomic_write_json(out / "ablation.json", summary)
-    atomic_write_text(out / "ablation.md", format_tables(summary, cfg, preset))
-    print(format_tables(summary, cfg, preset))
-    from hermesflow.report import build_ablation_report
+    manifests["base"] = [curate_round(base, similarity, data, round0, base_cfg, 0, None, state)]
+    for arm in arms:
+        arm_round0 = round0
+        if arm.curates:  # the same records and seed, curated with the arm's settings
+            arm_round0 = out / arm.name / "round-0"
+            with timings.stage(f"{arm.name}/round-0/curate", arm_round0 / MANIFEST):
+                own = curate_round(base, similarity, data, arm_round0, _run_config(cfg, preset, **arm.settings), 0, None, state)
+        for seed in range(preset["seeds"]):
+            arm_cfg = _run_config(cfg, preset, **arm.settings, seed=seed)
+            folder = out / arm.name / f"seed-{seed}"
+            with timings.stage(f"{arm.name}/seed-{seed}/train", folder / "model" / "config.json"):
+                model = train_round(load_backbone(base_dir, cfg.dtype), data, arm_round0, arm_cfg, state, out=folder)
+            runs.setdefault(arm.name, []).append(evaluated(model, folder))
+            manifests.setdefault(arm.name, []).append(own if arm.curates else manifests["base"][0])
+            previous = arm_round0
+            for r in range(2, arm.rounds + 1):  # self-play: the arm's model curates against its previous pairs (Eq. 10)
+                folder = out / arm.row(r) / f"seed-{seed}"
+                with timings.stage(f"{arm.row(r)}/seed-{seed}/curate", folder / MANIFEST):
+                    manifest = curate_round(model.eval(), similarity, data, folder, arm_cfg, r - 1, previous, state)
+                with timings.stage(f"{arm.row(r)}/seed-{seed}/train", folder / "model" / "config.json"):
+                    model = train_round(model, data, folder, arm_cfg, state)
+                runs.setdefault(arm.row(r), []).append(evaluated(model, folder))
+                manifests.setdefault(arm.row(r), []).append(manifest)
+                previous = folder
+    train_steps = cfg.train_steps
+    summary = {}
+    for name, evaluations in runs.items():
+        arm = next((a for a in arms if name in (a.row(r) for r in range(1, a.rounds + 1))), None)
+        seconds = [timings.values.get(f"{name}/seed-{s}/train") for s in range(len(evaluations))]
+        seconds = [t for t in seconds if t is not None]
+        summary[name] = {
+            **summarise(evaluations, runs["base"][0] if name != "base" else None),
+            "settings": {} if arm is None else {**arm.settings, **({"rounds": arm.rounds} if arm.rounds > 1 else {})},
+            "curation": curation_of(name, arm),
+            "self_judge": self_judge(manifests.get(name, [])) if name != "base" else None,
+            "train_seconds_per_step": float(np.mean(seconds)) / train_steps if seconds else None,
+        }
+    if state.is_main_process:
+        atomic_write_json(out / "ablation.json", summary)
+        atomic_write_text(out / "ablation.md", format_tables(summary, cfg, preset))
+        print(format_tables(summary, cfg, preset))
+        from hermesflow.report import build_ablation_report
 
-    print(f"report: {build_ablation_report(out)}")
+        print(f"report: {build_ablation_report(out)}")
+    state.wait_for_everyone()
     return summary
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Mean and standard deviation over seeds of every reported score."""
-    def stats(values: list[float]) -> dict:
+def curation_of(name: str, arm: Arm | None) -> str:
+    """Which curated data a row trained on, for the tables."""
+    if arm is None:
+        return "-"
+    if name != arm.name:
+        return f"self-play round {name.rsplit('_r', 1)[1]} (own, per seed)"
+    if arm.curates:
+        changed = ", ".join(k for k in arm.settings if k in CURATION_SETTINGS)
+        return f"own round 0 ({changed})"
+    return "shared round 0"
+
+
+def self_judge(manifests: list[dict]) -> dict | None:
+    """The self-judge agreement of the curation(s) a row trained on, averaged over seeds: how often the
+    oracle prefers the image the model chose, over the kept image pairs the oracle could judge."""
+    judged = [m.get("self_judge", {}) for m in manifests]
+    judged = [j for j in judged if j.get("pairs")]
+    if not judged:
+        return None
+    notes = sorted({j["note"] for j in judged if "note" in j})
+    return {"pairs": float(np.mean([j["pairs"] for j in judged])),
+            "oracle_prefers_chosen": float(np.mean([j["oracle_prefers_chosen"] for j in judged])),
+            "oracle_ties": float(np.mean([j["oracle_ties"] for j in judged])),
+            **({"note": "; ".join(notes)} if notes else {})}
+
+
+def summarise(runs: list[dict], base: dict | None = None) -> dict:
+    """Mean and standard deviation over seeds of every reported score, and (given the base's
+    evaluation) the paired difference to it pooled over seeds."""
+    def stats(values: list) -> dict:
+        values = [np.nan if v is None else v for v in values]
         return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
+    def score(m: dict, key: str) -> float | None:
+        return (m.get(key) or {}).get("mean")
+
     keys = {
-        "understanding": lambda m: m["understanding_score"]["mean"],
-        "generation": lambda m: m["generation_score"]["mean"],
-        "gap": lambda m: m["gap"]["mean"],
-        "caption_similarity": lambda m: m["caption_similarity"]["mean"],
-        **{f"geneval/{c}": (lambda m, c=c: m["geneval"][c]) for c in CATEGORIES + ("overall",)},
+        "understanding": lambda m: score(m, "understanding_score"),
+        "generation": lambda m: score(m, "generation_score"),
+        "generation_unseen": lambda m: score(m, "generation_score_unseen"),
+        "gap": lambda m: score(m, "gap"),
+        "caption_similarity": lambda m: score(m, "caption_similarity"),
+        **{f"geneval/{c}": (lambda m, c=c: m["geneval"].get(c)) for c in CATEGORIES + ("overall",)},
+        **{f"geneval_unseen/{c}": (lambda m, c=c: m.get("geneval_unseen", {}).get(c))
+           for c in CATEGORIES + ("overall",) if c not in ALWAYS_SEEN},
     }
-    return {"seeds": len(runs), **{k: stats([f(m) for m in runs]) for k, f in keys.items()}}
+    result = {"seeds": len(runs), **{k: stats([f(m) for m in runs]) for k, f in keys.items()}}
+    if base is not None:
+        result["change"] = {}
+        for key in DIFFERENCES:
+            try:
+                result["change"][key] = pooled_paired_difference(base, runs, key)
+            except UsageError as e:  # e.g. not world prompts: no unseen items; said in the table
+                result["change"][key] = {"error": str(e)}
+    return result
 
 
 def format_tables(summary: dict, cfg: AblateConfig, preset: dict) -> str:
     def cell(s: dict) -> str:
-        return f"{s['mean']:.3f} ± {s['std']:.3f}"
+        return "–" if np.isnan(s["mean"]) else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
-    head5 = ["arm", "understanding", "caption sim.", "generation"] + [c.replace("_", " ") for c in CATEGORIES] + ["GenEval overall", "gap"]
+    def change(s: dict, key: str) -> str:
+        c = s.get("change", {}).get(key)
+        if not c or "error" in c:
+            return "–"
+        lo, hi = c["ci95"]
+        mark = " *" if lo > 0 or hi < 0 else ""
+        return f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}"
+
+    def judge(s: dict) -> str:
+        j = s.get("self_judge")
+        if not j:
+            return "–"
+        return f"{j['oracle_prefers_chosen']:.2f} of {j['pairs']:.0f}" + (" (not self-curated)" if "note" in j else "")
+
+    def cost(s: dict) -> str:
+        return "–" if s.get("train_seconds_per_step") is None else f"{s['train_seconds_per_step']:.2f}"
+
+    head5 = (["arm", "curation", "understanding", "caption sim.", "generation", "generation unseen"]
+             + [c.replace("_", " ") for c in CATEGORIES] + ["GenEval overall", "gap", "oracle prefers chosen", "train s/step"])
     lines = [f"Table 5 analog ({cfg.preset}: {preset['seeds']} seeds, {preset['n_train']} curated records, "
              f"{cfg.train_steps} steps per round, {preset['eval_n']} eval scenes; mean ± std over seeds)", "",
              "| " + " | ".join(head5) + " |", "|" + "---|" * len(head5)]
     for arm, s in summary.items():
-        row = [arm, cell(s["understanding"]), cell(s["caption_similarity"]), cell(s["generation"])]
-        row += [cell(s[f"geneval/{c}"]) for c in CATEGORIES] + [cell(s["geneval/overall"]), cell(s["gap"])]
+        row = [arm, s["curation"], cell(s["understanding"]), cell(s["caption_similarity"]), cell(s["generation"]),
+               cell(s["generation_unseen"])]
+        row += [cell(s[f"geneval/{c}"]) for c in CATEGORIES] + [cell(s["geneval/overall"]), cell(s["gap"]), judge(s), cost(s)]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Table 4 analog", "", "| arm | understanding | generation | gap |", "|---|---|---|---|"]
+    lines += ["", "Table 4 analog", "",
+              "| arm | understanding | Δ understanding | generation | Δ generation | generation unseen | Δ generation unseen | gap | Δ gap |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for arm, s in summary.items():
-        lines.append(f"| {arm} | {cell(s['understanding'])} | {cell(s['generation'])} | {cell(s['gap'])} |")
+        lines.append(f"| {arm} | {cell(s['understanding'])} | {change(s, 'understanding')} | {cell(s['generation'])} | "
+                     f"{change(s, 'generation')} | {cell(s['generation_unseen'])} | {change(s, 'generation_unseen')} | "
+                     f"{cell(s['gap'])} | {change(s, 'gap')} |")
+    lines += ["",
+              "Scores are per question (shares of answers right). Δ: the arm minus the base on the same eval items and sampling "
+              "seed, each item's difference averaged over the seeds, with a 95% interval clustered by item (it covers the choice "
+              "of eval items; the spread between seeds is the ± above); * marks an interval that excludes zero.",
+              "Generation unseen: eval prompts held out of post-training data (world.holdout); "
+              f"{' and '.join(ALWAYS_SEEN)} prompts are always seen, so claims about generation use the unseen columns.",
+              "Oracle prefers chosen: of the kept image pairs (count), the share where the exact oracle scores the chosen image "
+              "higher (mean over seeds for self-play rounds). Train s/step: wall time of the training stage (with its model load and reference pass) per optimizer step, mean over seeds (timings.json)."]
     return "\n".join(lines) + "\n"

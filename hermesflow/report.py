@@ -28,6 +28,7 @@ from PIL import Image  # noqa: E402
 from hermesflow.backbones import BASE_MODEL, load_backbone  # noqa: E402
 from hermesflow.data import read_data  # noqa: E402
 from hermesflow.errors import UsageError  # noqa: E402
+from hermesflow.evaluate import paired_difference  # noqa: E402
 from hermesflow.io import atomic_write_text  # noqa: E402
 from hermesflow.world.prompts import CATEGORIES, parse_prompt, satisfied_by  # noqa: E402
 from hermesflow.world.render import upscale  # noqa: E402
@@ -73,10 +74,20 @@ def wilson(hits: int, n: int) -> tuple[float, float]:
 
 
 def paired_change(base: dict, other: dict, key: str) -> dict | None:
-    """Mean change of a per-example score from the base on the same eval items, with its 95% paired
-    interval; None when the metrics predate per-example scores or were made on other items."""
+    """Mean change of a score from the base on the same eval items, with its 95% paired interval
+    (per question, clustered by item: `evaluate.paired_difference`); for metrics that predate
+    per-question counts, the change of per-image means. None when the items differ, or when there is
+    nothing to compare (no per-example scores, or no unseen prompts for `generation_unseen`)."""
     a, b = base.get("per_example"), other.get("per_example")
-    if not a or not b or a["ids"] != b["ids"]:
+    if not a or not b or sorted(a["ids"]) != sorted(b["ids"]):
+        return None
+    if "questions" in a and "questions" in b:
+        try:
+            c = paired_difference(base, other, key)
+        except UsageError:
+            return None
+        return {"mean": c["mean"], "ci95": c["ci95"], "n": c["n_items"]}
+    if key not in ("understanding", "generation", "gap") or a["ids"] != b["ids"]:
         return None
     if key == "gap":
         before = np.subtract(a["understanding"], a["generation"])
@@ -332,7 +343,8 @@ def build_report(run: str | Path, gallery_size: int = 8) -> Path:
     score_rows = []
     for name, m in zip(names, metrics):
         kept = manifests.get(name, {}).get("counts", {}).get("both_kept")
-        score_rows.append([name, _ci(m["understanding_score"]), _ci(m["generation_score"]), _ci(m["gap"]),
+        unseen = m.get("generation_score_unseen")
+        score_rows.append([name, _ci(m["understanding_score"]), _ci(m["generation_score"]), _ci(unseen) if unseen else "–", _ci(m["gap"]),
                            f"{m['understanding_prior']:.3f}", f"{m['geneval'].get('overall', float('nan')):.3f}",
                            _ci(m["caption_similarity"]) if "caption_similarity" in m else "–", "–" if kept is None else str(kept)])
     _plot_scores(names, metrics, out / "scores.png")
@@ -340,7 +352,9 @@ def build_report(run: str | Path, gallery_size: int = 8) -> Path:
     if names[0] == "base":
         for name, m in zip(names[1:], metrics[1:]):
             cells = [_change_cell(paired_change(metrics[0], m, key), m[score]["mean"] - metrics[0][score]["mean"])
-                     for key, score in (("understanding", "understanding_score"), ("generation", "generation_score"), ("gap", "gap"))]
+                     if m.get(score) and metrics[0].get(score) else "–"
+                     for key, score in (("understanding", "understanding_score"), ("generation", "generation_score"),
+                                        ("generation_unseen", "generation_score_unseen"), ("gap", "gap"))]
             c = paired_change(metrics[0], m, "understanding")
             change_rows.append([name, *cells, str(c["n"]) if c else "–"])
 
@@ -404,16 +418,19 @@ def build_report(run: str | Path, gallery_size: int = 8) -> Path:
 <title>HermesFlow report: {html.escape(run.name)}</title><style>{STYLE}</style></head><body>
 <h1>HermesFlow report: {html.escape(run.name)}</h1>
 <p>Scores are judged by the shapes world's exact oracle (in place of the paper's GPT-4o and GenEval's detector);
-intervals are 95% over examples. Understanding: the model's accuracy on questions about real images; generation: the
-oracle's accuracy on the same questions about the model's images for the same captions (paper Table 4).</p>
+scores are shares of questions answered right (per question, as the paper's Table 4 averages answers), with 95% intervals
+clustered by image. Understanding: the model's accuracy on questions about real images; generation: the oracle's accuracy on
+the same questions about the model's images for the same captions. <b>Generation (unseen prompts)</b> keeps the eval prompts
+held out of post-training data (about half the prompt specs of counting, colors, position and color attribution; single- and
+two-object prompts are always seen): read claims about generation there, since generation depends only on the prompt.</p>
 <h2 id=scores>{SECTIONS[0]}</h2>
-{_table(["", "understanding", "generation", "gap", "prior (blank image)", "GenEval overall", "caption similarity", "tuples kept"], score_rows)}
+{_table(["", "understanding", "generation", "generation (unseen prompts)", "gap", "prior (blank image)", "GenEval overall", "caption similarity", "tuples kept"], score_rows)}
 <img class=plot src="scores.png" alt="scores and gap per round">
 <h2 id=change>{SECTIONS[1]}</h2>
 <p>Each round minus the base model on the same eval items, with a 95% paired interval (the same items are scored twice,
 so the change is measured more precisely than the two intervals above suggest). <b class=sig>●</b> marks an interval
 that excludes zero.</p>
-{_table(["", "Δ understanding", "Δ generation", "Δ gap", "paired items"], change_rows) if change_rows else "<p>No base evaluation or no round yet.</p>"}
+{_table(["", "Δ understanding", "Δ generation", "Δ generation (unseen prompts)", "Δ gap", "paired items"], change_rows) if change_rows else "<p>No base evaluation or no round yet.</p>"}
 <h2 id=geneval>{SECTIONS[2]}</h2>
 <p>Share of prompts whose scene the oracle finds satisfied, with the count and a 95% Wilson interval: categories hold
 few prompts each, so their intervals are wide.</p>
@@ -495,7 +512,10 @@ def build_ablation_report(folder: str | Path, gallery_size: int = 8) -> Path:
     if curves:
         _plot_training(curves, out / "training.png")
     judge_rows = []
-    for manifest_path in [folder / "round-0" / "manifest.json"] + sorted(folder.glob("sum_r*/seed-*/manifest.json")):
+    # the shared round 0, the rounds 0 of arms that curate their own, and each seed's self-play rounds
+    manifest_paths = [folder / "round-0" / "manifest.json", *sorted(folder.glob("*/round-0/manifest.json")),
+                      *sorted(folder.glob("*_r*/seed-*/manifest.json"))]
+    for manifest_path in manifest_paths:
         j = _read_json(manifest_path)["self_judge"]
         judge_rows.append([html.escape(str(manifest_path.parent.relative_to(folder))), str(j.get("pairs", 0)),
                            f"{j.get('oracle_prefers_chosen', float('nan')):.3f}", f"{j.get('oracle_ties', float('nan')):.3f}",
@@ -503,8 +523,10 @@ def build_ablation_report(folder: str | Path, gallery_size: int = 8) -> Path:
     page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>HermesFlow ablation: {html.escape(folder.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>HermesFlow ablation: {html.escape(str(folder))}</h1>
-<p>{html.escape(text[0])}. Every arm starts from the same base model and the same curated round-0 data and is evaluated on the
-same eval scenes with the same sampling seed; the seed changes the training batch order and mask draws.</p>
+<p>{html.escape(text[0])}. Every arm starts from the same base model and the same curated round-0 data (unless its curation
+column says it curates its own, from the same records and seed) and is evaluated on the same eval scenes with the same sampling
+seed; the seed changes the training batch order and mask draws. Δ columns: the arm minus the base with a paired 95% interval
+pooled over seeds. Claims about generation use the columns on prompts unseen in post-training.</p>
 <h2>{ABLATION_SECTIONS[0]}</h2>
 {_markdown_table_to_html(text[1:split])}
 <h2>{ABLATION_SECTIONS[1]}</h2>

@@ -285,11 +285,14 @@ class ReportConfig:
 
 
 @dataclass
-class AblateConfig(CurationOptions, TrainingOptions):
-    """`hermesflow ablate`: the paper's Table 5 ablation with seeds (one-branch DPO, Pair-DPO sum and product, rounds 2-3)."""
+class AblateConfig(CurationOptions, TrainingOptions, GRPOOptions):
+    """`hermesflow ablate`: recipes compared fairly with seeds and paired intervals; by default the paper's Table 5
+    arms (one-branch DPO, Pair-DPO sum and product, rounds 2-3), or the arms of a YAML file (--arms)."""
 
     out: Path = option(None, "ablation folder", required=True)
-    preset: str = option("quick", "quick: 3 seeds, 200 records, 300 eval scenes; full: 5 seeds, 400 records, 1000 scenes",
+    arms: Path = option(None, "YAML file of arms: name: {setting: value, ..., rounds: N} (settings of the training and curation "
+                        "options; e.g. experiments/recipes.yaml); none: the paper's Table 5 arms")
+    preset: str = option("quick", "quick: 3 seeds, 200 records, 500 eval scenes; full: 5 seeds, 400 records, 1000 scenes",
                          choices=("quick", "full"))
     model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
     seeds: int = option(0, "seeds per arm; 0 takes the preset's", minimum=0)
@@ -378,5 +381,6 @@ def _groups(cls: type, own: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, 
 RunConfig.GROUPS = _groups(RunConfig, {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model",),
                                        "data": ("data", "n_train"), "evaluation": ("eval_n", "eval_data", "eval_guidance"),
                                        "grpo": tuple(f.name for f in fields(GRPOOptions))})
-AblateConfig.GROUPS = _groups(AblateConfig, {"ablation": ("out", "preset", "seeds", "seed", "overwrite"), "model": ("model",),
-                                             "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance")})
+AblateConfig.GROUPS = _groups(AblateConfig, {"ablation": ("out", "arms", "preset", "seeds", "seed", "overwrite"), "model": ("model",),
+                                             "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance"),
+                                             "grpo": tuple(f.name for f in fields(GRPOOptions))})

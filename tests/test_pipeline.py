@@ -285,7 +285,7 @@ def test_ablation_runs_every_arm_with_seeds_and_resumes(setup):
     kill_when(hermesflow(*args), lambda: (out / "pair_sum" / "seed-0" / "model" / "config.json").exists())
     finish(hermesflow(*args))
     summary = json.loads((out / "ablation.json").read_text())
-    assert list(summary) == ["base", "dpo_und", "dpo_gen", "pair_sum", "pair_product", "sum_r2", "sum_r3"]
+    assert list(summary) == ["base", "dpo_und", "dpo_gen", "pair_sum", "pair_sum_r2", "pair_sum_r3", "pair_product"]
     assert all(summary[arm]["seeds"] == 2 for arm in summary if arm != "base")
     table = (out / "ablation.md").read_text()
     assert "Table 5 analog" in table and "| pair_product |" in table and "±" in table

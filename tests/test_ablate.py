@@ -1,0 +1,103 @@
+"""`hermesflow ablate --arms FILE`: arms from YAML, checked before any work, and a tiny ablation whose
+arms share the base, round-0 data, eval items and sampling seed, with paired intervals to the base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hermesflow.ablate import BUILTIN_ARMS, load_arms
+from hermesflow.cli import main
+from hermesflow.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def arms_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "arms.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_recipes_file_loads():
+    arms = {a.name: a for a in load_arms(REPO / "experiments" / "recipes.yaml")}
+    assert {"base_recipe", "paper_sum", "product_no_nll", "dpo_und", "dpo_gen"} <= set(arms)
+    assert arms["base_recipe"].settings == {}
+    assert arms["paper_sum"].settings == {"loss_type": "sum", "beta_und": 0.2, "beta_gen": 0.2, "sft_und": 0.0, "sft_gen": 0.0}
+    assert not any(a.curates for a in arms.values())
+
+
+def test_arms_take_rounds_and_mark_those_that_curate(tmp_path):
+    arms = load_arms(arms_file(tmp_path, "a:\n  loss_type: und\n  rounds: 3\nb:\n  n_images: 4\n  lr: 1\nc:\n"))
+    assert [(a.name, a.rounds, a.curates) for a in arms] == [("a", 3, False), ("b", 1, True), ("c", 1, False)]
+    assert arms[1].settings == {"n_images": 4, "lr": 1.0}  # an int where a float is wanted is taken, as in --config files
+    assert [arms[0].row(r) for r in (1, 2, 3)] == ["a", "a_r2", "a_r3"]
+    assert [a.name for a in BUILTIN_ARMS] == ["dpo_und", "dpo_gen", "pair_sum", "pair_product"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a:\n  bta_gen: 0.1\n", "arm 'a': unknown setting 'bta_gen'; did you mean 'beta_gen'?"),
+    ("a:\n  loss_type: sums\n", "arm 'a': loss_type must be one of"),
+    ("a:\n  lr: -1.0\n", "arm 'a': --lr must be at least"),
+    ("a:\n  n_images: many\n", "arm 'a': n_images must be int, got 'many'"),
+    ("a:\n  train_steps: 10\n", "arm 'a': train_steps cannot differ between arms (the step budget is shared"),
+    ("a:\n  rounds: 0\n", "arm 'a': rounds must be a whole number of at least 1"),
+    ("a: [1, 2]\n", "arm 'a': expected a mapping of setting: value"),
+    ("base: {}\n", "arm 'base': 'base' is the starting model's row"),
+    ("a b: {}\n", "arm 'a b': an arm name is a folder name"),
+    ("a:\n  rounds: 2\na_r2: {}\n", "the rows ['a_r2'] would be written twice"),
+    ("- a\n", "expected a mapping of arm name"),
+    ("a: {lr: [\n", "cannot be read"),
+])
+def test_bad_arms_files_are_refused_naming_file_arm_and_key(tmp_path, text, message):
+    path = arms_file(tmp_path, text)
+    with pytest.raises(UsageError) as refused:
+        load_arms(path)
+    assert message in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_bad_arms_file_stops_the_command_before_any_work(tmp_path, capsys):
+    path = arms_file(tmp_path, "a:\n  bta_gen: 0.1\n")
+    assert main(["ablate", "--arms", str(path), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "missing")]) == 2
+    assert "unknown setting 'bta_gen'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "round-0").exists()
+
+
+TINY = ["--seeds", "2", "--n-train", "8", "--eval-n", "12", "--train-steps", "2", "--lr", "0.01", "--batch-size", "4", "--n-captions", "4",
+        "--n-images", "2", "--steps", "2", "--curate-batch-size", "8", "--min-chosen-accuracy", "0", "--pair-rows", "branch"]
+
+
+def test_a_tiny_ablation_from_a_yaml_file(tmp_path):
+    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+
+    torch.manual_seed(0)
+    UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
+    # self-play rounds of an arm (rounds: N) run in tests/test_pipeline.py's ablation (pair_sum with rounds 2 and 3)
+    arms = arms_file(tmp_path, "und:\n  loss_type: und\nmore_images:\n  loss_type: und\n  n_images: 3\n")
+    out = tmp_path / "ablate"
+    assert main(["ablate", "--arms", str(arms), "--model", str(tmp_path / "model"), "--out", str(out), *TINY]) == 0
+    summary = json.loads((out / "ablation.json").read_text())
+    assert list(summary) == ["base", "und", "more_images"]
+    assert all(summary[a]["seeds"] == 2 for a in ("und", "more_images"))
+    assert summary["und"]["curation"] == "shared round 0" and summary["more_images"]["curation"] == "own round 0 (n_images)"
+    assert (out / "more_images" / "round-0" / "manifest.json").exists()
+    assert json.loads((out / "more_images" / "round-0" / "manifest.json").read_text())["settings"]["n_images"] == 3
+    assert json.loads((out / "round-0" / "manifest.json").read_text())["settings"]["n_images"] == 2
+    # every arm evaluated on the base's items with the base's sampling seed: the pairing holds
+    base = json.loads((out / "base" / "eval" / "metrics.json").read_text())
+    for arm in ("und", "more_images"):
+        for seed in (0, 1):
+            m = json.loads((out / arm / f"seed-{seed}" / "eval" / "metrics.json").read_text())
+            assert m["per_example"]["ids"] == base["per_example"]["ids"] and m["settings"]["seed"] == base["settings"]["seed"]
+        change = summary[arm]["change"]
+        for key in ("understanding", "generation", "gap"):
+            lo, hi = change[key]["ci95"]
+            assert lo <= change[key]["mean"] <= hi and change[key]["seeds"] == 2
+        assert summary[arm]["train_seconds_per_step"] > 0
+    table = (out / "ablation.md").read_text()
+    assert "| more_images | own round 0 (n_images) |" in table and "Δ generation unseen" in table
+    assert (out / "arms.yaml").read_text() == arms.read_text()
+    assert (out / "report" / "index.html").exists()

@@ -295,6 +295,9 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
     branches = BRANCHES[cfg.loss_type]
     loss_fn = loss_of(cfg)
     positive_only = "gen" in branches and not loss_fn.needs_pair("gen")
+    if positive_only and not sft_weights(examples, cfg.sft_min_accuracy).any():
+        raise UsageError(f"--gen-objective sft: no example's chosen image has self-accuracy >= --sft-min-accuracy "
+                         f"{cfg.sft_min_accuracy}, so no image would train; lower it")
     for param in backbone.parameters():  # fp32 master weights for what trains; frozen (LoRA base) weights stay as loaded
         if param.requires_grad:
             param.data = param.data.float()

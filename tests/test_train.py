@@ -188,3 +188,10 @@ def test_the_paper_product_arm_without_nll_terms_still_runs(tmp_path, data):
     model = tiny()
     summary = run_train(tmp_path, data, model, prefs_of(data, model), loss_type="product", sft_und=0.0, sft_gen=0.0)
     assert summary["branches"] == ["und", "gen"] and summary["examples"] == 4
+
+
+def test_a_positive_only_threshold_no_example_reaches_is_refused(tmp_path, data):
+    model = tiny()
+    prefs = prefs_of(data, model, score=lambda i: 0.75)
+    with pytest.raises(UsageError, match="sft-min-accuracy 1.0"):
+        run_train(tmp_path, data, model, prefs, gen_objective="sft")

@@ -182,6 +182,8 @@ def summary_row(name: str, metrics: dict, manifest: dict | None) -> dict:
         "understanding_ci95": metrics["understanding_score"]["ci95"],
         "generation": metrics["generation_score"]["mean"],
         "generation_ci95": metrics["generation_score"]["ci95"],
+        # on the eval prompts held out of post-training (world only): where claims about generation are read
+        "generation_unseen": (metrics.get("generation_score_unseen") or {}).get("mean"),
         "gap": metrics["gap"]["mean"],
         "geneval_overall": metrics["geneval"].get("overall"),
         "caption_similarity": metrics.get("caption_similarity", {}).get("mean"),
@@ -190,14 +192,15 @@ def summary_row(name: str, metrics: dict, manifest: dict | None) -> dict:
 
 
 def format_summary(rows: list[dict]) -> str:
-    head = f"{'round':<8}{'understanding':>22}{'generation':>22}{'gap':>8}{'geneval':>9}{'cap_sim':>9}{'pairs':>7}"
+    head = f"{'round':<8}{'understanding':>22}{'generation':>22}{'gen_unseen':>11}{'gap':>8}{'geneval':>9}{'cap_sim':>9}{'pairs':>7}"
     lines = [head]
     for r in rows:
         und = f"{r['understanding']:.3f} [{r['understanding_ci95'][0]:.3f},{r['understanding_ci95'][1]:.3f}]"
         gen = f"{r['generation']:.3f} [{r['generation_ci95'][0]:.3f},{r['generation_ci95'][1]:.3f}]"
         pairs = "-" if r["pairs_kept"] is None else str(r["pairs_kept"])
         geneval = "-" if r["geneval_overall"] is None else f"{r['geneval_overall']:.3f}"
-        lines.append(f"{r['round']:<8}{und:>22}{gen:>22}{r['gap']:>8.3f}{geneval:>9}{r['caption_similarity']:>9.3f}{pairs:>7}")
+        unseen = "-" if r.get("generation_unseen") is None else f"{r['generation_unseen']:.3f}"
+        lines.append(f"{r['round']:<8}{und:>22}{gen:>22}{unseen:>11}{r['gap']:>8.3f}{geneval:>9}{r['caption_similarity']:>9.3f}{pairs:>7}")
     return "\n".join(lines)
 
 

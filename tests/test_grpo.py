@@ -87,16 +87,17 @@ def test_hard_and_graded_rewards_on_hand_made_choice_scores():
 # ----- the trajectory log-probability ------------------------------------------------------------------
 
 
-def naive_trajectory_logp(model: UnifiedModel, prompt: str, trace: list[torch.Tensor], final: torch.Tensor,
-                          guidance: float, temperature: float) -> float:
+def naive_trajectory_logp(logits_of, prompt: str, trace: list[torch.Tensor], final: torch.Tensor, guidance: float,
+                          temperature: float) -> float:
     """Replay one image's decoding step by step: at each recorded state, the log-probs of the codes
-    the step committed (masked before it, not after it; at the last step every cell still masked)."""
+    the step committed (masked before it, not after it; at the last step every cell still masked).
+    `logits_of(prompt, state)` is the model's (L, C) code logits, "" the unconditional prompt."""
     state, total = torch.full_like(final, MASKED), 0.0
     for s in range(len(trace)):
         after = trace[s] if s < len(trace) - 1 else final
         committed = (state == MASKED) & (after != MASKED)
-        cond = model._masked_logits([prompt], state[None])[0].float()
-        logits = cfg_logits(cond, model._masked_logits([""], state[None])[0].float(), guidance) if guidance else cond
+        cond = logits_of(prompt, state).float()
+        logits = cfg_logits(cond, logits_of("", state).float(), guidance) if guidance else cond
         logp = F.log_softmax(logits / temperature, -1)
         for cell in committed.nonzero()[:, 0].tolist():
             total += float(logp[cell, final[cell]])
@@ -121,9 +122,34 @@ def test_trajectory_logp_equals_a_naive_recomputation_at_the_recorded_states(gui
     flat = [p for p in prompts for _ in range(2)]
     with torch.no_grad():
         lp = model.trajectory_logps(flat, traj, TrajectoryEstimator(guidance, temperature))
-        naive = [naive_trajectory_logp(model, flat[i], [t[i] for t in trace], codes[i], guidance, temperature) for i in range(4)]
+        logits_of = lambda prompt, state: model._masked_logits([prompt], state[None])[0]  # noqa: E731
+        naive = [naive_trajectory_logp(logits_of, flat[i], [t[i] for t in trace], codes[i], guidance, temperature) for i in range(4)]
     assert torch.allclose(lp.total, torch.tensor(naive), atol=1e-4)
     assert lp.count.tolist() == [16.0] * 4
+
+
+@pytest.mark.parametrize("sampler", ["official", "shared"])
+def test_show_o_trajectory_logp_equals_a_naive_recomputation(tmp_path, sampler):
+    from dataclasses import replace
+
+    from hermesflow.backbones.showo import ShowoBackbone
+    from tiny_showo import make_tiny_showo
+
+    model = ShowoBackbone.from_pretrained(make_tiny_showo(tmp_path / "showo")).eval()
+    model.cfg = replace(model.cfg, sampler=sampler)
+    gen = GenerationConfig(guidance=1.5, temperature=1.0, steps=3, seed=2)
+    trace: list = []
+    codes = model.generate_ids([model._encode("a red circle")] * 2, gen, trace)
+    traj = model.generate_trajectory(["a red circle"], 2, gen)
+    assert torch.equal(traj.codes, codes) and torch.equal(codes, model.generate(["a red circle"], 2, gen))
+    with torch.no_grad():
+        lp = model.trajectory_logps(["a red circle"] * 2, traj, TrajectoryEstimator(1.5, 1.0))
+
+        def logits_of(prompt: str, state: torch.Tensor) -> torch.Tensor:
+            return model.code_logits(model._image_hidden([model._encode(prompt) if prompt else []], state[None]))[0]
+
+        naive = [naive_trajectory_logp(logits_of, "a red circle", [t[i] for t in trace], codes[i], 1.5, 1.0) for i in range(2)]
+    assert torch.allclose(lp.total, torch.tensor(naive), atol=1e-4)
 
 
 def test_recording_leaves_maskgit_decoding_bit_identical():

@@ -70,7 +70,8 @@ from hermesflow.backbones.base import (
     token_problem,
 )
 from hermesflow.backbones.magvit2 import MagvitConfig, MagvitV2, pixel_values, to_uint8
-from hermesflow.backbones.maskgit import MASKED, cfg_logits, masked_logps, maskgit_decode
+from hermesflow.backbones.maskgit import (MASKED, Trajectory, TrajectoryEstimator, cfg_logits, masked_logps, maskgit_decode,
+                                       trajectory_logps)
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
 
@@ -571,7 +572,23 @@ class ShowoBackbone(BackboneBase):
                 return official_maskgit_decode(guided, len(prompts), self.n_image_tokens, gen.steps, gen.temperature,
                                                generator, self.device, trace)
             return maskgit_decode(guided, len(prompts), self.n_image_tokens, gen.steps, gen.temperature, generator,
-                                  self.device)
+                                  self.device, trace)
+
+    def generate_trajectory(self, prompts: Sequence[str], n: int, gen: GenerationConfig) -> Trajectory:
+        """`generate`'s images (the same codes) with the decoding trajectory that reached them (either sampler)."""
+        if n < 1:
+            raise UsageError(f"generate: n must be at least 1, got {n}")
+        trace: list = []
+        codes = self.generate_ids([self._encode(p) for p in prompts for _ in range(n)], gen, trace)
+        return Trajectory.from_trace(trace, codes)
+
+    def trajectory_logps(self, prompts: Sequence[str], trajectory: Trajectory, estimator: TrajectoryEstimator) -> LogProbs:
+        """log π(codes | prompt) along the recorded trajectory (`maskgit.trajectory_logps`) over the code
+        logits the samplers draw from; "" is the unconditional prompt."""
+        self._check_codes(trajectory.codes)
+        encode = lambda texts: [self._encode(t) if t else [] for t in texts]  # noqa: E731
+        return trajectory_logps(lambda texts, codes: self.code_logits(self._image_hidden(encode(texts), codes)), prompts,
+                                trajectory, estimator)
 
     def image_logps(self, prompts: Sequence[str], tokens: torch.Tensor, estimator: ImageEstimator,
                     seeds: Sequence[int]) -> LogProbs:

@@ -161,7 +161,9 @@ def ablate(cfg: AblateConfig) -> dict:
     similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
     timings = Timings(out / "timings.json", state.is_main_process)
 
-    def evaluated(model, folder: Path) -> dict:  # the same items, sampling settings and seed for every arm
+    def evaluated(model, folder: Path) -> dict:  # the same items, sampling settings, seed and precision for every arm
+        if cfg.dtype == "bf16":
+            model = model.bfloat16()  # trained over fp32 weights; sampled and scored in bf16, as the base
         return evaluate_into(model.eval(), folder / "eval", base_cfg, similarity, cfg.seed)
 
     runs: dict[str, list[dict]] = {"base": [evaluated(base, out / "base")]}

@@ -293,35 +293,35 @@ def format_table(metrics: dict) -> str:
         return f"{m['mean']:.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
 
     lines = [
-        f"{'generation judge':<29}{metrics['judges']['generation']}",
-        f"{'understanding_score':<29}{ci(metrics['understanding_score'])}",
-        f"{'generation_score':<29}{ci(metrics['generation_score'])}",
-        f"{'gap':<29}{ci(metrics['gap'])}",
-        f"{'understanding_prior':<29}{metrics['understanding_prior']:.3f}",
+        f"{'generation judge':<22}{metrics['judges']['generation']}",
+        f"{'understanding_score':<22}{ci(metrics['understanding_score'])}",
+        f"{'generation_score':<22}{ci(metrics['generation_score'])}",
+        f"{'gap':<22}{ci(metrics['gap'])}",
+        f"{'understanding_prior':<22}{metrics['understanding_prior']:.3f}",
     ]
     if "prompt_holdout" in metrics:  # the world: prompts held out from post-training, scored apart
         for part in ("unseen", "seen"):
             for key in ("understanding_score", "generation_score"):
                 value = metrics[f"{key}_{part}"]
-                lines.append(f"{key + '_' + part:<29}{ci(value) if value else '-'}")
-        lines.append(f"{'unseen prompts':<29}{metrics['n_examples_unseen']} of {metrics['n_examples']} "
+                lines.append(f"{key.removesuffix('_score') + '_' + part:<22}{ci(value) if value else '-'}")
+        lines.append(f"{'unseen prompts':<22}{metrics['n_examples_unseen']} of {metrics['n_examples']} "
                      f"({', '.join(metrics['unseen_categories']) or 'none'}; "
                      f"{', '.join(metrics['prompt_holdout']['always_seen'])} are always seen)")
-    lines.append(f"{'per image':<29}understanding {metrics['understanding_score_per_image']['mean']:.3f}, "
+    lines.append(f"{'per image':<22}understanding {metrics['understanding_score_per_image']['mean']:.3f}, "
                  f"generation {metrics['generation_score_per_image']['mean']:.3f}, "
                  f"prior {metrics['understanding_prior_per_image']:.3f}")
     if "caption_similarity" in metrics:
-        lines.append(f"{'caption_similarity':<29}{ci(metrics['caption_similarity'])}")
-    lines.append("by question type              understanding  generation  prior")
+        lines.append(f"{'caption_similarity':<22}{ci(metrics['caption_similarity'])}")
+    lines.append("by question type       understanding  generation  prior")
     for t, v in metrics["understanding_by_type"].items():
-        lines.append(f"  {t:<28}{v:>13.3f}{metrics['generation_by_type'].get(t, float('nan')):>12.3f}"
+        lines.append(f"  {t:<21}{v:>13.3f}{metrics['generation_by_type'].get(t, float('nan')):>12.3f}"
                      f"{metrics['understanding_prior_by_type'].get(t, float('nan')):>7.3f}")
     if metrics["geneval"]:
         lines.append("geneval")
-        lines += [f"  {k:<28}{v:.3f}" for k, v in metrics["geneval"].items()]
+        lines += [f"  {k:<21}{v:.3f}" for k, v in metrics["geneval"].items()]
     if metrics.get("geneval_unseen"):
         lines.append("geneval, unseen prompts")
-        lines += [f"  {k:<28}{v:.3f}" for k, v in metrics["geneval_unseen"].items()]
+        lines += [f"  {k:<21}{v:.3f}" for k, v in metrics["geneval_unseen"].items()]
     return "\n".join(lines)
 
 

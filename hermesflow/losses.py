@@ -163,7 +163,8 @@ def apo_zero_objective(c: torch.Tensor, r: torch.Tensor, beta: float) -> torch.T
 def cal_dpo_objective(c: torch.Tensor, r: torch.Tensor, beta: float) -> torch.Tensor:
     """−log σ(c − r) + ½[(c − 1/(2β))² + (r + 1/(2β))²]: Cal-DPO (arXiv 2412.14516), as its official
     code trains it (tengxiao1/Cal-DPO, scripts/dpo_trainer.py, loss_type "Cal-DPO": DPO_loss + 0.5 ·
-    (mse(c, 1/(2β)) + mse(r, −1/(2β)))); the paper's equation writes the squares without the ½.
+    (mse(c, 1/(2β)) + mse(r, −1/(2β)))), whose ½ on the squares the formula as usually quoted does not
+    show (not checked against the paper's PDF here).
     Note the margin term has no β. Intuition: the squared terms calibrate the implicit rewards to
     fixed targets ±1/(2β), so the chosen log-ratio is pulled up to a positive value instead of only
     the gap growing."""

@@ -247,7 +247,8 @@ def summarise(runs: list[dict], base: dict | None = None) -> dict:
     """Mean and standard deviation over seeds of every reported score, and (given the base's
     evaluation) the paired difference to it pooled over seeds."""
     def stats(values: list) -> dict:
-        values = [np.nan if v is None else v for v in values]
+        if any(v is None for v in values):  # not measured (no unseen prompts, no oracle): null, not a number
+            return {"mean": None, "std": None}
         return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
     def score(m: dict, key: str) -> float | None:
@@ -276,7 +277,7 @@ def summarise(runs: list[dict], base: dict | None = None) -> dict:
 
 def format_tables(summary: dict, cfg: AblateConfig, preset: dict) -> str:
     def cell(s: dict) -> str:
-        return "–" if np.isnan(s["mean"]) else f"{s['mean']:.3f} ± {s['std']:.3f}"
+        return "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
     def change(s: dict, key: str) -> str:
         c = s.get("change", {}).get(key)

@@ -101,3 +101,22 @@ def test_a_tiny_ablation_from_a_yaml_file(tmp_path):
     assert "| more_images | own round 0 (n_images) |" in table and "Δ generation unseen" in table
     assert (out / "arms.yaml").read_text() == arms.read_text()
     assert (out / "report" / "index.html").exists()
+
+
+def test_summary_pools_paired_differences_and_leaves_unmeasured_scores_null():
+    from hermesflow.ablate import summarise
+
+    def metrics(und: list[int], gen: list[int], unseen) -> dict:
+        return {"understanding_score": {"mean": sum(und) / 6}, "generation_score": {"mean": sum(gen) / 6},
+                "gap": {"mean": (sum(und) - sum(gen)) / 6}, "geneval": {},
+                "per_example": {"ids": ["a", "b"], "questions": [2, 4], "understanding_correct": und, "generation_correct": gen,
+                                "unseen": unseen}}
+
+    base = metrics([1, 3], [1, 2], [None, None])  # not world prompts: no unseen part
+    seeds = [metrics([2, 3], [1, 4], [None, None]), metrics([1, 3], [2, 2], [None, None])]
+    s = summarise(seeds, base)
+    assert s["seeds"] == 2 and s["generation"]["mean"] == pytest.approx((5 + 4) / 2 / 6)
+    assert s["change"]["generation"]["mean"] == pytest.approx((2 + 1) / 2 / 6)  # each item's change averaged over seeds
+    assert s["change"]["understanding"]["mean"] == pytest.approx(1 / 2 / 6)
+    assert "error" in s["change"]["generation_unseen"]
+    assert s["generation_unseen"] == {"mean": None, "std": None} and s["geneval/overall"]["mean"] is None

@@ -53,8 +53,17 @@ def setup(batch_size: int):
 def make_step(cfg, model, frozen, examples, accelerator):
     """One training step of the configured variant, as the loop runs it; returns a callable(step)."""
     from hermesflow.losses import BRANCHES
-    from hermesflow.train import (PolicyLogps, _reference, branch_logps, estimator_of, loss_of, mask_seeds,
-                                  reference_branches, reference_logps, sft_weights)
+    from hermesflow.train import (
+        PolicyLogps,
+        _reference,
+        branch_logps,
+        estimator_of,
+        loss_of,
+        mask_seeds,
+        reference_branches,
+        reference_logps,
+        sft_weights,
+    )
 
     loss_fn = loss_of(cfg)
     branches = BRANCHES[cfg.loss_type]
@@ -82,11 +91,11 @@ def make_step(cfg, model, frozen, examples, accelerator):
 
 def variants() -> dict[str, dict]:
     """Name -> the options that differ from the baseline (first: the baseline itself)."""
-    out = {"dpo, round masks (baseline)": dict(gen_objective="dpo", mask_draws="round")}
+    out = {"dpo, round masks (baseline)": {"gen_objective": "dpo", "mask_draws": "round"}}
     for objective in OBJECTIVES[1:]:
-        out[f"{objective}, round masks"] = dict(gen_objective=objective, mask_draws="round")
+        out[f"{objective}, round masks"] = {"gen_objective": objective, "mask_draws": "round"}
     for objective in OBJECTIVES:
-        out[f"{objective}, step masks"] = dict(gen_objective=objective, mask_draws="step")
+        out[f"{objective}, step masks"] = {"gen_objective": objective, "mask_draws": "step"}
     return out
 
 

@@ -195,7 +195,9 @@ def test_dpop_punishes_a_fall_of_the_chosen_likelihood_that_dpo_rewards():
 
 def test_apo_zero_closed_form_is_trls():
     # TRL: losses_chosen = 1 − σ(β·c), losses_rejected = σ(β·r)
-    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    def sigmoid(x: float) -> float:
+        return 1 / (1 + math.exp(-x))
+
     assert gen_term("apo_zero", gen_pair(1.0, -1.0)) == pytest.approx((1 - sigmoid(0.5)) + sigmoid(-0.5))
     assert gen_term("apo_zero", gen_pair(-2.0, 0.4), beta=0.1) == pytest.approx((1 - sigmoid(-0.2)) + sigmoid(0.04))
 

@@ -17,10 +17,10 @@ from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import MASKED, draw_masks
 from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
-from hermesflow.losses import BranchLogps, PairDPOLoss
+from hermesflow.losses import PairDPOLoss
 from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference
 from hermesflow.settings import TrainConfig
-from hermesflow.train import Example, PolicyLogps, branch_logps, examples_from, mask_seeds, reference_branches, train
+from hermesflow.train import PolicyLogps, branch_logps, examples_from, mask_seeds, reference_branches, train
 from hermesflow.world.build import write_world
 
 

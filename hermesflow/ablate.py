@@ -38,18 +38,18 @@ import yaml
 
 from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, load_backbone
+from hermesflow.curate import MANIFEST
 from hermesflow.errors import UsageError
 from hermesflow.evaluate import pooled_paired_difference
 from hermesflow.io import atomic_write_json, atomic_write_text
-from hermesflow.curate import MANIFEST
 from hermesflow.iterate import Timings, claim_folder, curate_round, evaluate_into, train_data, train_round
 from hermesflow.settings import AblateConfig, ApiOptions, CurationOptions, DataOptions, RunConfig
 from hermesflow.world.holdout import ALWAYS_SEEN
 from hermesflow.world.prompts import CATEGORIES
 
 PRESETS = {
-    "quick": dict(seeds=3, n_train=200, eval_n=500),
-    "full": dict(seeds=5, n_train=400, eval_n=1000),
+    "quick": {"seeds": 3, "n_train": 200, "eval_n": 500},
+    "full": {"seeds": 5, "n_train": 400, "eval_n": 1000},
 }
 # Settings an arm may not change, with the reason: they are what every arm must share.
 SHARED = {
@@ -142,7 +142,6 @@ def _run_config(cfg: AblateConfig, preset: dict, **changes) -> RunConfig:
 
 def ablate(cfg: AblateConfig) -> dict:
     from hermesflow.accel import partial_state
-
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     arms = load_arms(cfg.arms) if cfg.arms else list(BUILTIN_ARMS)  # a bad file is refused before any work
@@ -298,8 +297,9 @@ def format_tables(summary: dict, cfg: AblateConfig, preset: dict) -> str:
 
     head5 = (["arm", "curation", "understanding", "caption sim.", "generation", "generation unseen"]
              + [c.replace("_", " ") for c in CATEGORIES] + ["GenEval overall", "gap", "oracle prefers chosen", "train s/step"])
-    lines = [f"Table 5 analog ({cfg.preset}: {preset['seeds']} seeds, {preset['n_train']} curated records, "
-             f"{cfg.train_steps} steps per round, {preset['eval_n']} eval scenes; mean ± std over seeds)", "",
+    title = (f"Table 5 analog ({cfg.preset}: {preset['seeds']} seeds, {preset['n_train']} curated records, "
+             f"{cfg.train_steps} steps per round, {preset['eval_n']} eval scenes; mean ± std over seeds)")
+    lines = [title, "",
              "| " + " | ".join(head5) + " |", "|" + "---|" * len(head5)]
     for arm, s in summary.items():
         row = [arm, s["curation"], cell(s["understanding"]), cell(s["caption_similarity"]), cell(s["generation"]),
@@ -313,12 +313,15 @@ def format_tables(summary: dict, cfg: AblateConfig, preset: dict) -> str:
         lines.append(f"| {arm} | {cell(s['understanding'])} | {change(s, 'understanding')} | {cell(s['generation'])} | "
                      f"{change(s, 'generation')} | {cell(s['generation_unseen'])} | {change(s, 'generation_unseen')} | "
                      f"{cell(s['gap'])} | {change(s, 'gap')} |")
-    lines += ["",
-              "Scores are per question (shares of answers right). Δ: the arm minus the base on the same eval items and sampling "
-              "seed, each item's difference averaged over the seeds, with a 95% interval clustered by item (it covers the choice "
-              "of eval items; the spread between seeds is the ± above); * marks an interval that excludes zero.",
-              "Generation unseen: eval prompts held out of post-training data (world.holdout); "
-              f"{' and '.join(ALWAYS_SEEN)} prompts are always seen, so claims about generation use the unseen columns.",
-              "Oracle prefers chosen: of the kept image pairs (count), the share where the exact oracle scores the chosen image "
-              "higher (mean over seeds for self-play rounds). Train s/step: wall time of the training stage (with its model load and reference pass) per optimizer step, mean over seeds (timings.json)."]
+    notes = (
+        ("Scores are per question (shares of answers right). Δ: the arm minus the base on the same eval items and sampling "
+         "seed, each item's difference averaged over the seeds, with a 95% interval clustered by item (it covers the choice "
+         "of eval items; the spread between seeds is the ± above); * marks an interval that excludes zero."),
+        ("Generation unseen: eval prompts held out of post-training data (world.holdout); "
+         f"{' and '.join(ALWAYS_SEEN)} prompts are always seen, so claims about generation use the unseen columns."),
+        ("Oracle prefers chosen: of the kept image pairs (count), the share where the exact oracle scores the chosen image "
+         "higher (mean over seeds for self-play rounds). Train s/step: wall time of the training stage (with its model load "
+         "and reference pass) per optimizer step, mean over seeds (timings.json)."),
+    )
+    lines += ["", *notes]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 
+from hermesflow.errors import UsageError
 from hermesflow.world import (
     CATEGORIES,
     Obj,
@@ -24,7 +25,8 @@ from hermesflow.world import (
     satisfies,
 )
 from hermesflow.world.build import world_records, write_world
-from hermesflow.world.prompts import PHRASINGS
+from hermesflow.world.holdout import ALWAYS_SEEN, HELD_OUT_CATEGORIES, all_specs, is_held_out, spec_key
+from hermesflow.world.prompts import PHRASINGS, PromptSpec
 from hermesflow.world.scenes import COLOR_NAMES, GRID, SHAPES, relation, split_of
 
 
@@ -164,8 +166,6 @@ def test_world_is_deterministic_and_splits_do_not_overlap(tmp_path):
 
 
 def test_world_refuses_a_non_empty_output(tmp_path):
-    from hermesflow.errors import UsageError
-
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(UsageError, match="not empty"):
@@ -175,9 +175,6 @@ def test_world_refuses_a_non_empty_output(tmp_path):
 
 # The prompt-level hold-out: generation is measured on prompts post-training never saw.
 
-from hermesflow.world.holdout import ALWAYS_SEEN, HELD_OUT_CATEGORIES, all_specs, is_held_out, spec_key  # noqa: E402
-from hermesflow.errors import UsageError  # noqa: E402
-from hermesflow.world.prompts import PromptSpec  # noqa: E402
 
 
 def test_holdout_is_a_fixed_rule_over_specs_ignoring_phrasing():

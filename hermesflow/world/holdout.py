@@ -46,8 +46,7 @@ def spec_key(spec: PromptSpec) -> tuple:
 
 def is_held_out(spec: PromptSpec) -> bool:
     """True for the specs post-training must never see (the rules of the module docstring)."""
-    shape = lambda s: SHAPES.index(s)  # noqa: E731
-    color = lambda c: COLOR_NAMES.index(c)  # noqa: E731
+    shape, color = SHAPES.index, COLOR_NAMES.index
     if spec.category == "colors":
         (s, c), = spec.objects
         return (shape(s) + color(c)) % 2 == 0

@@ -22,6 +22,7 @@ from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
 from hermesflow.grpo import clipped_objective, group_advantages, train_grpo, vqa_rewards
 from hermesflow.settings import RunConfig
+from hermesflow.stages import settings_file
 from hermesflow.world.build import write_world
 
 
@@ -178,6 +179,19 @@ def test_trajectory_refuses_inconsistent_inputs():
     assert TrajectoryEstimator.for_sampler(2.0, 0.0).temperature == 1.0  # greedy samples scored at temperature 1
 
 
+def test_the_trajectory_estimator_is_refused_for_a_backbone_that_does_not_record_its_decoding(tmp_path):
+    from hermesflow.grpo import grpo_estimator
+
+    class Autoregressive:
+        model_type = "janus"
+
+    with pytest.raises(UsageError, match="--grpo-estimator random_mask"):
+        grpo_estimator(Autoregressive(), grpo_config(tmp_path))
+    sampler = grpo_estimator(tiny(), grpo_config(tmp_path, guidance=3.0, image_temperature=0.5))
+    assert (sampler.guidance, sampler.temperature) == (3.0, 0.5)
+    assert grpo_estimator(tiny(), grpo_config(tmp_path, grpo_logits="conditional")) == TrajectoryEstimator(0.0, 1.0)
+
+
 # ----- the loop ------------------------------------------------------------------------------------------
 
 
@@ -224,5 +238,5 @@ def test_hermesflow_run_trains_a_round_with_grpo(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "round-1" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and "reward/mean" in rows[0]
     assert (tmp_path / "run" / "round-1" / "model" / "config.json").exists()
-    settings = json.loads(next((tmp_path / "run" / "round-1" / "train").glob("*.json")).read_text())
-    assert "grpo" in json.dumps(settings)
+    recorded = json.loads(settings_file(tmp_path / "run" / "round-1" / "train", "train").read_text())["settings"]
+    assert recorded["recipe"] == "grpo" and recorded["grpo_group"] == 2  # another GRPO setting is another training

@@ -8,15 +8,19 @@ rejected image, no image reference), and the mask draws (`step`, the default now
 step, so the image reference is computed online by a frozen copy with the same masks). Every step
 goes through the training loop's own pieces (`PolicyLogps`, `_reference`, `branch_logps`, the
 configured loss), with SGD at lr 0 so that every variant times the same weights. Variants run
-round-robin, so drift on a shared machine hits all alike; each is timed by its best of `--repeats`.
+round-robin, so drift hits all alike. Each is timed by its median CPU time over `--repeats` steps
+on one thread (`--threads`): on a machine shared with other work, wall-clock minima swing by 2x
+between variants that do identical work, CPU time of a single thread much less. Wall time is shown
+beside it.
 
-Run: `python benchmarks/bench_objectives.py` (shipped base, batch 8, about a minute on 2 cores).
+Run: `python benchmarks/bench_objectives.py` (shipped base, batch 8; a few minutes on this shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -106,7 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, examples = setup(args.batch_size)
     model.train()
@@ -114,20 +120,24 @@ def main() -> None:
     base = TrainConfig(model=BASE, data=Path("-"), prefs=Path("-"), out=Path("-"), batch_size=args.batch_size)
     accelerator = make_accelerator(base)
     steps = {name: make_step(replace(base, **opts), model, frozen, examples, accelerator) for name, opts in variants().items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
     for name, step in steps.items():  # warm-up
         step(0)
     for i in range(1, args.repeats + 1):
         for name, step in steps.items():
-            tic = time.perf_counter()
+            tic, tic_cpu = time.perf_counter(), time.process_time()
             step(i)
-            times[name].append(time.perf_counter() - tic)
-    best = {name: min(t) for name, t in times.items()}
-    baseline = next(iter(best.values()))
-    print(f"one training step, batch {args.batch_size}, shipped base ({BASE.name}), best of {args.repeats}; "
-          f"{torch.get_num_threads()} threads")
-    for name, seconds in best.items():
-        print(f"{name:<30} {seconds * 1000:8.1f} ms   {seconds / baseline:5.2f}x")
+            cpu[name].append(time.process_time() - tic_cpu)
+            wall[name].append(time.perf_counter() - tic)
+    cpu_s = {name: statistics.median(t) for name, t in cpu.items()}
+    wall_s = {name: statistics.median(t) for name, t in wall.items()}
+    base_cpu, base_wall = next(iter(cpu_s.values())), next(iter(wall_s.values()))
+    print(f"one training step, batch {args.batch_size}, shipped base, median of {args.repeats}, {torch.get_num_threads()} thread(s)")
+    print(f"{'variant':<30} {'CPU ms':>8} {'ratio':>6}   {'wall ms':>8} {'ratio':>6}")
+    for name in steps:
+        print(f"{name:<30} {cpu_s[name] * 1000:8.1f} {cpu_s[name] / base_cpu:5.2f}x   "
+              f"{wall_s[name] * 1000:8.1f} {wall_s[name] / base_wall:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,9 @@ def step_seed(kind: str, seed: int, step: int, rank: int) -> int:
 
 def train_grpo(backbone: Backbone, records: list[Record], cfg, out: Path) -> Backbone:
     """GRPO on the records' captions and questions (resuming from `out/state` if present); `cfg` holds
-    the GRPO, training and sampling options of a run. Writes `out/metrics.jsonl`; returns the backbone."""
+    the GRPO, training and sampling options of a run. Writes `out/metrics.jsonl`; returns the backbone.
+    With --grpo-beta-kl the reference is the backbone as passed in (the round's starting model), so a
+    resumed run is given the same starting model, as a round's training is."""
     records = [r for r in records if r.qa]
     if not records:
         raise UsageError("GRPO rewards images by the records' questions: no record has any")
@@ -292,8 +294,10 @@ def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, acce
             opt.step()
             losses.append(loss.detach())
     zero = torch.zeros((), device=accelerator.device)
-    metrics.update({name: torch.stack(values).mean() if values else zero
-                    for name, values in (("loss", losses), ("clip_fraction", clip_fractions), ("kl", kls), ("ratio/mean", ratios))})
+    named = [("loss", losses), ("clip_fraction", clip_fractions), ("ratio/mean", ratios)]
+    if cfg.grpo_beta_kl > 0:  # the k3 KL to the reference, computed only when it is penalised
+        named.append(("kl", kls))
+    metrics.update({name: torch.stack(values).mean() if values else zero for name, values in named})
     return {k: accelerator.gather_for_metrics(v.float().reshape(1).to(accelerator.device)).mean().item() for k, v in metrics.items()}
 
 

@@ -206,14 +206,17 @@ def grpo_config(out: Path, **changes) -> RunConfig:
     return RunConfig(**{**settings, **changes})
 
 
-@pytest.mark.parametrize("estimator", ["trajectory", "random_mask"])
-def test_a_grpo_run_resumed_after_step_2_equals_the_uninterrupted_run(tmp_path, records, estimator):
-    cfg = grpo_config(tmp_path / "full", grpo_estimator=estimator)
+@pytest.mark.parametrize("estimator, beta_kl", [("trajectory", 0.0), ("random_mask", 0.1)])
+def test_a_grpo_run_resumed_after_step_2_equals_the_uninterrupted_run(tmp_path, records, estimator, beta_kl):
+    cfg = grpo_config(tmp_path / "full", grpo_estimator=estimator, grpo_beta_kl=beta_kl)
     start = {k: v.clone() for k, v in tiny().state_dict().items()}
     full = train_grpo(tiny(), records, cfg, cfg.out).state_dict()
     rows = [json.loads(line) for line in (cfg.out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert {"reward/mean", "reward/std", "groups/dropped", "clip_fraction", "kl", "loss"} <= set(rows[0])
+    assert {"reward/mean", "reward/std", "groups/dropped", "clip_fraction", "ratio/mean", "loss"} <= set(rows[0])
+    assert ("kl" in rows[0]) == (beta_kl > 0)  # the KL to the reference is logged where it is penalised
+    if beta_kl:
+        assert rows[0]["kl"] >= 0 and any(r["kl"] > 0 for r in rows)
     assert any(r["groups/dropped"] < 1 for r in rows)
     assert any(r["clip_fraction"] > 0 or r["ratio/mean"] != 1.0 for r in rows)  # μ = 2: the second update sees ρ ≠ 1
     assert any(not torch.equal(full[k], start[k]) for k in full)
@@ -222,9 +225,11 @@ def test_a_grpo_run_resumed_after_step_2_equals_the_uninterrupted_run(tmp_path, 
     resumed = tmp_path / "resumed"
     shutil.copytree(cfg.out / "state", resumed / "state")
     (resumed / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + '\n{"step": 3, "rew')
-    torch.manual_seed(1)  # other starting weights: the resumed run must take the checkpoint's
-    other = UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2))
-    again = train_grpo(other, records, grpo_config(resumed, grpo_estimator=estimator), resumed).state_dict()
+    # Without a KL term, other starting weights show that the resumed run takes the checkpoint's; with
+    # one, the reference is the round's starting model, which a resumed round loads again.
+    torch.manual_seed(1)
+    other = UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)) if beta_kl == 0 else tiny()
+    again = train_grpo(other, records, grpo_config(resumed, grpo_estimator=estimator, grpo_beta_kl=beta_kl), resumed).state_dict()
     assert all(torch.equal(full[k], again[k]) for k in full)
     assert [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()] == rows
 

@@ -156,12 +156,15 @@ class TrajectoryEstimator:
     them from, so a PPO ratio against it is a true importance ratio of the behaviour policy; the
     gradient then flows through both the conditional and the unconditional (empty prompt) pass.
     w = 0, T = 1 (`conditional`) scores the conditional model alone, as the random-mask estimator and
-    UniGRPO (MMaDA) do. Mask-GRPO's and MDPO's papers define the transition over the newly unmasked
-    tokens, as here; their released samplers guide, and we did not find whether their training
-    log-probs do, so both are offered and the default is the sampler's (stated, not copied).
+    UniGRPO (MMaDA) do. Mask-GRPO's released code (xingzhejun/Mask-GRPO, code/models/modeling_showo.py,
+    `t2i_generate_grpo` and `t2i_generate_grpo_loss`) scores the newly unmasked tokens, as here, under
+    the same logits its rollout sampled from: guided when guidance is on, though it trains with
+    guidance 0 "because of the cuda memory limit", where both choices coincide; its temperature only
+    scales the Gumbel noise, as ours at T = 1. So the default here is the sampler's logits.
 
-    Not counted (as in those papers): the probability of *which* cells the confidence ranking with
-    Gumbel noise committed; it depends on the model only through the sampled confidences."""
+    Not counted (as Mask-GRPO's default "candidate 2"): the probability of *which* cells the
+    confidence ranking with Gumbel noise committed; it depends on the model only through the sampled
+    confidences (their "candidate 1" adds a term for the re-masked cells)."""
 
     guidance: float = 0.0
     temperature: float = 1.0

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +49,8 @@ from hermesflow.selfplay import Pair, Sample, contrast_pair, initial_pair, updat
 from hermesflow.settings import CurationOptions
 from hermesflow.stages import say
 from hermesflow.world.oracle import parse_batch
-from hermesflow.world.prompts import PromptSpec, parse_prompt, phrase
+from hermesflow.world.prompts import parse_prompt, perturbed_spec, phrase
 from hermesflow.world.questions import answer_on_scene
-from hermesflow.world.scenes import COLOR_NAMES, RELATIONS, SHAPES
 
 MANIFEST = "manifest.json"
 UNSCORABLE = "unscorable"  # every sampled caption is one the model cannot score
@@ -120,28 +119,6 @@ def _mean_by(rows: list[int], values: list[float], n: int) -> np.ndarray:
 
 # ----- where pairs come from ----------------------------------------------------------------------
 
-def perturbed_spec(spec: PromptSpec, rng: random.Random) -> PromptSpec:
-    """`spec` with exactly one attribute swapped: an attribute slot (an object's shape, a named
-    colour, the count, the relation) is drawn uniformly, then a new value for it. Named objects keep
-    distinct shapes (and distinct named colours), as the world's prompts do, and counts stay in 2-4."""
-    slots: list[list[PromptSpec]] = []
-    for i, (shape, color) in enumerate(spec.objects):
-        others = [o for j, o in enumerate(spec.objects) if j != i]
-
-        def with_object(new: tuple[str, str | None], i=i) -> PromptSpec:
-            return replace(spec, objects=spec.objects[:i] + (new,) + spec.objects[i + 1 :])
-
-        slots.append([with_object((s, color)) for s in SHAPES if s != shape and s not in {o[0] for o in others}])
-        if color is not None:
-            slots.append([with_object((shape, c)) for c in COLOR_NAMES if c != color and c not in {o[1] for o in others}])
-    if spec.count is not None:
-        slots.append([replace(spec, count=n) for n in (2, 3, 4) if n != spec.count])
-    if spec.relation is not None:
-        slots.append([replace(spec, relation=r) for r in RELATIONS if r != spec.relation])
-    slots = [s for s in slots if s]
-    return rng.choice(rng.choice(slots))
-
-
 def perturbed_caption(caption: str, key: str) -> str | None:
     """The caption with one attribute swapped (`perturbed_spec`), in the same phrasing; the swap is
     drawn from `key` (seed, round and record id), so a rerun perturbs alike. None when the world's
@@ -169,8 +146,8 @@ def check_curation_data(data: HomologousData, s: CurationOptions, limit: int = 2
         option = " and ".join(o for o, on in (("--pair-source oracle", s.pair_source == "oracle"),
                                               ("--rejected-from perturbed", s.rejected_from == "perturbed")) if on)
         shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
-        raise DataError([f"{data.path}: {len(problems)} records cannot be curated with {option} (world data only; "
-                         "nothing was run)", *shown])
+        raise DataError([f"{data.path}: {len(problems)} problem{'s' * (len(problems) > 1)} for {option}, which needs world "
+                         "data (nothing was run)", *shown])
 
 
 def curate_batch(backbone: Backbone, similarity, records: list[Record], previous: dict[str, Preference],

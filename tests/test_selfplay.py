@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hermesflow.curate import check_curation_data, perturbed_caption, perturbed_spec, self_vqa_scores
+from hermesflow.curate import check_curation_data, perturbed_caption, self_vqa_scores
+from hermesflow.world.prompts import perturbed_spec
 from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError, UsageError
 from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line

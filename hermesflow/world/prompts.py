@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hermesflow.world.scenes import (
     COLOR_NAMES,
     GRID,
     NUMBERS,
+    RELATIONS,
     SHAPES,
     Obj,
     Scene,
@@ -152,3 +153,25 @@ def sample_scene(category: str, rng: random.Random) -> tuple[Scene, PromptSpec]:
         a, b = Obj(shapes[0], colors[0], *cells[0]), Obj(shapes[1], colors[1], *cells[1])
         return Scene((a, b)), PromptSpec(category, ((a.shape, a.color), (b.shape, b.color)))
     raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
+
+
+def perturbed_spec(spec: PromptSpec, rng: random.Random) -> PromptSpec:
+    """`spec` with exactly one attribute swapped: an attribute slot (an object's shape, a named
+    colour, the count, the relation) is drawn uniformly, then a new value for it. Named objects keep
+    distinct shapes (and distinct named colours), as the world's prompts do, and counts stay in 2-4."""
+    slots: list[list[PromptSpec]] = []
+    for i, (shape, color) in enumerate(spec.objects):
+        others = [o for j, o in enumerate(spec.objects) if j != i]
+
+        def with_object(new: tuple[str, str | None], i=i) -> PromptSpec:
+            return replace(spec, objects=spec.objects[:i] + (new,) + spec.objects[i + 1 :])
+
+        slots.append([with_object((s, color)) for s in SHAPES if s != shape and s not in {o[0] for o in others}])
+        if color is not None:
+            slots.append([with_object((shape, c)) for c in COLOR_NAMES if c != color and c not in {o[1] for o in others}])
+    if spec.count is not None:
+        slots.append([replace(spec, count=n) for n in (2, 3, 4) if n != spec.count])
+    if spec.relation is not None:
+        slots.append([replace(spec, relation=r) for r in RELATIONS if r != spec.relation])
+    slots = [s for s in slots if s]
+    return rng.choice(rng.choice(slots))

@@ -146,8 +146,8 @@ def check_curation_data(data: HomologousData, s: CurationOptions, limit: int = 2
         option = " and ".join(o for o, on in (("--pair-source oracle", s.pair_source == "oracle"),
                                               ("--rejected-from perturbed", s.rejected_from == "perturbed")) if on)
         shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
-        raise DataError([f"{data.path}: {len(problems)} problem{'s' * (len(problems) > 1)} for {option}, which needs world "
-                         "data (nothing was run)", *shown])
+        header = f"{data.path}: {len(problems)} problem{'s' * (len(problems) > 1)} for {option}, which needs world data (nothing was run)"
+        raise DataError([header, *shown])
 
 
 def curate_batch(backbone: Backbone, similarity, records: list[Record], previous: dict[str, Preference],

@@ -11,16 +11,26 @@ import pytest
 import torch
 
 from hermesflow.curate import check_curation_data, perturbed_caption, self_vqa_scores
-from hermesflow.world.prompts import perturbed_spec
 from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError, UsageError
 from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.selfplay import (
-    BELOW_THRESHOLD, IMPROVED, INITIAL, INVERTED, NOT_IMPROVED, NOT_WORSE, PERTURBED, TIE, Pair, Sample, contrast_pair,
-    initial_pair, update_pair,
+    BELOW_THRESHOLD,
+    IMPROVED,
+    INITIAL,
+    INVERTED,
+    NOT_IMPROVED,
+    NOT_WORSE,
+    PERTURBED,
+    TIE,
+    Pair,
+    Sample,
+    contrast_pair,
+    initial_pair,
+    update_pair,
 )
 from hermesflow.settings import CurationOptions
-from hermesflow.world.prompts import CATEGORIES, PromptSpec, parse_prompt, phrase, sample_scene
+from hermesflow.world.prompts import CATEGORIES, PromptSpec, parse_prompt, perturbed_spec, phrase, sample_scene
 from hermesflow.world.questions import QA
 from hermesflow.world.scenes import Scene
 

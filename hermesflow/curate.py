@@ -138,7 +138,8 @@ def check_curation_data(data: HomologousData, s: CurationOptions, limit: int = 2
                          "model's own scores: choose one (--image-score hard with the oracle)")
     problems = []
     if s.pair_source == "oracle":
-        problems += [f"{data.where(r)}: no world scene, so the oracle cannot rank its images" for r in data.records if r.scene is None]
+        problems += [f"{data.where(r)}: no world scene, so the oracle cannot rank its images"
+                     for r in data.records if r.scene is None]
     if s.rejected_from == "perturbed":
         problems += [f"{data.where(r)}: caption {r.caption!r} is not one the world's prompt parser reads, so it cannot be "
                      "perturbed" for r in data.records if parse_prompt(r.caption) is None]
@@ -146,7 +147,8 @@ def check_curation_data(data: HomologousData, s: CurationOptions, limit: int = 2
         option = " and ".join(o for o, on in (("--pair-source oracle", s.pair_source == "oracle"),
                                               ("--rejected-from perturbed", s.rejected_from == "perturbed")) if on)
         shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
-        header = f"{data.path}: {len(problems)} problem{'s' * (len(problems) > 1)} for {option}, which needs world data (nothing was run)"
+        plural = "s" * (len(problems) > 1)
+        header = f"{data.path}: {len(problems)} problem{plural} for {option}, which needs world data (nothing was run)"
         raise DataError([header, *shown])
 
 
@@ -188,7 +190,8 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     true_acc = oracle_accuracy(backbone.decode(all_tokens), qa, owners).tolist() if judged else None
     ranked_by = RANKED_BY[(s.pair_source, s.image_score)]
     if ranked_by == "oracle" and not judged:
-        raise DataError([f"record {r.id!r}: no world scene, so the oracle cannot rank its images" for r in records if r.scene is None])
+        raise DataError([f"record {r.id!r}: no world scene, so the oracle cannot rank its images"
+                         for r in records if r.scene is None])
 
     def sample(j: int, own: slice) -> Sample:
         """Candidate j of a record as the pairing rules see it: ranked by the chosen score, gated by accuracy."""

@@ -4,9 +4,10 @@ The same rules serve both branches: captions scored by similarity to y (understa
 scored by self-VQA (generation, which also requires the winner to pass a threshold: the paper keeps
 x_w only if Acc(x_w) > 0.6). An image's ranking score may differ from the accuracy the threshold
 tests: the graded self-score (mean probability of the correct answers) ranks, so that images of
-equal hard accuracy are ordered, while the 0.6 threshold stays on the hard accuracy (`Sample.accuracy`). Pure functions over small records, so that curation can
-store, reload and re-score pairs between rounds. Every function returns (pair, reason): the pair is
-None when it is dropped, and the reason says why, so the round manifest can count drops by cause.
+equal hard accuracy are ordered, while the 0.6 threshold stays on the hard accuracy (`Sample.accuracy`).
+Pure functions over small records, so that curation can store, reload and re-score pairs between
+rounds. Every function returns (pair, reason): the pair is None when it is dropped, and the reason
+says why, so the round manifest can count drops by cause.
 """
 
 from __future__ import annotations

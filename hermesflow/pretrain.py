@@ -26,7 +26,7 @@ from hermesflow.io import keep_rows_up_to
 from hermesflow.settings import PRESETS, PretrainConfig
 from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import mask_ratio
-from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
+from hermesflow.world.prompts import CATEGORIES, PromptSpec, perturbed_spec, phrase, sample_scene
 from hermesflow.world.questions import questions_for
 from hermesflow.world.scenes import split_of
 
@@ -54,8 +54,20 @@ class Batch:
     n_caption: int
 
 
-def make_batch(model: UnifiedModel, seed: int, step: int, size: int, cond_dropout: float) -> Batch:
-    """The batch of `step`: a deterministic function of (seed, step)."""
+def noisy_caption(spec: PromptSpec, rng: random.Random, noise: float) -> str:
+    """The scene's caption in a random phrasing; with probability `noise`, one attribute of it is
+    wrong (`perturbed_spec`), as web alt-text often is. Without noise the model learns p(image | caption)
+    from perfect pairs, and its own correct samples can teach it nothing its pretraining did not:
+    with noise, choosing those samples is a cleaner signal than the data it was pretrained on."""
+    if noise and rng.random() < noise:
+        spec = perturbed_spec(spec, rng)
+    return phrase(spec, rng.randrange(3))
+
+
+def make_batch(model: UnifiedModel, seed: int, step: int, size: int, cond_dropout: float, caption_noise: float = 0.0) -> Batch:
+    """The batch of `step`: a deterministic function of (seed, step). Caption noise applies to the
+    captions of both text-to-image and captioning (the same noisy image–caption pairs); question
+    answering stays exact."""
     rng = random.Random(f"pretrain/{seed}/{step}")
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     third = size // 3
@@ -68,7 +80,7 @@ def make_batch(model: UnifiedModel, seed: int, step: int, size: int, cond_dropou
         examples.append((scene, spec))
     t2i, cap, vqa = examples[:third], examples[third : 2 * third], examples[2 * third :]
 
-    prompts = [[] if rng.random() < cond_dropout else model.encode_text(phrase(spec, rng.randrange(3))) for _, spec in t2i]
+    prompts = [[] if rng.random() < cond_dropout else model.encode_text(noisy_caption(spec, rng, caption_noise)) for _, spec in t2i]
     codes = torch.tensor([model.images.tokens_of(scene) for scene, _ in t2i])
     ratios = mask_ratio(torch.rand(len(t2i), generator=g))
     n = model.images.n_tokens
@@ -78,7 +90,7 @@ def make_batch(model: UnifiedModel, seed: int, step: int, size: int, cond_dropou
     prefixes, targets = [], []
     for scene, spec in cap:
         prefixes.append([])
-        targets.append(model.encode_text(phrase(spec, rng.randrange(3))) + [model.text.eos])
+        targets.append(model.encode_text(noisy_caption(spec, rng, caption_noise)) + [model.text.eos])
     for scene, spec in vqa:
         qa = rng.choice(questions_for(spec, scene, rng))
         prefixes.append(model.encode_text(qa.question) + [model.text.ans])
@@ -165,7 +177,7 @@ def pretrain(cfg: PretrainConfig) -> UnifiedModel:
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
     tic = time.perf_counter()
     for step in bar:
-        batch = make_batch(model, cfg.seed, step, cfg.batch_size, cfg.cond_dropout)
+        batch = make_batch(model, cfg.seed, step, cfg.batch_size, cfg.cond_dropout, cfg.caption_noise)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):

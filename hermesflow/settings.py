@@ -82,6 +82,8 @@ class PretrainConfig:
     weight_decay: float = option(0.01, "AdamW weight decay", minimum=0.0)
     warmup: int = option(100, "linear warm-up steps before the cosine decay")
     cond_dropout: float = option(0.1, "share of text-to-image prompts replaced by the empty prompt (for guidance)", minimum=0.0, maximum=1.0)
+    caption_noise: float = option(0.3, "share of captions (text-to-image and captioning) with one attribute wrong, like web alt-text; "
+                                  "0.3 made the shipped base (experiments/zero.md)", minimum=0.0, maximum=1.0)
     bf16: bool = option(True, "bfloat16 autocast (about 1.8x faster on this CPU than fp32)")
     checkpoint_every: int = option(250, "steps between resumable checkpoints", minimum=1)
     seed: int = option(0, "seed of the data stream, the masks and the initial weights")

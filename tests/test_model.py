@@ -223,3 +223,22 @@ def test_fit_problems_name_what_the_model_cannot_represent(model):
     assert "multiple of 32" in model.fit_problems(np.zeros((50, 70, 3), np.uint8), [])[0]
     assert "limit" in model.fit_problems(None, [" ".join(["red"] * 15)])[0]
     assert model.fit_problems(None, ["a?"]) == []  # two tokens, as the tokenizer counts them
+
+
+def test_pretraining_caption_noise_swaps_one_attribute_of_that_share_of_captions():
+    import random
+
+    from hermesflow.pretrain import noisy_caption
+    from hermesflow.world.prompts import parse_prompt, sample_scene
+
+    rng = random.Random(0)
+    specs = [sample_scene(c, rng)[1] for c in ("counting", "colors", "position", "color_attr") for _ in range(50)]
+    clean = [parse_prompt(noisy_caption(s, random.Random(i), 0.0)) for i, s in enumerate(specs)]
+    assert clean == specs  # no noise: the caption says what the scene holds, in some phrasing
+    noisy = [parse_prompt(noisy_caption(s, random.Random(i), 1.0)) for i, s in enumerate(specs)]
+    for spec, said in zip(specs, noisy):
+        assert said.category == spec.category and said != spec
+        differing = sum(a != b for a, b in zip(spec.objects, said.objects)) + (spec.count != said.count) + (spec.relation != said.relation)
+        assert differing == 1
+    some = [parse_prompt(noisy_caption(s, random.Random(i), 0.3)) != s for i, s in enumerate(specs)]
+    assert 0.15 < sum(some) / len(some) < 0.45

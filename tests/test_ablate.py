@@ -27,7 +27,8 @@ def test_the_shipped_recipes_file_loads():
     assert {"base_recipe", "paper_sum", "product_no_nll", "dpo_und", "dpo_gen"} <= set(arms)
     assert arms["base_recipe"].settings == {}
     assert arms["paper_sum"].settings == {"loss_type": "sum", "beta_und": 0.2, "beta_gen": 0.2, "sft_und": 0.0, "sft_gen": 0.0}
-    assert not any(a.curates for a in arms.values())
+    assert {name for name, a in arms.items() if a.curates} == {"perturbed", "oracle_pairs"}  # curation settings: own round 0
+    assert arms["gen_sft"].settings == {"gen_objective": "sft"}
 
 
 def test_arms_take_rounds_and_mark_those_that_curate(tmp_path):

@@ -69,6 +69,37 @@ def geneval(j: dict) -> dict:
     return out
 
 
+def ancestral(model, captions: list[str], n: int, cfg: GenerationConfig) -> torch.Tensor:
+    """One cell per step in a random order, each drawn from the (guided) model at the cells drawn so
+    far: at guidance 0 an exact sample from the model's own joint p(image | caption), with none of
+    MaskGIT's parallel, confidence-ordered commits. Built-in model only (its prompt cache)."""
+    ids = [model.encode_text(c) for c in captions for _ in range(n)]
+    g = torch.Generator().manual_seed(cfg.seed)
+    with model.sampling():
+        context = model._prompt_context(ids, cfg.guidance)
+        codes = torch.full((len(ids), model.images.n_tokens), -1, dtype=torch.long)
+        for order in torch.rand(codes.shape, generator=g).argsort(1).T:  # the k-th cell to draw, per row
+            logits = model._guided_logits(context, codes, cfg.guidance).float()
+            probs = F.softmax(logits[torch.arange(len(ids)), order] / max(cfg.temperature, 1e-6), -1)
+            codes[torch.arange(len(ids)), order] = torch.multinomial(probs, 1, generator=g)[:, 0]
+    return codes
+
+
+def sft_examples(base, caps: list[str], qas: list, n: int, sample, select: str, seed: int):
+    """n samples per caption (`sample(captions, n)`), judged by the oracle; per caption a perfect one
+    (dropped when none is) or a random one. Returns the (caption, tokens) examples, every sample's
+    accuracy (len(caps), n), and the mean accuracy of the picked samples."""
+    tokens = sample(caps, n).view(len(caps), n, -1)
+    j = judge(base, [c for c in caps for _ in range(n)], [q for q in qas for _ in range(n)], tokens.flatten(0, 1))
+    acc = (j["correct"] / j["questions"]).reshape(len(caps), n)
+    rng = np.random.default_rng(seed)
+    if select == "perfect":
+        picks = [(i, int(rng.choice(np.flatnonzero(acc[i] == 1)))) for i in range(len(caps)) if (acc[i] == 1).any()]
+    else:
+        picks = [(i, int(rng.integers(n))) for i in range(len(caps))]
+    return [(caps[i], tokens[i, k]) for i, k in picks], acc, float(np.mean([acc[i, k] for i, k in picks]))
+
+
 def fine_tune(base, examples: list[tuple[str, torch.Tensor]], steps: int, lr: float, batch: int, cond_dropout: float, seed: int):
     """Pretraining's text-to-image loss on (caption, image tokens) examples; returns a fine-tuned copy."""
     model = copy.deepcopy(base).train()
@@ -114,6 +145,8 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=150)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--cond-dropout", type=float, default=0.1)
+    p.add_argument("--sampler", choices=("maskgit", "ancestral"), default="maskgit",
+                   help="maskgit: the library's sampler; ancestral: one cell per step in a random order (see `ancestral`)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -122,33 +155,24 @@ def main() -> None:
     e_caps, e_qas = [it.caption for it in evals], [it.qa for it in evals]
 
     def sample(model, caps, n, seed, **changes):
-        cfg = GenerationConfig(guidance=a.guidance, steps=a.steps, temperature=a.temperature, seed=seed)
-        return model.generate(caps, n, GenerationConfig(**{**cfg.__dict__, **changes}))
+        cfg = GenerationConfig(**{**GenerationConfig(guidance=a.guidance, temperature=a.temperature, steps=a.steps, seed=seed).__dict__, **changes})
+        return ancestral(model, caps, n, cfg) if a.sampler == "ancestral" else model.generate(caps, n, cfg)
 
     if a.sweep:
         rows = {}
         for guidance in (0.0, 0.5, 1.0, 2.0, 3.0):
-            for steps in (10, 16):
+            for steps in (10, 16) if a.sampler == "maskgit" else (16,):
                 j = judge(base, e_caps, e_qas, sample(base, e_caps, 1, 11, guidance=guidance, steps=steps))
                 print(summary_line(f"guidance {guidance} steps {steps}", j), flush=True)
                 rows[f"g{guidance}-s{steps}"] = {"generation": per_question(j), "unseen": per_question(j, j["unseen"]), "geneval": geneval(j)}
-        (a.out / "sweep.json").write_text(json.dumps(rows, indent=1))
+        (a.out / f"sweep-{a.sampler}.json").write_text(json.dumps(rows, indent=1))
         return
 
     records = [r for r, _ in world_records(a.n_train, a.seed + 1, "train", prompts="seen")]
     caps = [r["caption"] for r in records]
     qas = [tuple(QA(q["question"], tuple(q["choices"]), q["answer"], q["type"]) for q in r["qa"]) for r in records]
     tic = time.perf_counter()
-    tokens = sample(base, caps, a.n_samples, 7).view(len(caps), a.n_samples, -1)
-    j = judge(base, [c for c in caps for _ in range(a.n_samples)], [q for q in qas for _ in range(a.n_samples)], tokens.flatten(0, 1))
-    acc = (j["correct"] / j["questions"]).reshape(len(caps), a.n_samples)
-    rng = np.random.default_rng(a.seed)
-    if a.select == "perfect":
-        picks = [(i, int(rng.choice(np.flatnonzero(acc[i] == 1)))) for i in range(len(caps)) if (acc[i] == 1).any()]
-    else:
-        picks = [(i, int(rng.integers(a.n_samples))) for i in range(len(caps))]
-    examples = [(caps[i], tokens[i, k]) for i, k in picks]
-    chosen_acc = float(np.mean([acc[i, k] for i, k in picks]))
+    examples, acc, chosen_acc = sft_examples(base, caps, qas, a.n_samples, lambda c, n: sample(base, c, n, 7), a.select, a.seed)
     print(f"{len(caps)} prompts x {a.n_samples} samples: mean oracle accuracy {acc.mean():.3f}, a perfect sample for "
           f"{(acc.max(1) == 1).mean():.1%} of prompts; {len(examples)} {a.select} examples ({time.perf_counter() - tic:.0f} s)", flush=True)
     tuned = fine_tune(base, examples, a.train_steps, a.lr, a.batch, a.cond_dropout, a.seed)
@@ -166,7 +190,7 @@ def main() -> None:
             print(f"    difference ({k}, n={d['n']}): {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
         result[name] = {"base": per_question(jb), "tuned": per_question(jt), "base_geneval": geneval(jb), "tuned_geneval": geneval(jt),
                         "difference": diffs}
-    (a.out / f"zero-{a.select}.json").write_text(json.dumps(result, indent=1))
+    (a.out / f"zero-{a.select}-{a.sampler}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_a_tiny_ablation_from_a_yaml_file(tmp_path):
         for key in ("understanding", "generation", "gap"):
             lo, hi = change[key]["ci95"]
             assert lo <= change[key]["mean"] <= hi and change[key]["seeds"] == 2
-        assert summary[arm]["train_seconds_per_step"] > 0
+        assert summary[arm]["train_seconds_per_step"] >= 0  # measured; a tiny model may round to 0.0 s
     table = (out / "ablation.md").read_text()
     assert "| more_images | own round 0 (n_images) |" in table and "Δ generation unseen" in table
     assert (out / "arms.yaml").read_text() == arms.read_text()

@@ -140,17 +140,17 @@ class CurationOptions:
 @dataclass
 class TrainingOptions:
     """Pair-DPO and its optimiser (DESIGN §2). The defaults are the built-in model's recipe, chosen
-    by the runs in experiments/gen_dpo.md: plain DPO at a learning rate that moves the model lowers
-    the generation score (0.78 -> 0.60); the NLL term on chosen samples prevents it. Those runs used
-    the first version's summed NLL, masks fixed per round and per-branch rows; the defaults are now
-    per-token NLL, per-step masks and homologous rows (issue 10), each one flag away."""
+    by the study in experiments/recipes.md: Pair-DPO `sum` with DPOP as the image term and per-token
+    NLL terms on the chosen samples is the one arm whose generation rose above the base's (paired
+    interval) while understanding did not fall; per-step masks and homologous rows make arms
+    comparable. Each of these is one flag away, and `--preset paper` is the paper's recipe."""
 
     loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO), joint (-log σ(Δ_und + Δ_gen))",
                             choices=("product", "sum", "und", "gen", "joint"))
     beta_und: float = option(0.2, "β of the understanding branch", minimum=1e-6)
     beta_gen: float = option(0.2, "β of the generation branch", minimum=1e-6)
-    gen_objective: str = option("dpo", "the image branch's objective: dpo; dpop (DPO-Positive, arXiv 2402.13228: DPO plus a penalty when "
-                                "the chosen image's likelihood falls below the reference's); apo_zero (TRL's loss_type apo_zero); "
+    gen_objective: str = option("dpop", "the image branch's objective: dpop (DPO-Positive, arXiv 2402.13228: DPO plus a penalty when the chosen "
+                                "image's likelihood falls below the reference's; the default, experiments/recipes.md); dpo (plain DPO, the paper's); apo_zero (TRL's loss_type apo_zero); "
                                 "cal_dpo (arXiv 2412.14516, as its official code); sft (positive-only, RAFT: the chosen image's NLL alone, "
                                 "no rejected image, no image reference). product and joint take dpo or dpop only",
                                 choices=("dpo", "dpop", "apo_zero", "cal_dpo", "sft"))
@@ -250,7 +250,7 @@ class TrainConfig(TrainingOptions, DataOptions):
 # in for the defaults, and a config file or a flag still overrides each of them.
 RUN_PRESETS = {
     "default": {},
-    "paper": dict(loss_type="sum", lr=2e-5, weight_decay=0.01, beta_und=0.2, beta_gen=0.2, sft_und=0.0, sft_gen=0.0,
+    "paper": dict(loss_type="sum", gen_objective="dpo", lr=2e-5, weight_decay=0.01, beta_und=0.2, beta_gen=0.2, sft_und=0.0, sft_gen=0.0,
                   batch_size=4, train_steps=3000, n_captions=10, n_images=16, guidance=5.0, eval_guidance=5.0, steps=50),
 }
 

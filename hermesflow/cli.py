@@ -41,7 +41,8 @@ from hermesflow.settings import (
 def run_world(cfg: WorldConfig) -> int:
     from hermesflow.world.build import write_world
 
-    path = write_world(cfg.out, cfg.n, cfg.seed, cfg.split, image_size=cfg.image_size)
+    prompts = cfg.prompts if cfg.prompts != "auto" else ("seen" if cfg.split == "train" else "all")
+    path = write_world(cfg.out, cfg.n, cfg.seed, cfg.split, image_size=cfg.image_size, prompts=prompts)
     print_summary(read_homologous(path).summary())
     return 0
 

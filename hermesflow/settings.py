@@ -21,6 +21,9 @@ class WorldConfig:
     seed: int = option(0, "random seed; the same seed and split give the same files")
     split: str = option("train", "which split; train and eval never share a scene", choices=("train", "eval"))
     image_size: int = option(32, "image side in pixels, a multiple of 32 (the world drawn larger for a backbone that reads larger images)", minimum=32)
+    prompts: str = option("auto", "seen: leave out the prompts held out of post-training (world/holdout.py), so that evaluation's unseen "
+                          "prompts stay unseen when you post-train on this data; all: every prompt; auto: seen for --split train, all for eval",
+                          choices=("auto", "seen", "all"))
 
 
 @dataclass

@@ -218,3 +218,17 @@ def test_post_training_world_data_holds_no_held_out_prompt_and_eval_has_enough_u
     assert len(unseen) >= 150 and {r["category"] for r in unseen} == set(HELD_OUT_CATEGORIES)
     with pytest.raises(UsageError, match="prompts must be one of"):
         next(world_records(1, seed=0, split="train", prompts="unseen"))
+
+
+def test_the_world_command_leaves_held_out_prompts_out_of_train_data_unless_asked(tmp_path):
+    from hermesflow.cli import main
+
+    def held_out(folder):
+        lines = (folder / "data.jsonl").read_text().splitlines()
+        return sum(is_held_out(parse_prompt(json.loads(line)["caption"])) for line in lines)
+
+    assert main(["world", "--out", str(tmp_path / "train"), "--n", "60", "--split", "train"]) == 0
+    assert held_out(tmp_path / "train") == 0  # post-training data by default: evaluation's unseen prompts stay unseen
+    assert main(["world", "--out", str(tmp_path / "all"), "--n", "60", "--split", "train", "--prompts", "all"]) == 0
+    assert main(["world", "--out", str(tmp_path / "eval"), "--n", "60", "--split", "eval"]) == 0
+    assert held_out(tmp_path / "all") > 0 and held_out(tmp_path / "eval") > 0

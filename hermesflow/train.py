@@ -414,11 +414,15 @@ def _reference(inner: PolicyLogps, reference: PolicyLogps | None, refs: dict, ca
 
 def branch_grad_norms(policy: nn.Module, logs: dict[str, BranchLogps], loss_fn: PairDPOLoss) -> dict[str, torch.Tensor]:
     """The gradient norm of each branch's own objective alone (this process's batch), to see whether
-    one branch dominates the update: summed image log-probs over many tokens can outweigh captions."""
+    one branch dominates the update: summed image log-probs over many tokens can outweigh captions.
+    A branch's example weights apply as in the loss (the positive-only image term leaves out the
+    examples below --sft-min-accuracy)."""
     params = [p for p in policy.parameters() if p.requires_grad]
     norms = {}
     for branch, lp in logs.items():
-        grads = torch.autograd.grad(loss_fn.branch_loss(branch, lp).float().mean(), params, retain_graph=True, allow_unused=True)
+        own = loss_fn.branch_loss(branch, lp).float()
+        own = own if lp.weight is None else own * lp.weight
+        grads = torch.autograd.grad(own.mean(), params, retain_graph=True, allow_unused=True)
         norms[f"{branch}/grad_norm"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))[None]
     return norms
 

@@ -17,10 +17,10 @@ from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import MASKED, draw_masks
 from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
-from hermesflow.losses import PairDPOLoss
+from hermesflow.losses import BranchLogps, PairDPOLoss
 from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference
 from hermesflow.settings import TrainConfig
-from hermesflow.train import PolicyLogps, branch_logps, examples_from, mask_seeds, reference_branches, train
+from hermesflow.train import PolicyLogps, branch_grad_norms, branch_logps, examples_from, mask_seeds, reference_branches, train
 from hermesflow.world.build import write_world
 
 
@@ -195,3 +195,14 @@ def test_a_positive_only_threshold_no_example_reaches_is_refused(tmp_path, data)
     prefs = prefs_of(data, model, score=lambda i: 0.75)
     with pytest.raises(UsageError, match="sft-min-accuracy 1.0"):
         run_train(tmp_path, data, model, prefs, gen_objective="sft")
+
+
+def test_branch_grad_norms_leave_out_what_the_loss_leaves_out():
+    """The positive-only image term's gradient norm counts only the examples it trains (weight 1):
+    with logp = a·x, the NLL's gradient is −mean(w·x), here −(2·1 + 0·10)/2 = −1."""
+    policy = torch.nn.Linear(1, 1, bias=False)
+    policy.weight.data.fill_(0.5)
+    logp = policy(torch.tensor([[2.0], [10.0]]))[:, 0]
+    lp = BranchLogps(logp, chosen_count=torch.ones(2), weight=torch.tensor([1.0, 0.0]))
+    norms = branch_grad_norms(policy, {"gen": lp}, PairDPOLoss("gen", gen_objective="sft"))
+    assert norms["gen/grad_norm"].item() == pytest.approx(1.0)

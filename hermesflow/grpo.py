@@ -37,7 +37,7 @@ from hermesflow.data import Record
 from hermesflow.errors import UsageError
 from hermesflow.io import keep_rows_up_to
 from hermesflow.stages import say
-from hermesflow.train import _save_state, batch_indices, estimator_of, lr_lambda, make_accelerator
+from hermesflow.train import _save_state, batch_indices, estimator_of, make_accelerator, prepare_optimizer
 
 REWARDS = ("hard", "graded")
 ESTIMATORS = ("trajectory", "random_mask")
@@ -212,12 +212,7 @@ def train_grpo(backbone: Backbone, records: list[Record], cfg, out: Path) -> Bac
     reference = None
     if cfg.grpo_beta_kl > 0 and backbone.peft_model is None:  # with LoRA: the adapter disabled
         reference = ImageLogps(copy.deepcopy(backbone).eval().requires_grad_(False), estimator)
-    policy.train()
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    policy, opt = accelerator.prepare(policy, opt)
-    accelerator.register_for_checkpointing(sched)
-    inner = accelerator.unwrap_model(policy)
+    policy, opt, sched, inner = prepare_optimizer(policy, cfg, accelerator)
 
     state_dir, start = out / "state", 0
     if (state_dir / "step.json").exists():

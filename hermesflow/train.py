@@ -279,6 +279,18 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainCon
     return refs
 
 
+def prepare_optimizer(policy: nn.Module, cfg, accelerator) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, nn.Module]:
+    """AdamW over the policy's trainable parameters with the warm-up + cosine schedule, prepared by
+    the accelerator (the scheduler registered for checkpointing, not prepared: accelerate would step
+    it once per process per step). Returns (policy, optimizer, scheduler, the unwrapped policy)."""
+    policy.train()
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    policy, opt = accelerator.prepare(policy, opt)
+    accelerator.register_for_checkpointing(sched)
+    return policy, opt, sched, accelerator.unwrap_model(policy)
+
+
 def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Path) -> Backbone:
     """Train the policy on the examples (resuming from `out/state` if present); returns the backbone."""
     if not examples:
@@ -308,13 +320,7 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
         refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, accelerator, out)
     if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
         reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), online, policy.estimator)
-    policy.train()
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    # The scheduler is not prepared: accelerate would step it once per process per step.
-    policy, opt = accelerator.prepare(policy, opt)
-    accelerator.register_for_checkpointing(sched)
-    inner = accelerator.unwrap_model(policy)
+    policy, opt, sched, inner = prepare_optimizer(policy, cfg, accelerator)
 
     state_dir, start, skipped = out / "state", 0, 0
     if (state_dir / "step.json").exists():

@@ -40,7 +40,6 @@ from hermesflow.stages import say
 from hermesflow.train import _save_state, batch_indices, estimator_of, make_accelerator, prepare_optimizer
 
 REWARDS = ("hard", "graded")
-ESTIMATORS = ("trajectory", "random_mask")
 
 
 # ----- components ---------------------------------------------------------------------------------

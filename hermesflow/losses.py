@@ -242,10 +242,10 @@ class PairDPOLoss(nn.Module):
         objective, beta = self.objective[branch], self.beta[branch]
         if objective == "sft":
             return nll_objective(lp.policy_chosen, lp.chosen_count)
-        if objective in MARGIN_OBJECTIVES:
-            return -F.logsigmoid(self.margin(branch, lp))
         c, r = lp.policy_chosen - lp.ref_chosen, lp.policy_rejected - lp.ref_rejected
-        return (apo_zero_objective if objective == "apo_zero" else cal_dpo_objective)(c, r, beta)
+        if objective == "dpop":
+            return dpop_objective(c, r, beta, self.dpop_lambda)
+        return {"dpo": dpo_objective, "apo_zero": apo_zero_objective, "cal_dpo": cal_dpo_objective}[objective](c, r, beta)
 
     def forward(self, und: BranchLogps | None = None, gen: BranchLogps | None = None) -> PairDPOOutput:
         given = {"und": und, "gen": gen}

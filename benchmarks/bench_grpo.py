@@ -112,7 +112,6 @@ def main() -> None:
     from hermesflow.settings import RunConfig
     from hermesflow.world.build import write_world
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_backbone(args.model or BASE_MODEL, "fp32")
     folder = Path(tempfile.mkdtemp(prefix="bench-grpo-")) / "data"
     write_world(folder, max(args.batch_size, args.prompts) * 4, seed=0, split="train")

@@ -191,7 +191,7 @@ class TrainingOptions:
     report_to: str = option("", "accelerate trackers besides metrics.jsonl (tensorboard, wandb, ...); empty = none")
     save_every: int = option(50, "steps between resumable accelerate save_state checkpoints", minimum=0)
     max_nonfinite: int = option(5, "stop after this many non-finite losses in a row", minimum=1)
-    log_branch_grad_norms: bool = option(False, "log und/grad_norm and gen/grad_norm, each branch's DPO gradient alone (two extra backward passes)")
+    log_branch_grad_norms: bool = option(False, "log und/grad_norm and gen/grad_norm, each branch's own objective's gradient alone (two extra backward passes)")
 
 
 @dataclass

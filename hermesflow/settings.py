@@ -144,8 +144,9 @@ class CurationOptions:
 class TrainingOptions:
     """Pair-DPO and its optimiser (DESIGN §2). The defaults are the built-in model's recipe, chosen
     by the study in experiments/recipes.md: Pair-DPO `sum` with DPOP as the image term and per-token
-    NLL terms on the chosen samples is the one arm whose generation rose above the base's (paired
-    interval) while understanding did not fall; per-step masks and homologous rows make arms
+    NLL terms on the chosen samples raised generation above the base's (paired interval) while
+    understanding did not fall (so did positive-only images without a caption branch,
+    `--loss-type gen --gen-objective sft`, measured after the choice); per-step masks and homologous rows make arms
     comparable. Each of these is one flag away, and `--preset paper` is the paper's recipe."""
 
     loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO), joint (-log σ(Δ_und + Δ_gen))",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from hermesflow.backbones import GenerationConfig, load_backbone
 from hermesflow.backbones.maskgit import mask_ratio
-from hermesflow.evaluate import world_eval_items
+from hermesflow.evaluate import cluster_mean_ci, world_eval_items
 from hermesflow.world.build import world_records
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.oracle import parse_batch
@@ -54,13 +53,9 @@ def per_question(j: dict, keep: np.ndarray | None = None) -> float:
 
 
 def paired(a: dict, b: dict, keep: np.ndarray | None = None) -> dict:
-    """Per-question difference b - a over the same items, 95% interval clustered by item (ratio estimator)."""
+    """Per-question difference b - a over the same items, 95% interval clustered by item (`cluster_mean_ci`)."""
     keep = np.ones(len(a["correct"]), bool) if keep is None else keep
-    d, q = (b["correct"] - a["correct"])[keep], a["questions"][keep]
-    mean = d.sum() / q.sum()
-    resid = d - mean * q
-    se = math.sqrt((resid**2).sum() * len(d) / max(1, len(d) - 1)) / q.sum()
-    return {"mean": float(mean), "ci95": [float(mean - 1.96 * se), float(mean + 1.96 * se)], "n": int(keep.sum())}
+    return cluster_mean_ci((b["correct"] - a["correct"])[keep], a["questions"][keep]) | {"n": int(keep.sum())}
 
 
 def geneval(j: dict) -> dict:

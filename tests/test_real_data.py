@@ -61,15 +61,23 @@ def test_curation_refuses_data_without_questions_and_says_how_to_get_them(tmp_pa
     assert "6 records have no qa" in capsys.readouterr().err
 
 
-def test_eval_with_a_vlm_judge_names_it(stub, tmp_path, capsys):
+def _model_and_sceneless_world(tmp_path, name: str):
+    """A tiny built-in model in tmp_path/model, and 3 eval-split world records without their scenes
+    (so no oracle can judge them) in tmp_path/name; returns the data folder."""
     from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
     from hermesflow.world.build import write_world
 
     UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
-    world = write_world(tmp_path / "world", 3, seed=0, split="eval")
+    world = write_world(tmp_path / name, 3, seed=0, split="eval")
     data = world.parent if world.name == "data.jsonl" else world
     lines = [json.loads(line) for line in (data / "data.jsonl").read_text().splitlines()]
     (data / "data.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scene"}) + "\n" for r in lines))
+    return data
+
+
+def test_eval_with_a_vlm_judge_names_it(stub, tmp_path, capsys):
+
+    data = _model_and_sceneless_world(tmp_path, "world")
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(data), "--n", "3", "--steps", "1",
                  "--out", str(out), "--judge", "vlm", "--endpoint", stub.url, "--api-model", "judge-model"]) == 0
@@ -125,14 +133,8 @@ def test_questions_from_the_scene_graph(tmp_path, capsys):
 
 
 def test_run_evaluates_with_the_vlm_judge_and_records_it(stub, tmp_path):
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
-    from hermesflow.world.build import write_world
 
-    UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
-    world = write_world(tmp_path / "heldout", 3, seed=0, split="eval")
-    data = world.parent if world.name == "data.jsonl" else world
-    lines = [json.loads(line) for line in (data / "data.jsonl").read_text().splitlines()]
-    (data / "data.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scene"}) + "\n" for r in lines))
+    data = _model_and_sceneless_world(tmp_path, "heldout")
     out = tmp_path / "run"
     args = ["run", "--model", str(tmp_path / "model"), "--out", str(out), "--rounds", "0", "--n-train", "4",
             "--eval-data", str(data), "--eval-n", "3", "--steps", "1", "--judge", "vlm", "--endpoint", stub.url,

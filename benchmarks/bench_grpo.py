@@ -30,10 +30,10 @@ import torch
 def dpo_step_fn(model, records, batch_size: int):
     """A closure running one Pair-DPO step of the default recipe on `batch_size` tuples."""
     from hermesflow.prefs import CaptionPair, ImagePair, Preference
-    from hermesflow.settings import TrainConfig
+    from hermesflow.options import TrainingOptions
     from hermesflow.train import Example, PolicyLogps, branch_logps, estimator_of, loss_of, mask_seeds
 
-    cfg = TrainConfig(model=Path("."), data=Path("."), prefs=Path("."), out=Path("."))
+    cfg = TrainingOptions()
     examples = []
     for record in records[:batch_size]:
         tokens = tuple(model.prepare_images([record.load_image()])[0].tolist())
@@ -69,24 +69,26 @@ def grpo_step_fn(model, records, cfg):
     sampling and rewards."""
     from hermesflow.backbones import GenerationConfig
     from hermesflow.grpo import ImageLogps, grpo_estimator, grpo_step, sample_rollout, self_vqa_rewards
-    from hermesflow.train import make_accelerator
+    from hermesflow.iterate import sampler_of
+    from hermesflow.loop import make_accelerator
 
-    accelerator = make_accelerator(cfg)
-    policy = ImageLogps(model, grpo_estimator(model, cfg)).train()
+    accelerator = make_accelerator(cfg.dtype)
+    sampler = sampler_of(cfg.curation)
+    policy = ImageLogps(model, grpo_estimator(model, cfg.grpo, cfg.training, sampler)).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
     step_index = [0]
 
     def step() -> dict:
-        row = grpo_step(policy, policy, None, opt, accelerator, records, cfg, step_index[0])
+        row = grpo_step(policy, policy, None, opt, accelerator, records, cfg.grpo, cfg.training, sampler, cfg.seed, step_index[0])
         step_index[0] += 1
         return row
 
     def sample_only() -> None:
-        local = records[: cfg.grpo_prompts]
-        gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.image_temperature, steps=cfg.steps, seed=step_index[0])
-        rollout = sample_rollout(model, local, cfg.grpo_group, gen, cfg.grpo_estimator == "trajectory", 0)
+        local = records[: cfg.grpo.grpo_prompts]
+        gen = GenerationConfig(guidance=sampler.guidance, temperature=sampler.temperature, steps=sampler.steps, seed=step_index[0])
+        rollout = sample_rollout(model, local, cfg.grpo.grpo_group, gen, cfg.grpo.grpo_estimator == "trajectory", 0)
         with model.sampling():
-            self_vqa_rewards(model, rollout.tokens, [r for r in local for _ in range(cfg.grpo_group)], cfg.grpo_reward)
+            self_vqa_rewards(model, rollout.tokens, [r for r in local for _ in range(cfg.grpo.grpo_group)], cfg.grpo.grpo_reward)
 
     return step, sample_only
 
@@ -109,6 +111,7 @@ def main() -> None:
 
     from hermesflow.backbones import BASE_MODEL, load_backbone
     from hermesflow.data import read_homologous
+    from hermesflow import config
     from hermesflow.settings import RunConfig
     from hermesflow.world.build import write_world
 
@@ -119,7 +122,7 @@ def main() -> None:
 
     variants = {"pair-dpo": dpo_step_fn(model, records, args.batch_size)}
     for estimator in ("trajectory", "random_mask"):
-        cfg = RunConfig(out=Path("."), recipe="grpo", grpo_prompts=args.prompts, grpo_group=args.group,
+        cfg = config.build(RunConfig, out=Path("."), recipe="grpo", grpo_prompts=args.prompts, grpo_group=args.group,
                         grpo_inner_steps=args.inner_steps, grpo_estimator=estimator)
         step, sample_only = grpo_step_fn(model, records, cfg)
         variants[f"grpo {estimator}"] = step

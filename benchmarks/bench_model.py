@@ -20,8 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hermesflow.backbones import GenerationConfig, load_backbone
-from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
-from hermesflow.pretrain import losses, make_batch
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
+from hermesflow.testbed.pretrain import losses, make_batch
 from hermesflow.world.build import world_records
 
 

@@ -104,8 +104,8 @@ def variants() -> dict[str, dict]:
 
 
 def main() -> None:
-    from hermesflow.settings import TrainConfig
-    from hermesflow.train import make_accelerator
+    from hermesflow.options import TrainingOptions
+    from hermesflow.loop import make_accelerator
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -117,8 +117,8 @@ def main() -> None:
     model, examples = setup(args.batch_size)
     model.train()
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    base = TrainConfig(model=BASE, data=Path("-"), prefs=Path("-"), out=Path("-"), batch_size=args.batch_size)
-    accelerator = make_accelerator(base)
+    base = TrainingOptions(batch_size=args.batch_size)
+    accelerator = make_accelerator("fp32")
     steps = {name: make_step(replace(base, **opts), model, frozen, examples, accelerator) for name, opts in variants().items()}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     wall: dict[str, list[float]] = {name: [] for name in steps}

@@ -25,7 +25,7 @@ def _setup(batch_size: int):
     import tempfile
 
     from hermesflow.backbones import MaskedEstimator
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.data import read_homologous
     from hermesflow.prefs import CaptionPair, ImagePair, Preference
     from hermesflow.train import Example, PolicyLogps

@@ -12,11 +12,11 @@ Results and their reading are in experiments/gen_dpo.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
+from hermesflow import config
 from hermesflow.accel import partial_state
 
 from hermesflow.iterate import curate_round, evaluate_into, summary_row, train_round
@@ -30,7 +30,7 @@ from hermesflow.world.build import write_world
 
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, assignments = text.partition(":")
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    fields = {k: f for k, (_, f, _) in config.leaves(RunConfig).items()}
     values = {}
     for item in filter(None, assignments.split(",")):
         key, _, raw = item.partition("=")
@@ -51,7 +51,7 @@ def main() -> None:
 
     state = partial_state()
     _, common = parse_variant("common:" + args.common)
-    base_cfg = dataclasses.replace(RunConfig(out=args.out, model=args.model, n_train=args.n_train, eval_n=args.eval_n), **common)
+    base_cfg = config.build(RunConfig, out=args.out, model=args.model, n_train=args.n_train, eval_n=args.eval_n, **common)
     data_dir = args.out / "data"
     if not (data_dir / "data.jsonl").exists():
         write_world(data_dir, base_cfg.n_train, seed=base_cfg.seed + 1, split="train")
@@ -63,7 +63,7 @@ def main() -> None:
     print(json.dumps(manifest["counts"]), json.dumps(manifest["self_judge"]))
     for text in args.variants:
         name, values = parse_variant(text)
-        cfg = dataclasses.replace(base_cfg, **values)
+        cfg = config.replace(base_cfg, **values)
         tic = time.perf_counter()
         model = train_round(load_backbone(args.model), data, args.out / "round", cfg, state,
                             out=args.out / name).eval()

@@ -2,7 +2,7 @@
 
 For world train records, the shipped base draws `n_images` images per caption with curation's
 defaults (guidance, steps, temperature from `CurationOptions`), judges each itself (hard self-VQA
-accuracy and the graded self-score, `curate.self_vqa_scores`) and by the exact oracle. It then
+accuracy and the graded self-score, `judges.self_vqa`) and by the exact oracle. It then
 compares the selectors curation can use:
 - the oracle accuracy of the top-1 image under each ranking (first among equals, as curation);
 - how many prompts yield a pair under each (round-0 rules with the 0.6 threshold on the hard
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from hermesflow.backbones import BASE_MODEL, GenerationConfig, load_backbone
-from hermesflow.curate import oracle_accuracy, perturbed_caption, self_vqa_scores
+from hermesflow.judges import self_vqa
+from hermesflow.world.judge import WORLD
 from hermesflow.data import read_homologous
 from hermesflow.io import atomic_write_json
 from hermesflow.selfplay import Sample, contrast_pair, initial_pair
@@ -46,7 +47,7 @@ def score_images(model: Path, data_path: Path, out: Path, batch: int, seed: int)
             part = records[b : b + batch]
             gen = GenerationConfig(guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=seed + b)
             tokens = backbone.generate([r.caption for r in part], s.n_images, gen).cpu()
-            perturbed = [perturbed_caption(r.caption, f"{seed}/0/{r.id}") for r in part]
+            perturbed = [WORLD.perturbed(r.caption, f"{seed}/0/{r.id}") for r in part]
             other = backbone.generate(perturbed, 1, GenerationConfig(
                 guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=seed + b + 7_919)).cpu()
             # each record's n samples, then its perturbed-caption image, all judged on the true questions
@@ -54,8 +55,8 @@ def score_images(model: Path, data_path: Path, out: Path, batch: int, seed: int)
                                     for i in range(len(part))])
             owners = [i for i in range(len(part)) for _ in range(s.n_images + 1)]
             qa = tuple(r.qa for r in part)
-            judge = self_vqa_scores(backbone, backbone.prepare_generated(all_tokens), qa, owners)
-            truth = oracle_accuracy(backbone.decode(all_tokens), qa, owners)
+            judge = self_vqa(backbone, backbone.prepare_generated(all_tokens), qa, owners)
+            truth = WORLD.accuracy(backbone.decode(all_tokens), qa, owners)
             k = s.n_images + 1
             for i, r in enumerate(part):
                 rows.append({"id": r.id, "category": r.category, "caption": r.caption, "perturbed": perturbed[i],

@@ -19,14 +19,13 @@ make arms unequal (`train_steps`, `dtype`, the caption encoder) are refused in a
 Results: `ablation.json` and `ablation.md`, per arm (each later round a row of its own, `<arm>_rN`):
 mean ± std over seeds of understanding, generation (all prompts and prompts unseen in
 post-training), gap, caption similarity and GenEval categories; the paired 95% interval of the
-difference to the base, pooled over seeds (`evaluate.pooled_paired_difference`); the self-judge
+difference to the base, pooled over seeds (`stats.pooled_paired_difference`); the self-judge
 agreement of the round's curation; and training seconds per step (from `timings.json`). Every stage
 is skipped when its output exists, so a killed ablation resumes where it was.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import re
@@ -40,17 +39,18 @@ from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, load_backbone
 from hermesflow.curate import MANIFEST
 from hermesflow.errors import UsageError
-from hermesflow.evaluate import pooled_paired_difference
 from hermesflow.io import atomic_write_json, atomic_write_text
+from hermesflow.judges import self_judge_agreement
+from hermesflow.prefs import read_prefs
 from hermesflow.iterate import Timings, claim_folder, curate_round, evaluate_into, train_data, train_round
-from hermesflow.settings import AblateConfig, ApiOptions, CurationOptions, DataOptions, RunConfig
+from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
+from hermesflow.report import ablation_tables
+from hermesflow.settings import AblateConfig, RunConfig
+from hermesflow.stats import pooled_paired_difference
 from hermesflow.world.holdout import ALWAYS_SEEN
+from hermesflow.world.judge import WORLD
 from hermesflow.world.prompts import CATEGORIES
 
-PRESETS = {
-    "quick": {"seeds": 3, "n_train": 200, "eval_n": 500},
-    "full": {"seeds": 5, "n_train": 400, "eval_n": 1000},
-}
 # Settings an arm may not change, with the reason: they are what every arm must share.
 SHARED = {
     "train_steps": "the step budget is shared by every arm",
@@ -58,10 +58,9 @@ SHARED = {
     "encoder": "the caption encoder also scores evaluation; set it for the whole ablation",
     "pooling": "the caption encoder also scores evaluation; set it for the whole ablation",
 }
-# An arm may set any field of the option classes a run is made of (training, curation, GRPO, and
-# those added later), but not where the data, the model or the evaluation come from.
-ARM_OPTIONS = tuple(c for c in RunConfig.__mro__[1:] if dataclasses.is_dataclass(c) and c not in (DataOptions, ApiOptions))
-ARM_SETTINGS = tuple(dict.fromkeys(f.name for c in ARM_OPTIONS for f in dataclasses.fields(c)))
+# An arm may set any setting of the training, curation and GRPO options, but not where the data, the
+# model or the evaluation come from.
+ARM_SETTINGS = tuple(f.name for c in (CurationOptions, TrainingOptions, GRPOOptions) for f in dataclasses.fields(c))
 CURATION_SETTINGS = tuple(f.name for f in dataclasses.fields(CurationOptions))
 DIFFERENCES = ("understanding", "generation", "generation_unseen", "gap")
 
@@ -124,7 +123,7 @@ def load_arms(path: Path) -> list[Arm]:
                 raise UsageError(f"{where}: unknown setting {key!r}{hint}")
         values = {k: config._coerce(RunConfig, k, v, where) for k, v in settings.items()}
         try:  # ranges and choices, checked exactly as for a run's flags and config files
-            config.resolve(RunConfig, argparse.Namespace(out=Path("."), **values))
+            config.complete(RunConfig, {"out": Path("."), **values})
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None
         arms.append(Arm(name, values, rounds))
@@ -136,8 +135,10 @@ def load_arms(path: Path) -> list[Arm]:
 
 
 def _run_config(cfg: AblateConfig, preset: dict, **changes) -> RunConfig:
-    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig) if hasattr(cfg, f.name)}
-    return dataclasses.replace(RunConfig(**shared), n_train=preset["n_train"], eval_n=preset["eval_n"], **changes)
+    """The run settings of an arm: the ablation's, with the arm's changes."""
+    names = config.leaves(RunConfig)
+    shared = {k: v for k, v in config.flat(cfg).items() if k in names and k != "preset"}
+    return config.build(RunConfig, **{**shared, "n_train": preset["n_train"], "eval_n": preset["eval_n"], **changes})
 
 
 def ablate(cfg: AblateConfig) -> dict:
@@ -145,7 +146,8 @@ def ablate(cfg: AblateConfig) -> dict:
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     arms = load_arms(cfg.arms) if cfg.arms else list(BUILTIN_ARMS)  # a bad file is refused before any work
-    preset = {k: getattr(cfg, k) or v for k, v in PRESETS[cfg.preset].items()}
+    cfg = config.complete(AblateConfig, config.flat(cfg))  # the preset's values in place of zeros
+    preset = {"seeds": cfg.seeds, "n_train": cfg.n_train, "eval_n": cfg.eval_n}
     state = partial_state()
     out = Path(cfg.out)
     if state.is_main_process:
@@ -157,7 +159,7 @@ def ablate(cfg: AblateConfig) -> dict:
     base_dir = Path(cfg.model) if cfg.model else BASE_MODEL
     base = load_backbone(base_dir, cfg.dtype).eval()
     data = train_data(base, base_cfg, out, state)
-    similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
+    similarity = SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling)
     timings = Timings(out / "timings.json", state.is_main_process)
 
     def evaluated(model, folder: Path) -> dict:  # the same items, sampling settings, seed and precision for every arm
@@ -166,33 +168,33 @@ def ablate(cfg: AblateConfig) -> dict:
         return evaluate_into(model.eval(), folder / "eval", base_cfg, similarity, cfg.seed)
 
     runs: dict[str, list[dict]] = {"base": [evaluated(base, out / "base")]}
-    manifests: dict[str, list[dict]] = {}
+    curated: dict[str, list[Path]] = {}  # the round folders each row trained on
     round0 = out / "round-0"
-    manifests["base"] = [curate_round(base, similarity, data, round0, base_cfg, 0, None, state)]
+    curate_round(base, similarity, data, round0, base_cfg, 0, None, state)
     for arm in arms:
         arm_round0 = round0
         if arm.curates:  # the same records and seed, curated with the arm's settings
             arm_round0 = out / arm.name / "round-0"
             with timings.stage(f"{arm.name}/round-0/curate", arm_round0 / MANIFEST):
-                own = curate_round(base, similarity, data, arm_round0, _run_config(cfg, preset, **arm.settings), 0, None, state)
+                curate_round(base, similarity, data, arm_round0, _run_config(cfg, preset, **arm.settings), 0, None, state)
         for seed in range(preset["seeds"]):
             arm_cfg = _run_config(cfg, preset, **arm.settings, seed=seed)
             folder = out / arm.name / f"seed-{seed}"
             with timings.stage(f"{arm.name}/seed-{seed}/train", folder / "model" / "config.json"):
                 model = train_round(load_backbone(base_dir, cfg.dtype), data, arm_round0, arm_cfg, state, out=folder)
             runs.setdefault(arm.name, []).append(evaluated(model, folder))
-            manifests.setdefault(arm.name, []).append(own if arm.curates else manifests["base"][0])
+            curated.setdefault(arm.name, []).append(arm_round0)
             previous = arm_round0
             for r in range(2, arm.rounds + 1):  # self-play: the arm's model curates against its previous pairs (Eq. 10)
                 folder = out / arm.row(r) / f"seed-{seed}"
                 with timings.stage(f"{arm.row(r)}/seed-{seed}/curate", folder / MANIFEST):
-                    manifest = curate_round(model.eval(), similarity, data, folder, arm_cfg, r - 1, previous, state)
+                    curate_round(model.eval(), similarity, data, folder, arm_cfg, r - 1, previous, state)
                 with timings.stage(f"{arm.row(r)}/seed-{seed}/train", folder / "model" / "config.json"):
                     model = train_round(model, data, folder, arm_cfg, state)
                 runs.setdefault(arm.row(r), []).append(evaluated(model, folder))
-                manifests.setdefault(arm.row(r), []).append(manifest)
+                curated.setdefault(arm.row(r), []).append(folder)
                 previous = folder
-    train_steps = cfg.train_steps
+    train_steps = cfg.training.train_steps
     summary = {}
     for name, evaluations in runs.items():
         arm = next((a for a in arms if name in (a.row(r) for r in range(1, a.rounds + 1))), None)
@@ -202,7 +204,7 @@ def ablate(cfg: AblateConfig) -> dict:
             **summarise(evaluations, runs["base"][0] if name != "base" else None),
             "settings": {} if arm is None else {**arm.settings, **({"rounds": arm.rounds} if arm.rounds > 1 else {})},
             "curation": curation_of(name, arm),
-            "self_judge": self_judge(manifests.get(name, [])) if name != "base" else None,
+            "self_judge": self_judge(sorted(set(curated.get(name, [])))) if name != "base" else None,
             "train_seconds_per_step": float(np.mean(seconds)) / train_steps if seconds else None,
         }
     if state.is_main_process:
@@ -211,7 +213,7 @@ def ablate(cfg: AblateConfig) -> dict:
         print(format_tables(summary, cfg, preset))
         from hermesflow.report import build_ablation_report
 
-        print(f"report: {build_ablation_report(out)}")
+        print(f"report: {build_ablation_report(out, world=WORLD)}")
     state.wait_for_everyone()
     return summary
 
@@ -228,18 +230,11 @@ def curation_of(name: str, arm: Arm | None) -> str:
     return "shared round 0"
 
 
-def self_judge(manifests: list[dict]) -> dict | None:
-    """The self-judge agreement of the curation(s) a row trained on, averaged over seeds: how often the
-    oracle prefers the image the model chose, over the kept image pairs the oracle could judge."""
-    judged = [m.get("self_judge", {}) for m in manifests]
-    judged = [j for j in judged if j.get("pairs")]
-    if not judged:
-        return None
-    notes = sorted({j["note"] for j in judged if "note" in j})
-    return {"pairs": float(np.mean([j["pairs"] for j in judged])),
-            "oracle_prefers_chosen": float(np.mean([j["oracle_prefers_chosen"] for j in judged])),
-            "oracle_ties": float(np.mean([j["oracle_ties"] for j in judged])),
-            **({"note": "; ".join(notes)} if notes else {})}
+def self_judge(rounds: list[Path]) -> dict | None:
+    """The self-judge agreement (`judges.self_judge_agreement`) of the curation(s) a row trained on,
+    their kept image pairs pooled over seeds."""
+    judged = self_judge_agreement(p.gen for folder in rounds for p in read_prefs(folder).values() if p.has("gen"))
+    return judged if judged["pairs"] else None
 
 
 def summarise(runs: list[dict], base: dict | None = None) -> dict:
@@ -275,53 +270,23 @@ def summarise(runs: list[dict], base: dict | None = None) -> dict:
 
 
 def format_tables(summary: dict, cfg: AblateConfig, preset: dict) -> str:
-    def cell(s: dict) -> str:
-        return "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+    """ablation.md: the report's two tables (`report.ablation_tables`) in Markdown, with their title and notes."""
+    def markdown(head: list[str], rows: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(row) + " |" for row in rows)]
 
-    def change(s: dict, key: str) -> str:
-        c = s.get("change", {}).get(key)
-        if not c or "error" in c:
-            return "–"
-        lo, hi = c["ci95"]
-        mark = " *" if lo > 0 or hi < 0 else ""
-        return f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}"
-
-    def judge(s: dict) -> str:
-        j = s.get("self_judge")
-        if not j:
-            return "–"
-        return f"{j['oracle_prefers_chosen']:.2f} of {j['pairs']:.0f}" + (" (not self-curated)" if "note" in j else "")
-
-    def cost(s: dict) -> str:
-        return "–" if s.get("train_seconds_per_step") is None else f"{s['train_seconds_per_step']:.2f}"
-
-    head5 = (["arm", "curation", "understanding", "caption sim.", "generation", "generation unseen"]
-             + [c.replace("_", " ") for c in CATEGORIES] + ["GenEval overall", "gap", "oracle prefers chosen", "train s/step"])
+    table5, table4 = ablation_tables(summary)
     title = (f"Table 5 analog ({cfg.preset}: {preset['seeds']} seeds, {preset['n_train']} curated records, "
-             f"{cfg.train_steps} steps per round, {preset['eval_n']} eval scenes; mean ± std over seeds)")
-    lines = [title, "",
-             "| " + " | ".join(head5) + " |", "|" + "---|" * len(head5)]
-    for arm, s in summary.items():
-        row = [arm, s["curation"], cell(s["understanding"]), cell(s["caption_similarity"]), cell(s["generation"]),
-               cell(s["generation_unseen"])]
-        row += [cell(s[f"geneval/{c}"]) for c in CATEGORIES] + [cell(s["geneval/overall"]), cell(s["gap"]), judge(s), cost(s)]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Table 4 analog", "",
-              "| arm | understanding | Δ understanding | generation | Δ generation | generation unseen | Δ generation unseen | gap | Δ gap |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for arm, s in summary.items():
-        lines.append(f"| {arm} | {cell(s['understanding'])} | {change(s, 'understanding')} | {cell(s['generation'])} | "
-                     f"{change(s, 'generation')} | {cell(s['generation_unseen'])} | {change(s, 'generation_unseen')} | "
-                     f"{cell(s['gap'])} | {change(s, 'gap')} |")
+             f"{cfg.training.train_steps} steps per round, {preset['eval_n']} eval scenes; mean ± std over seeds)")
+    lines = [title, "", *markdown(*table5), "", "Table 4 analog", "", *markdown(*table4)]
     notes = (
         ("Scores are per question (shares of answers right). Δ: the arm minus the base on the same eval items and sampling "
          "seed, each item's difference averaged over the seeds, with a 95% interval clustered by item (it covers the choice "
          "of eval items; the spread between seeds is the ± above); * marks an interval that excludes zero."),
         ("Generation unseen: eval prompts held out of post-training data (world.holdout); "
          f"{' and '.join(ALWAYS_SEEN)} prompts are always seen, so claims about generation use the unseen columns."),
-        ("Oracle prefers chosen: of the kept image pairs (count), the share where the exact oracle scores the chosen image "
-         "higher (mean over seeds for self-play rounds). Train s/step: wall time of the training stage (with its model load "
-         "and reference pass) per optimizer step, mean over seeds (timings.json)."),
+        ("Self-judge agreement: of the kept image pairs the exact oracle scores differently (count), the share where it "
+         "prefers the chosen image; ties are left out (pairs pooled over seeds for self-play rounds). Train s/step: wall "
+         "time of the training stage (with its model load and reference pass) per optimizer step, mean over seeds (timings.json)."),
     )
     lines += ["", *notes]
     return "\n".join(lines) + "\n"

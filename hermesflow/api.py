@@ -33,6 +33,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from hermesflow.errors import HermesFlowError, UsageError
+from hermesflow.options import ApiOptions
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -147,8 +148,8 @@ class ChatClient:
         return content
 
 
-def api_client(options) -> ChatClient:
-    """The client of a verb's API options (`settings.ApiOptions`: --endpoint, --api-model, ...)."""
+def api_client(options: ApiOptions) -> ChatClient:
+    """The client of a verb's API options (--endpoint, --api-model, ...)."""
     if not options.endpoint or not options.api_model:
         raise UsageError("--endpoint and --api-model are required to ask a model behind an API")
     return ChatClient(options.endpoint, options.api_model, api_key=os.environ.get(options.api_key_env) or None,

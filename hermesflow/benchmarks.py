@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
-from hermesflow.data import _quote, to_rgb
+from hermesflow.records import quote, to_rgb
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_bytes, atomic_write_text
 
@@ -56,7 +56,7 @@ def _jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
             problems.append(f"{path.name} line {number}: invalid JSON ({e.msg} at column {e.colno})")
             continue
         if not isinstance(row, dict):
-            problems.append(f"{path.name} line {number}: expected a JSON object, got {_quote(row)}")
+            problems.append(f"{path.name} line {number}: expected a JSON object, got {quote(row)}")
             continue
         rows.append((number, row))
     if problems:

@@ -48,7 +48,7 @@ def run_world(cfg: WorldConfig) -> int:
 
 
 def run_validate(cfg: ValidateConfig) -> int:
-    data = read_data(cfg.data, cfg, image_size=cfg.image_size or None)
+    data = read_data(cfg.data, cfg.reading, image_size=cfg.image_size or None)
     if cfg.write_clean:
         from hermesflow.data import write_clean
 
@@ -62,7 +62,7 @@ def run_validate(cfg: ValidateConfig) -> int:
 
 
 def run_pretrain(cfg) -> int:
-    from hermesflow.pretrain import pretrain
+    from hermesflow.testbed.pretrain import pretrain
 
     pretrain(cfg)
     print(f"model written to {cfg.out}")
@@ -72,13 +72,16 @@ def run_pretrain(cfg) -> int:
 def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.backbones import GenerationConfig, load_backbone
     from hermesflow.data import check_fit
-    from hermesflow.evaluate import data_eval_items, evaluate, format_table, save_sample_sheet, world_eval_items
+    from hermesflow.evaluate import data_eval_items, format_table
+    from hermesflow.iterate import judged_evaluation
     from hermesflow.judges import judge_setting, vlm_judge
+    from hermesflow.world.build import world_eval_items
+    from hermesflow.world.render import save_sample_sheet
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
     if cfg.data:
-        data = read_data(cfg.data, cfg)
+        data = read_data(cfg.data, cfg.reading)
         check_fit(backbone, data)
         items = data_eval_items(data, cfg.n)
     else:
@@ -87,13 +90,13 @@ def run_eval(cfg: EvalConfig) -> int:
 
     stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, "n": cfg.n, "seed": cfg.seed,
              "data": file_digest(cfg.data), "guidance": cfg.guidance, "temperature": cfg.temperature, "steps": cfg.steps,
-             "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype, **judge_setting(cfg)}
+             "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype,
+             **judge_setting(cfg.judge, cfg.api, cfg.reading.questions)}
     claim(cfg.out, "eval", "an evaluation", stage, ("metrics.json", "generated.png", "eval_config.yaml"), cfg.overwrite)
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
-    judge = vlm_judge(cfg, cfg.out)
-    metrics, generated = evaluate(backbone, items, gen, SentenceSimilarity(cfg.encoder), external_judge=judge)
-    if judge is not None:  # what the judge cost
-        metrics["judge_api"] = vars(judge.client.usage)
+    judge = vlm_judge(cfg.judge, cfg.api, cfg.out)
+    metrics, generated = judged_evaluation(backbone, items, gen, SentenceSimilarity(cfg.encoder), judge)
+    if judge is not None:
         print(f"api: {judge.client.usage.line()}", file=sys.stderr)
     metrics["model"] = str(cfg.model)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -113,11 +116,12 @@ def run_curate(cfg: CurateConfig) -> int:
     from hermesflow.iterate import curate_round, require_qa
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    data = require_qa(read_data(cfg.data, cfg))
+    data = require_qa(read_data(cfg.data, cfg.reading))
     state = partial_state()
     backbone = load_backbone(cfg.model, cfg.dtype).to(state.device).eval()
     check_fit(backbone, data)
-    manifest = curate_round(backbone, SentenceSimilarity(cfg.encoder, cfg.pooling), data, cfg.out, cfg, cfg.round - 1, cfg.previous, state)
+    manifest = curate_round(backbone, SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling), data, cfg.out, cfg, cfg.round - 1,
+                            cfg.previous, state)
     if state.is_main_process:
         config.save(cfg, cfg.out / "curate_config.yaml")
         print(json.dumps(manifest["counts"], indent=2))
@@ -130,13 +134,13 @@ def run_train(cfg: TrainConfig) -> int:
     from hermesflow.backbones import load_backbone
     from hermesflow.iterate import train_round
 
-    data = read_data(cfg.data, cfg)
+    data = read_data(cfg.data, cfg.reading)
     backbone = load_backbone(cfg.model)
     state = partial_state()
     train_round(backbone, data, cfg.prefs, cfg, state, out=cfg.out)
     if state.is_main_process:
         config.save(cfg, cfg.out / "train_config.yaml")
-        written = "model" if not cfg.lora_r or cfg.lora_merge else "adapter"
+        written = "model" if not cfg.training.lora_r or cfg.training.lora_merge else "adapter"
         print(f"{written} written to {cfg.out / written}")
     return 0
 
@@ -158,9 +162,10 @@ def run_rounds(cfg: RunConfig) -> int:
 
 def run_report(cfg: ReportConfig) -> int:
     from hermesflow.report import build_ablation_report, build_report
+    from hermesflow.world.judge import WORLD
 
     ablation = (cfg.run / "ablation.json").exists()
-    page = build_ablation_report(cfg.run, cfg.gallery) if ablation else build_report(cfg.run, cfg.gallery)
+    page = (build_ablation_report if ablation else build_report)(cfg.run, cfg.gallery, WORLD)
     print(f"report written to {page}")
     return 0
 
@@ -175,14 +180,15 @@ def run_ablate(cfg: AblateConfig) -> int:
 def run_questions(cfg: QuestionsConfig) -> int:
     from hermesflow.api import ReplyCache, api_client
     from hermesflow.questions import generate_questions
+    from hermesflow.world.judge import WORLD
 
-    data = read_data(cfg.data, cfg)
+    data = read_data(cfg.data, cfg.reading)
     client = cache = None
     if cfg.source == "llm":
-        client = api_client(cfg)
-        cache = ReplyCache(cfg.api_cache or cfg.out.with_name(cfg.out.name + ".cache.jsonl"))
+        client = api_client(cfg.api)
+        cache = ReplyCache(cfg.api.api_cache or cfg.out.with_name(cfg.out.name + ".cache.jsonl"))
     try:
-        summary = generate_questions(data, cfg.out, cfg.source, client, cache, cfg.redo, cfg.workers)
+        summary = generate_questions(data, cfg.out, cfg.source, client, cache, cfg.redo, cfg.api.workers, WORLD)
     finally:
         if client is not None:
             print(f"api: {client.usage.line()}", file=sys.stderr)

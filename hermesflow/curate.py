@@ -14,7 +14,7 @@ For each homologous record (image x, caption y, questions):
 - two options change where pairs come from. `pair_source="oracle"` ranks the images by the oracle's
   accuracy instead (a control that is NOT self-curated; the pairs and the manifest say so).
   `rejected_from="perturbed"` draws the rejected image for the caption with one attribute swapped
-  (`perturbed_caption`), so chosen and rejected differ in what the caption names; it is judged on
+  (`World.perturbed`), so chosen and rejected differ in what the caption names; it is judged on
   the true caption's questions and pairs with the best sample in every round (see
   `selfplay.contrast_pair`). Both refuse, before any work, data they cannot serve
   (`check_curation_data`): records without scenes, captions the world's prompt parser does not read.
@@ -30,119 +30,54 @@ one. Shards are merged in input order into `prefs.jsonl`, with a `manifest.json`
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
-from hermesflow.backbones.base import best_choices
-from hermesflow.data import HomologousData, Record
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_json, atomic_write_text
+from hermesflow.records import HomologousData, Record
 from hermesflow.prefs import PREFS, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.selfplay import Pair, Sample, contrast_pair, initial_pair, update_pair
-from hermesflow.settings import CurationOptions
+from hermesflow.judges import NOT_SELF_CURATED, World, self_judge_agreement, self_vqa
+from hermesflow.options import CurationOptions
 from hermesflow.stages import say
-from hermesflow.world.oracle import parse_batch
-from hermesflow.world.prompts import parse_prompt, perturbed_spec, phrase
-from hermesflow.world.questions import answer_on_scene
 
 MANIFEST = "manifest.json"
 UNSCORABLE = "unscorable"  # every sampled caption is one the model cannot score
-NOT_SELF_CURATED = "NOT self-curated: images ranked by the world's exact oracle (a control)"
 RANKED_BY = {("self", "hard"): "self_accuracy", ("self", "graded"): "self_graded", ("oracle", "hard"): "oracle"}
 
 
 @dataclass
 class CurationSettings(CurationOptions):
-    """The sampling and judging options of one curation, with its round and seed. `round` counts from
-    0 here and in prefs.jsonl (it enters the seeds); people see it counted from 1, as in round-N folders."""
+    """The sampling and judging options of one curation, with its precision, round and seed. `round`
+    counts from 0 here and in prefs.jsonl (it enters the seeds); people see it counted from 1, as in
+    round-N folders."""
 
+    dtype: str = "fp32"
     round: int = 0
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class SelfScores:
-    """The model's judgement of each image: `accuracy` (hard self-VQA: the share of questions its
-    answer gets right) and `graded` (the mean probability its choice scores give the right answers)."""
-
-    accuracy: np.ndarray
-    graded: np.ndarray
-
-
-def self_vqa_scores(backbone: Backbone, inputs: torch.Tensor, qa: tuple, owners: list[int]) -> SelfScores:
-    """Acc(x_j) and the graded s(x_j) = mean_q softmax(choice log-likelihoods)[correct answer].
-    `inputs[j]` are image j's understanding inputs, `owners[j]` its record, `qa[r]` that record's
-    questions. One call to `choice_logps` gives both, so the answer is the argmax of the same scores."""
-    rows, questions, choices, truth = [], [], [], []
-    for j, r in enumerate(owners):
-        for q in qa[r]:
-            rows.append(j)
-            questions.append(q.question)
-            choices.append(list(q.choices))
-            truth.append(q.answer)
-    logps = backbone.choice_logps(inputs[rows], questions, choices)
-    correct = [a == t for a, t in zip(best_choices(logps, choices), truth)]
-    p_correct = [float(torch.tensor(scores, dtype=torch.float64).softmax(0)[options.index(t)])
-                 for scores, options, t in zip(logps, choices, truth)]
-    return SelfScores(_share_correct(rows, correct, len(owners)), _mean_by(rows, p_correct, len(owners)))
-
-
-def oracle_accuracy(images: np.ndarray, qa: tuple, owners: list[int]) -> np.ndarray:
-    """The same accuracy with the world's exact oracle answering instead of the model."""
-    scenes = parse_batch(images)
-    rows, correct = [], []
-    for j, r in enumerate(owners):
-        for q in qa[r]:
-            rows.append(j)
-            correct.append(answer_on_scene(q.question, scenes[j]) == q.answer)
-    return _share_correct(rows, correct, len(owners))
-
-
-def _share_correct(rows: list[int], correct: list[bool], n: int) -> np.ndarray:
-    return _mean_by(rows, [float(c) for c in correct], n)
-
-
-def _mean_by(rows: list[int], values: list[float], n: int) -> np.ndarray:
-    """The mean of `values` per image (`rows[i]` is value i's image); 0 for an image with none."""
-    totals, counts = np.zeros(n), np.zeros(n)
-    np.add.at(totals, rows, np.asarray(values, dtype=np.float64))
-    np.add.at(counts, rows, 1.0)
-    return totals / np.maximum(counts, 1)
-
-
 # ----- where pairs come from ----------------------------------------------------------------------
 
-def perturbed_caption(caption: str, key: str) -> str | None:
-    """The caption with one attribute swapped (`perturbed_spec`), in the same phrasing; the swap is
-    drawn from `key` (seed, round and record id), so a rerun perturbs alike. None when the world's
-    prompt parser does not read the caption."""
-    spec = parse_prompt(caption)
-    if spec is None:
-        return None
-    said = " ".join(caption.lower().split())
-    variant = next((v for v in range(3) if phrase(spec, v) == said), 0)
-    return phrase(perturbed_spec(spec, random.Random(f"hermesflow-perturb/{key}")), variant)
-
-
-def check_curation_data(data: HomologousData, s: CurationOptions, limit: int = 20) -> None:
-    """Refuse, before any work, options the data cannot serve, naming the records."""
+def check_curation_data(data: HomologousData, s: CurationOptions, world: World | None = None, limit: int = 20) -> None:
+    """Refuse, before any work, options the data (and the `world` that knows it, if any) cannot
+    serve, naming the records."""
     if s.pair_source == "oracle" and s.image_score != "hard":
         raise UsageError("--pair-source oracle ranks images by the oracle's accuracy; --image-score graded ranks by the "
                          "model's own scores: choose one (--image-score hard with the oracle)")
     problems = []
     if s.pair_source == "oracle":
         problems += [f"{data.where(r)}: no world scene, so the oracle cannot rank its images"
-                     for r in data.records if r.scene is None]
+                     for r in data.records if world is None or not world.knows(r)]
     if s.rejected_from == "perturbed":
         problems += [f"{data.where(r)}: caption {r.caption!r} is not one the world's prompt parser reads, so it cannot be "
-                     "perturbed" for r in data.records if parse_prompt(r.caption) is None]
+                     "perturbed" for r in data.records if world is None or not world.reads(r.caption)]
     if problems:
         option = " and ".join(o for o, on in (("--pair-source oracle", s.pair_source == "oracle"),
                                               ("--rejected-from perturbed", s.rejected_from == "perturbed")) if on)
@@ -153,8 +88,9 @@ def check_curation_data(data: HomologousData, s: CurationOptions, limit: int = 2
 
 
 def curate_batch(backbone: Backbone, similarity, records: list[Record], previous: dict[str, Preference],
-                 s: CurationSettings, batch_seed: int) -> list[Preference]:
-    """Preference records for one batch of records (see the module docstring)."""
+                 s: CurationSettings, batch_seed: int, world: World | None = None) -> list[Preference]:
+    """Preference records for one batch of records (see the module docstring); `world`, where the
+    data has one, judges the images too and perturbs captions."""
     inputs = backbone.prepare_images([r.load_image() for r in records])
     caption_gen = GenerationConfig(temperature=s.caption_temperature, top_k=s.caption_top_k, seed=batch_seed)
     captions = backbone.sample_captions(inputs, s.n_captions, caption_gen)
@@ -163,7 +99,7 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
 
     image_gen = GenerationConfig(guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed)
     tokens = backbone.generate([r.caption for r in records], s.n_images, image_gen).cpu()
-    perturbed = [perturbed_caption(r.caption, f"{s.seed}/{s.round}/{r.id}") for r in records] \
+    perturbed = [world.perturbed(r.caption, f"{s.seed}/{s.round}/{r.id}") for r in records] \
         if s.rejected_from == "perturbed" else None
     if perturbed is not None:  # one image per record for its perturbed caption, on seeds of its own
         other = backbone.generate(perturbed, 1, GenerationConfig(
@@ -182,16 +118,16 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     owners = [i for i, c in enumerate(candidates) for _ in c]
     all_tokens = torch.tensor([t for c in candidates for t in c])
     qa = tuple(r.qa for r in records)
-    judge = self_vqa_scores(backbone, backbone.prepare_generated(all_tokens), qa, owners)
+    judge = self_vqa(backbone, backbone.prepare_generated(all_tokens), qa, owners)
     self_acc, graded = judge.accuracy.tolist(), judge.graded.tolist()
     # the oracle judges only data it knows (the world's scenes): to measure the self-judge, or to
     # rank the images itself in the oracle control
-    judged = all(r.scene is not None for r in records)
-    true_acc = oracle_accuracy(backbone.decode(all_tokens), qa, owners).tolist() if judged else None
+    judged = world is not None and all(world.knows(r) for r in records)
+    true_acc = world.accuracy(backbone.decode(all_tokens), qa, owners).tolist() if judged else None
     ranked_by = RANKED_BY[(s.pair_source, s.image_score)]
     if ranked_by == "oracle" and not judged:
         raise DataError([f"record {r.id!r}: no world scene, so the oracle cannot rank its images"
-                         for r in records if r.scene is None])
+                         for r in records if world is None or not world.knows(r)])
 
     def sample(j: int, own: slice) -> Sample:
         """Candidate j of a record as the pairing rules see it: ranked by the chosen score, gated by accuracy."""
@@ -247,39 +183,39 @@ def _choose(previous: Pair | None, samples: list[Sample], threshold: float | Non
 
 
 def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: CurationSettings,
-           previous: dict[str, Preference], rank: int = 0, world: int = 1) -> None:
-    """Curate this process's share of the batches into its shard (resumable)."""
-    check_curation_data(data, s)
+           previous: dict[str, Preference], rank: int = 0, processes: int = 1, world: World | None = None) -> None:
+    """Curate this process's share of the batches into its shard (resumable); `world` as in `curate_batch`."""
+    check_curation_data(data, s, world)
     if rank == 0 and s.pair_source == "oracle":
         say(f"pair source: the world's oracle ranks the images ({NOT_SELF_CURATED})")
     out.mkdir(parents=True, exist_ok=True)
-    shard = out / "shards" / f"shard-{rank}-of-{world}.jsonl"
+    shard = out / "shards" / f"shard-{rank}-of-{processes}.jsonl"
     shard.parent.mkdir(exist_ok=True)
     done_prefs = read_lines(shard)
     atomic_write_text(shard, "".join(to_line(p) for p in done_prefs))  # drop a cut line, if any
     done = {p.id for p in done_prefs}
     records = data.records
     if rank == 0:
-        finished = sum(len(read_lines(f)) for f in shard.parent.glob(f"shard-*-of-{world}.jsonl"))
+        finished = sum(len(read_lines(f)) for f in shard.parent.glob(f"shard-*-of-{processes}.jsonl"))
         if finished:
             say(f"resuming: {finished} of {len(records)} records curated in {out}")
     batches = [records[i : i + s.curate_batch_size] for i in range(0, len(records), s.curate_batch_size)]
-    mine = [(b, batch) for b, batch in enumerate(batches) if b % world == rank]
+    mine = [(b, batch) for b, batch in enumerate(batches) if b % processes == rank]
     with open(shard, "a", encoding="utf-8") as f:
         for b, batch in tqdm(mine, desc=f"curate round {s.round + 1}", disable=rank != 0, dynamic_ncols=True):
             if all(r.id in done for r in batch):
                 continue
             seed = s.seed * 1_000_003 + s.round * 10_007 + b
-            new = [p for p in curate_batch(backbone, similarity, batch, previous, s, seed) if p.id not in done]
+            new = [p for p in curate_batch(backbone, similarity, batch, previous, s, seed, world) if p.id not in done]
             f.write("".join(to_line(p) for p in new))
             f.flush()
 
 
-def merge(out: Path, data: HomologousData, world: int, extra_manifest: dict) -> dict:
+def merge(out: Path, data: HomologousData, processes: int, extra_manifest: dict) -> dict:
     """Join the shards by id in input order into prefs.jsonl and write the manifest."""
     by_id: dict[str, Preference] = {}
-    for rank in range(world):
-        for pref in read_lines(out / "shards" / f"shard-{rank}-of-{world}.jsonl"):
+    for rank in range(processes):
+        for pref in read_lines(out / "shards" / f"shard-{rank}-of-{processes}.jsonl"):
             by_id[pref.id] = pref
     missing = [r.id for r in data.records if r.id not in by_id]
     if missing:
@@ -298,25 +234,6 @@ def merge(out: Path, data: HomologousData, world: int, extra_manifest: dict) -> 
     counts["gen_ranked_by"] = dict(ranked_by)
     self_curated = "oracle" not in ranked_by
     manifest = {**extra_manifest, "self_curated": self_curated, **({} if self_curated else {"pairs": NOT_SELF_CURATED}),
-                "counts": counts, "self_judge": self_judge_agreement(prefs)}
+                "counts": counts, "self_judge": self_judge_agreement(p.gen for p in prefs if p.has("gen"))}
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
-
-
-def self_judge_agreement(prefs: list[Preference]) -> dict:
-    """How often the model's own ranking of a kept generated pair agrees with the oracle's (when the
-    oracle could judge the data)."""
-    kept = [p.gen for p in prefs if p.has("gen") and p.gen.chosen_oracle is not None]
-    if not kept:
-        return {"pairs": 0}
-    ranked = sorted({g.ranked_by for g in kept})
-    return {
-        # with oracle-ranked pairs the agreement is by construction, not a measurement of the model
-        "ranked_by": ranked if len(ranked) > 1 else ranked[0],
-        **({} if all(g.self_curated for g in kept) else {"note": NOT_SELF_CURATED}),
-        "pairs": len(kept),
-        "oracle_prefers_chosen": float(np.mean([g.chosen_oracle > g.rejected_oracle for g in kept])),
-        "oracle_ties": float(np.mean([g.chosen_oracle == g.rejected_oracle for g in kept])),
-        "chosen_oracle_accuracy": float(np.mean([g.chosen_oracle for g in kept])),
-        "rejected_oracle_accuracy": float(np.mean([g.rejected_oracle for g in kept])),
-    }

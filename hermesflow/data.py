@@ -20,17 +20,16 @@ import io
 import json
 import os
 import sys
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_bytes
+from hermesflow.options import DataOptions
+from hermesflow.records import BadRecord, HomologousData, Record, check_id, check_qa, check_text, quote, to_rgb
 from hermesflow.sources import locate, rows
-from hermesflow.world.questions import QA
 from hermesflow.world.scenes import Scene
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -48,120 +47,17 @@ class Columns:
     qa: str = "qa"
 
 
-def to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL image as an (H, W, 3) uint8 array: EXIF rotation applied, transparency laid on white,
-    16-bit and 32-bit grey scaled down (PIL's own convert("RGB") clips them to white)."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        grey = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or grey.max(initial=0) > 255 else 255.0
-        if img.mode == "F" and grey.max(initial=0) <= 1.0:
-            top = 1.0
-        grey = np.clip(np.round(grey / top * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "LA", "La", "RGBa"):
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    return np.asarray(img.convert("RGB"))
-
-
-@dataclass(frozen=True)
-class Record:
-    """One homologous example: an image and its caption, optionally with questions about it."""
-
-    id: str
-    image_path: Path
-    caption: str
-    qa: tuple[QA, ...] = ()
-    category: str | None = None
-    scene: Scene | None = None
-    line: int = 0  # the line of a JSON Lines file, or the row index of other formats
-    image_bytes: bytes | None = field(default=None, repr=False)  # an image stored inside the row
-
-    def load_image(self) -> np.ndarray:
-        """The image as an (H, W, 3) uint8 RGB array (it was checked when the data was read)."""
-        source = io.BytesIO(self.image_bytes) if self.image_bytes is not None else self.image_path
-        with Image.open(source) as img:
-            return to_rgb(img)
-
-
-@dataclass
-class HomologousData:
-    """The good records of a data file, and one message per bad record that was skipped."""
-
-    path: Path
-    records: list[Record]
-    skipped: list[str] = field(default_factory=list)
-    format: str = "jsonl"  # jsonl, parquet, datasets or imagefolder
-
-    def where(self, record: Record) -> str:
-        """`data.jsonl line 14 (id "a17")`, or `train.parquet index 13 (id "a17")`."""
-        unit = "line" if self.format in ("jsonl", "imagefolder") else "index"
-        return f"{self.path.name} {unit} {record.line} (id {_quote(record.id)})"
-
-    def summary(self) -> dict:
-        return {
-            "path": str(self.path),
-            "format": self.format,
-            "records": len(self.records),
-            "skipped": len(self.skipped),
-            "without_qa": sum(not r.qa for r in self.records),
-            "categories": dict(sorted(Counter(r.category or "none" for r in self.records).items())),
-            "question_types": dict(sorted(Counter(q.type for r in self.records for q in r.qa).items())),
-            "questions": sum(len(r.qa) for r in self.records),
-        }
-
-
-class _Bad(Exception):
-    """Internal: one record's reason for being rejected."""
-
-
-def _quote(value: object, limit: int = 80) -> str:
-    """A value from the data as JSON, shortened, with unprintable characters escaped: the data may
-    hold any text, and each problem must stay on one line of the report."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except RecursionError:  # nested almost as deeply as json.loads allows
-        text = f"{type(value).__name__} nested too deeply to show"
-    except ValueError:  # an integer with more digits than Python will print
-        text = f"{type(value).__name__} too large to show"
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _text(obj: dict, key: str, *, required: bool = True) -> str | None:
-    value = obj.get(key)
-    if value is None and not required:
-        return None
-    if key not in obj:
-        raise _Bad(f'missing field "{key}"')
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f'field "{key}" must be a non-empty string, got {_quote(value)}')
-    return value
-
-
-def _record_id(obj: dict, key: str = "id") -> str:
-    if key not in obj:
-        raise _Bad(f'missing field "{key}"')
-    value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise _Bad(f'field "{key}" must be a non-empty string or an integer, got {_quote(value)}')
-    return str(value)
-
-
 def _check_image(root: Path, rel: str, image_size: int | None, follow_symlinks: bool = False) -> Path:
-    shown = _quote(rel)
+    shown = quote(rel)
     if Path(rel).is_absolute() or rel.startswith(("/", "\\")):
-        raise _Bad(f"image {shown} is an absolute path; use a path relative to the data file")
+        raise BadRecord(f"image {shown} is an absolute path; use a path relative to the data file")
     if "\0" in rel:
-        raise _Bad(f"image {shown} is not a valid path (it holds a NUL character)")
+        raise BadRecord(f"image {shown} is not a valid path (it holds a NUL character)")
     if os.path.normpath(rel.replace("\\", "/")).split(os.sep)[0] == "..":
-        raise _Bad(f"image {shown} points outside the data folder {root}")
+        raise BadRecord(f"image {shown} points outside the data folder {root}")
     path = (root / rel).resolve()
     if not follow_symlinks and not path.is_relative_to(root.resolve()):
-        raise _Bad(f"image {shown} points outside the data folder {root} through a symbolic link; "
+        raise BadRecord(f"image {shown} points outside the data folder {root} through a symbolic link; "
                    "pass --follow-symlinks to follow it")
     _check_pixels(path, shown, image_size)
     return path
@@ -173,24 +69,24 @@ def _check_pixels(source: Path | io.BytesIO, shown: str, image_size: int | None,
         with Image.open(source) as img:
             # the header first, so that a wrong or huge image is refused before its pixels are decoded
             if img.format not in formats:
-                raise _Bad(f'image {shown} is {img.format}; expected one of {"/".join(formats)}')
+                raise BadRecord(f'image {shown} is {img.format}; expected one of {"/".join(formats)}')
             if image_size is not None and img.size != (image_size, image_size):
                 width, height = img.size
-                raise _Bad(f"image {shown} is {width}x{height}; expected {image_size}x{image_size}")
+                raise BadRecord(f"image {shown} is {width}x{height}; expected {image_size}x{image_size}")
             to_rgb(img)  # decoding the pixels is what finds truncated and corrupt files (and odd modes)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise _Bad(f"image {shown} not found") from None
+        raise BadRecord(f"image {shown} not found") from None
     except UnidentifiedImageError:
-        raise _Bad(f"image {shown} cannot be read (not a {' or '.join(formats)} file)") from None
+        raise BadRecord(f"image {shown} cannot be read (not a {' or '.join(formats)} file)") from None
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, TypeError) as e:
         reason = getattr(e, "strerror", None) or e  # strerror leaves out the (long) file name
-        raise _Bad(f"image {shown} cannot be read ({type(e).__name__}: {reason})") from None
+        raise BadRecord(f"image {shown} cannot be read ({type(e).__name__}: {reason})") from None
 
 
 def _image_value(obj: dict, key: str, root: Path, image_size: int | None, follow_symlinks: bool) -> tuple[Path, bytes | None]:
     """A row's image: a path relative to the data, raw bytes, or `datasets`' {bytes, path} struct."""
     if key not in obj:
-        raise _Bad(f'missing field "{key}"')
+        raise BadRecord(f'missing field "{key}"')
     value = obj[key]
     if isinstance(value, dict) and ("bytes" in value or "path" in value):
         if value.get("bytes"):
@@ -198,63 +94,41 @@ def _image_value(obj: dict, key: str, root: Path, image_size: int | None, follow
         elif isinstance(value.get("path"), str) and value["path"].strip():
             value = value["path"]
         else:
-            raise _Bad(f'field "{key}" holds neither image bytes nor a path')
+            raise BadRecord(f'field "{key}" holds neither image bytes nor a path')
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
         _check_pixels(io.BytesIO(data), f'in field "{key}"', image_size, EMBEDDED_FORMATS)
         return root / f"<{key} bytes>", data
     if not isinstance(value, str) or not value.strip():
-        raise _Bad(f'field "{key}" must be a non-empty string, got {_quote(value)}')
+        raise BadRecord(f'field "{key}" must be a non-empty string, got {quote(value)}')
     return _check_image(root, value, image_size, follow_symlinks), None
-
-
-def _check_qa(items: object) -> tuple[QA, ...]:
-    if not isinstance(items, list):
-        raise _Bad('field "qa" must be a list of {question, choices, answer, type}')
-    qas = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _Bad(f"qa[{i}] must be an object")
-        try:
-            question, answer, kind = (_text(item, k) for k in ("question", "answer", "type"))
-        except _Bad as e:
-            raise _Bad(f"qa[{i}]: {e}") from None
-        choices = item.get("choices")
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise _Bad(f'qa[{i}]: "choices" must be a list of at least two strings')
-        if len(set(choices)) != len(choices):
-            raise _Bad(f"qa[{i}]: choices repeat: {_quote(choices)}")
-        if answer not in choices:
-            raise _Bad(f"qa[{i}]: answer {_quote(answer)} is not among the choices {_quote(choices)}")
-        qas.append(QA(question, tuple(choices), answer, kind))
-    return tuple(qas)
 
 
 def _check_scene(items: object) -> Scene:
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise _Bad('field "scene" must be a list of {shape, color, row, col} objects')
+        raise BadRecord('field "scene" must be a list of {shape, color, row, col} objects')
     try:
         return Scene.from_json(items)
     except KeyError as e:
-        raise _Bad(f'field "scene" is not a valid scene (an object has no {e})') from None
+        raise BadRecord(f'field "scene" is not a valid scene (an object has no {e})') from None
     except (TypeError, ValueError) as e:
-        raise _Bad(f'field "scene" is not a valid scene ({e})') from None
+        raise BadRecord(f'field "scene" is not a valid scene ({e})') from None
 
 
 def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None, columns: Columns = Columns(),
                   follow_symlinks: bool = False) -> Record:
     if columns.image not in obj:
-        raise _Bad(f'missing field "{columns.image}"')
-    caption = _text(obj, columns.caption)
+        raise BadRecord(f'missing field "{columns.image}"')
+    caption = check_text(obj, columns.caption)
     path, image_bytes = _image_value(obj, columns.image, root, image_size, follow_symlinks)
     qa_value = obj.get(columns.qa)
     if isinstance(qa_value, str) and qa_value.strip().startswith("["):  # a column holding JSON text
         try:
             qa_value = json.loads(qa_value)
         except json.JSONDecodeError as e:
-            raise _Bad(f'field "{columns.qa}" is not valid JSON ({e.msg})') from None
-    qa = _check_qa(qa_value) if qa_value is not None else ()
-    category = _text(obj, "category", required=False)
+            raise BadRecord(f'field "{columns.qa}" is not valid JSON ({e.msg})') from None
+    qa = check_qa(qa_value) if qa_value is not None else ()
+    category = check_text(obj, "category", required=False)
     scene = _check_scene(obj["scene"]) if obj.get("scene") is not None else None
     return Record(record_id, path, caption, qa, category, scene, image_bytes=image_bytes)
 
@@ -281,22 +155,22 @@ def read_homologous(path: str | Path, *, image_size: int | None = None, skip_bad
         record_id = None
         try:
             if isinstance(obj, str):
-                raise _Bad(obj)
+                raise BadRecord(obj)
             if not isinstance(obj, dict):
-                raise _Bad(f"a record must be a JSON object, got {_quote(obj)}")
+                raise BadRecord(f"a record must be a JSON object, got {quote(obj)}")
             if source.format == "imagefolder" and image_key == "image" and "image" not in obj and "file_name" in obj:
                 obj = {**obj, "image": obj["file_name"]}  # the imagefolder convention
             if source.format != "jsonl" and columns.id not in obj:  # tables without ids: the file name or the index
                 fallback = obj.get(columns.image) if source.format == "imagefolder" else None
                 obj = {**obj, columns.id: fallback if isinstance(fallback, str) else number}
-            record_id = _record_id(obj, columns.id)
+            record_id = check_id(obj, columns.id)
             if record_id in first_seen:
-                raise _Bad(f"duplicate id (first used on {unit} {first_seen[record_id]})")
+                raise BadRecord(f"duplicate id (first used on {unit} {first_seen[record_id]})")
             first_seen[record_id] = number
             record = _check_record(obj, record_id, source.root, image_size, columns, follow_symlinks)
             records.append(replace(record, line=number))
-        except _Bad as e:
-            shown = _quote(record_id) if record_id is not None else "unknown"
+        except BadRecord as e:
+            shown = quote(record_id) if record_id is not None else "unknown"
             problems.append(f"{name} {unit} {number} (id {shown}): {e}")
     if problems and not skip_bad:
         raise DataError(problems)
@@ -339,15 +213,12 @@ def write_clean(data: HomologousData, path: str | Path) -> int:
     return len(data.records)
 
 
-def read_data(path: str | Path, options: object, **kwargs) -> HomologousData:
-    """`read_homologous` with the data options a verb was given (`settings.DataOptions`: the column
-    map, --follow-symlinks, --questions, --skip-bad); a config without them reads with the defaults.
-    Records left out by --skip-bad are listed on stderr, one line each."""
-    columns = Columns(*(getattr(options, f"{k}_column", d) for k, d in (("id", "id"), ("image", "image"),
-                                                                          ("caption", "caption"), ("qa", "qa"))))
-    kwargs.setdefault("skip_bad", getattr(options, "skip_bad", False))
-    data = read_homologous(path, columns=columns, follow_symlinks=getattr(options, "follow_symlinks", False),
-                           questions=getattr(options, "questions", None), **kwargs)
+def read_data(path: str | Path, options: DataOptions, **kwargs) -> HomologousData:
+    """`read_homologous` with the data options a verb was given (the column map, --follow-symlinks,
+    --questions, --skip-bad). Records left out by --skip-bad are listed on stderr, one line each."""
+    columns = Columns(options.id_column, options.image_column, options.caption_column, options.qa_column)
+    kwargs.setdefault("skip_bad", options.skip_bad)
+    data = read_homologous(path, columns=columns, follow_symlinks=options.follow_symlinks, questions=options.questions, **kwargs)
     for problem in data.skipped:
         print(f"skipped: {problem}", file=sys.stderr)
     return data

@@ -3,7 +3,7 @@ UniRL, arXiv 2505.23380), run as a round's training step with `--recipe grpo`.
 
 Each step takes B records (a pure function of seed and step), samples a group of G images for each
 caption with the current policy (no grad, seeded by seed, step and process), rewards each image by
-the model's own answers to the record's questions (`vqa_rewards`: hard accuracy, or the graded mean
+the model's own answers to the record's questions (`judges.self_vqa`: hard accuracy, or the graded mean
 probability of the correct answers), normalises rewards within each group (`group_advantages`,
 groups whose rewards are all equal carry no signal and are dropped), and takes μ optimiser updates
 on the clipped-ratio objective (`clipped_objective`) over an image log-prob estimator: the MaskGIT
@@ -21,23 +21,22 @@ draws is a function of (seed, step), so a resumed run continues exactly.
 from __future__ import annotations
 
 import copy
-import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig, LogProbs
 from hermesflow.backbones.maskgit import Trajectory, TrajectoryEstimator
-from hermesflow.data import Record
 from hermesflow.errors import UsageError
-from hermesflow.io import keep_rows_up_to
-from hermesflow.stages import say
-from hermesflow.train import _save_state, batch_indices, estimator_of, make_accelerator, prepare_optimizer
+from hermesflow.judges import self_vqa
+from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
+from hermesflow.records import Record
+from hermesflow.loop import TrainingLoop
+from hermesflow.train import batch_indices, estimator_of
 
 REWARDS = ("hard", "graded")
 
@@ -93,35 +92,13 @@ def clipped_objective(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
     return ClippedOutput(loss, ratio, clipped < unclipped, kl)
 
 
-def vqa_rewards(choice_logps: Sequence[Sequence[float]], truth: Sequence[int], owners: Sequence[int], n: int,
-                kind: str) -> torch.Tensor:
-    """Each image's self-VQA reward (n,), the mean over its questions: "hard", 1 when the
-    highest-scoring option (the first among equals, as `answer`) is the correct one, else 0; "graded",
-    the probability of the correct option under the softmax of the option scores. `choice_logps[k]` are
-    question k's option scores, `truth[k]` the index of its correct option, `owners[k]` its image."""
+def self_vqa_rewards(backbone: Backbone, tokens: torch.Tensor, records: Sequence[Record], kind: str) -> torch.Tensor:
+    """Each generated image's reward (n,): the model's own answers to the questions of `records[j]`
+    about image j (`judges.self_vqa`), its hard accuracy or its graded score."""
     if kind not in REWARDS:
         raise UsageError(f"reward must be one of {list(REWARDS)}, got {kind!r}")
-    totals, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-    for scores, t, j in zip(choice_logps, truth, owners):
-        s = torch.tensor(scores, dtype=torch.float64)
-        totals[j] += float(int(s.argmax()) == t) if kind == "hard" else float(s.softmax(0)[t])
-        counts[j] += 1
-    return (totals / counts.clamp(min=1)).float()
-
-
-def self_vqa_rewards(backbone: Backbone, tokens: torch.Tensor, records: Sequence[Record], kind: str) -> torch.Tensor:
-    """`vqa_rewards` of generated images, image j answering the questions of `records[j]`."""
-    inputs = backbone.prepare_generated(tokens)
-    rows, questions, choices, truth = [], [], [], []
-    for j, record in enumerate(records):
-        for q in record.qa:
-            rows.append(j)
-            questions.append(q.question)
-            choices.append(list(q.choices))
-            truth.append(list(q.choices).index(q.answer))
-    with torch.no_grad():
-        scores = backbone.choice_logps(inputs[rows], questions, choices)
-    return vqa_rewards(scores, truth, rows, len(records), kind)
+    scores = self_vqa(backbone, backbone.prepare_generated(tokens), tuple(r.qa for r in records), range(len(records)))
+    return torch.from_numpy(scores.accuracy if kind == "hard" else scores.graded).float()
 
 
 @dataclass(frozen=True)
@@ -156,16 +133,16 @@ class ImageLogps(nn.Module):
         return self.backbone.image_logps(rollout.prompts, rollout.tokens, self.estimator, rollout.mask_seeds)
 
 
-def grpo_estimator(backbone: Backbone, cfg):
+def grpo_estimator(backbone: Backbone, grpo: GRPOOptions, training: TrainingOptions, sampler: GenerationConfig):
     """The configured estimator: the trajectory one (guided like the sampler, or conditional), or the
     backbone's own (random cosine masks with --mask-samples; exact on autoregressive backbones)."""
-    if cfg.grpo_estimator == "random_mask":
-        return estimator_of(backbone, cfg)
+    if grpo.grpo_estimator == "random_mask":
+        return estimator_of(backbone, training)
     if not hasattr(backbone, "generate_trajectory"):
         raise UsageError(f"--grpo-estimator trajectory needs a MaskGIT backbone that records its decoding; "
                          f"{backbone.model_type} does not: use --grpo-estimator random_mask")
-    if cfg.grpo_logits == "sampler":
-        return TrajectoryEstimator.for_sampler(cfg.guidance, cfg.image_temperature)
+    if grpo.grpo_logits == "sampler":
+        return TrajectoryEstimator.for_sampler(sampler.guidance, sampler.temperature)
     return TrajectoryEstimator(0.0, 1.0)
 
 
@@ -189,73 +166,56 @@ def step_seed(kind: str, seed: int, step: int, rank: int) -> int:
 # ----- the loop -------------------------------------------------------------------------------------
 
 
-def train_grpo(backbone: Backbone, records: list[Record], cfg, out: Path) -> Backbone:
-    """GRPO on the records' captions and questions (resuming from `out/state` if present); `cfg` holds
-    the GRPO, training and sampling options of a run. Writes `out/metrics.jsonl`; returns the backbone.
+def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, training: TrainingOptions,
+               sampler: GenerationConfig, seed: int, dtype: str, out: Path) -> Backbone:
+    """GRPO on the records' captions and questions (resuming from `out/state` if present), sampling
+    with `sampler` (its seed is drawn per step from `seed`) and optimising with `training`'s optimiser
+    settings. Writes `out/metrics.jsonl`; returns the backbone.
     With --grpo-beta-kl the reference is the backbone as passed in (the round's starting model), so a
     resumed run is given the same starting model, as a round's training is."""
     records = [r for r in records if r.qa]
     if not records:
         raise UsageError("GRPO rewards images by the records' questions: no record has any")
-    accelerator = make_accelerator(cfg)
+    loop = TrainingLoop(out, training, dtype, "grpo", "GRPO")
+    accelerator = loop.accelerator
     world = accelerator.num_processes
-    if cfg.grpo_prompts % world:
-        raise UsageError(f"--grpo-prompts {cfg.grpo_prompts} must divide evenly over {world} processes")
+    if grpo.grpo_prompts % world:
+        raise UsageError(f"--grpo-prompts {grpo.grpo_prompts} must divide evenly over {world} processes")
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     for param in backbone.parameters():  # fp32 master weights for what trains
         if param.requires_grad:
             param.data = param.data.float()
-    estimator = grpo_estimator(backbone, cfg)
+    estimator = grpo_estimator(backbone, grpo, training, sampler)
     policy = ImageLogps(backbone.to(accelerator.device), estimator)
     reference = None
-    if cfg.grpo_beta_kl > 0 and backbone.peft_model is None:  # with LoRA: the adapter disabled
+    if grpo.grpo_beta_kl > 0 and backbone.peft_model is None:  # with LoRA: the adapter disabled
         reference = ImageLogps(copy.deepcopy(backbone).eval().requires_grad_(False), estimator)
-    policy, opt, sched, inner = prepare_optimizer(policy, cfg, accelerator)
-
-    state_dir, start = out / "state", 0
-    if (state_dir / "step.json").exists():
-        accelerator.load_state(str(state_dir))
-        start = json.loads((state_dir / "step.json").read_text())["step"]
-        if accelerator.is_main_process:
-            say(f"resuming: GRPO from step {start} of {cfg.train_steps} ({state_dir})")
-    if accelerator.is_main_process:
-        keep_rows_up_to(out / "metrics.jsonl", start)
-    metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
-    bar = tqdm(range(start, cfg.train_steps), initial=start, total=cfg.train_steps, desc="grpo",
-               disable=not accelerator.is_main_process, dynamic_ncols=True)
-    for step in bar:
-        row = grpo_step(policy, inner, reference, opt, accelerator, records, cfg, step)
-        sched.step()
-        row = {"step": step + 1, **row, "lr": sched.get_last_lr()[0]}
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            bar.set_postfix({"reward": f"{row['reward/mean']:.3f}", "dropped": f"{row['groups/dropped']:.2f}"})
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.train_steps:
-            _save_state(accelerator, state_dir, step + 1, 0)
-    if metrics_file is not None:
-        metrics_file.close()
-    accelerator.wait_for_everyone()
+    policy, inner = loop.prepare(policy)
+    for step in loop.steps():
+        row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step)
+        loop.sched.step()
+        row = {"step": step + 1, **row, "lr": loop.sched.get_last_lr()[0]}
+        loop.record(step, row, {"reward": f"{row['reward/mean']:.3f}", "dropped": f"{row['groups/dropped']:.2f}"})
+    loop.finish()
     return accelerator.unwrap_model(policy).backbone
 
 
-def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, accelerator, records: list[Record], cfg,
-              step: int) -> dict:
+def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, accelerator, records: list[Record],
+              grpo: GRPOOptions, training: TrainingOptions, sampler: GenerationConfig, seed: int, step: int) -> dict:
     """One GRPO step: sample, reward, normalise, then μ clipped-ratio updates; returns its metrics."""
     world, rank = accelerator.num_processes, accelerator.process_index
-    indices = batch_indices(step, len(records), cfg.grpo_prompts, cfg.seed)
+    indices = batch_indices(step, len(records), grpo.grpo_prompts, seed)
     local = [records[i] for i in indices[rank::world]]
     backbone = inner.backbone
-    gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.image_temperature, steps=cfg.steps,
-                           seed=step_seed("sample", cfg.seed, step, rank))
-    rollout = sample_rollout(backbone, local, cfg.grpo_group, gen, isinstance(inner.estimator, TrajectoryEstimator),
-                             step_seed("mask", cfg.seed, step, rank))
-    owners = [r for r in local for _ in range(cfg.grpo_group)]
+    gen = replace(sampler, seed=step_seed("sample", seed, step, rank))
+    rollout = sample_rollout(backbone, local, grpo.grpo_group, gen, isinstance(inner.estimator, TrajectoryEstimator),
+                             step_seed("mask", seed, step, rank))
+    owners = [r for r in local for _ in range(grpo.grpo_group)]
     with backbone.sampling():
-        rewards = self_vqa_rewards(backbone, rollout.tokens, owners, cfg.grpo_reward).to(accelerator.device)
-    advantages, kept = group_advantages(rewards.view(len(local), cfg.grpo_group), cfg.grpo_eps)
-    keep = kept.repeat_interleave(cfg.grpo_group)
+        rewards = self_vqa_rewards(backbone, rollout.tokens, owners, grpo.grpo_reward).to(accelerator.device)
+    advantages, kept = group_advantages(rewards.view(len(local), grpo.grpo_group), grpo.grpo_eps)
+    keep = kept.repeat_interleave(grpo.grpo_group)
     metrics = {"reward/mean": rewards.mean(), "reward/std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
                "groups/dropped": 1 - kept.float().mean()}
     losses, clip_fractions, kls, ratios = [], [], [], []
@@ -267,14 +227,14 @@ def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, acce
                 old = inner(batch).mean().float()
                 if reference is not None:
                     ref = reference(batch).mean().float()
-                elif cfg.grpo_beta_kl > 0:  # LoRA: the starting model is the adapter disabled
+                elif grpo.grpo_beta_kl > 0:  # LoRA: the starting model is the adapter disabled
                     with backbone.reference_context():
                         ref = inner(batch).mean().float()
-        for _ in range(cfg.grpo_inner_steps):
+        for _ in range(grpo.grpo_inner_steps):
             if old is not None:
                 with accelerator.autocast():
                     logps = policy(batch).mean().float()
-                out = clipped_objective(logps, old, adv, cfg.grpo_clip, ref, cfg.grpo_beta_kl)
+                out = clipped_objective(logps, old, adv, grpo.grpo_clip, ref, grpo.grpo_beta_kl)
                 loss = out.loss.mean()
                 clip_fractions.append(out.clipped.float().mean())
                 kls.append(out.kl.detach().mean())
@@ -283,27 +243,19 @@ def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, acce
                 loss = sum(p.sum() for p in policy.parameters() if p.requires_grad) * 0.0
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            if training.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(policy.parameters(), training.max_grad_norm)
             opt.step()
             losses.append(loss.detach())
     zero = torch.zeros((), device=accelerator.device)
     named = [("loss", losses), ("clip_fraction", clip_fractions), ("ratio/mean", ratios)]
-    if cfg.grpo_beta_kl > 0:  # the k3 KL to the reference, computed only when it is penalised
+    if grpo.grpo_beta_kl > 0:  # the k3 KL to the reference, computed only when it is penalised
         named.append(("kl", kls))
     metrics.update({name: torch.stack(values).mean() if values else zero for name, values in named})
     return {k: accelerator.gather_for_metrics(v.float().reshape(1).to(accelerator.device)).mean().item() for k, v in metrics.items()}
 
 
-def grpo_settings(cfg) -> dict:
+def grpo_settings(grpo: GRPOOptions, curation: CurationOptions) -> dict:
     """What a round's GRPO training depends on beyond the training options, for the stage's recorded
-    settings: the GRPO options and the sampler's. Empty for Pair-DPO, whose recorded settings stay as
-    they were."""
-    from dataclasses import fields
-
-    from hermesflow.settings import GRPOOptions
-
-    if getattr(cfg, "recipe", "dpo") != "grpo":
-        return {}
-    return {**{f.name: getattr(cfg, f.name) for f in fields(GRPOOptions)},
-            "steps": cfg.steps, "guidance": cfg.guidance, "image_temperature": cfg.image_temperature}
+    settings: the GRPO options and the sampler's."""
+    return {**asdict(grpo), "steps": curation.steps, "guidance": curation.guidance, "image_temperature": curation.image_temperature}

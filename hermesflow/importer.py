@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hermesflow.data import _Bad, _quote, _record_id  # the same record checks and quoting as homologous data
+from hermesflow.records import BadRecord, check_id, quote  # the same record checks and quoting as homologous data
 from hermesflow.errors import DataError, UsageError
 
 
@@ -86,14 +86,14 @@ def import_official(path: str | Path) -> list[OfficialPair]:
         where = f"{name} record {number}"
         try:
             if not isinstance(item, dict):
-                raise _Bad(f"must be an object, got {type(item).__name__}")
-            record_id = _record_id(item)
+                raise BadRecord(f"must be an object, got {type(item).__name__}")
+            record_id = check_id(item)
             where += f" (id {record_id})"
             if record_id in first_seen:
-                raise _Bad(f"id repeats record {first_seen[record_id]} (pairs are joined by id)")
+                raise BadRecord(f"id repeats record {first_seen[record_id]} (pairs are joined by id)")
             first_seen[record_id] = number
             pairs.append(_check(item, record_id))
-        except _Bad as e:
+        except BadRecord as e:
             problems.append(f"{where}: {e}")
     if problems:
         raise DataError(problems)
@@ -142,21 +142,21 @@ def _parse(text: str, name: str) -> list[object]:
 def _check(item: dict, record_id: str) -> OfficialPair:
     missing = [k for k in _TEXT_KEYS if k not in item]
     if missing:
-        raise _Bad("missing field" + ("s " if len(missing) > 1 else " ") + ", ".join(f'"{k}"' for k in missing))
+        raise BadRecord("missing field" + ("s " if len(missing) > 1 else " ") + ", ".join(f'"{k}"' for k in missing))
     for key in _TEXT_KEYS:
         if not isinstance(item[key], str) or not item[key].strip():
-            raise _Bad(f'field "{key}" must be a non-empty string, got {_quote(item[key])}')
+            raise BadRecord(f'field "{key}" must be a non-empty string, got {quote(item[key])}')
     scores = {}
     for branch, win, lose in _SCORE_PAIRS:
         chosen, rejected = _score(item, win), _score(item, lose)
         if (chosen is None) != (rejected is None):
-            raise _Bad(f'"{win}" and "{lose}" must be given together')
+            raise BadRecord(f'"{win}" and "{lose}" must be given together')
         # A winner scored below its loser is a broken record. Equal scores are what the official
         # writer produces when all generated images tie or none passes 0.6 (it then reuses the image
         # indices of an earlier record, so the image paths may be wrong too): they are kept, and
         # `tied` lets the caller report and drop them, as training never learns from a tie.
         if chosen is not None and chosen < rejected:
-            raise _Bad(f'{branch} pair is not ordered: "{win}" {chosen} is below "{lose}" {rejected}; '
+            raise BadRecord(f'{branch} pair is not ordered: "{win}" {chosen} is below "{lose}" {rejected}; '
                        "remove this record")
         scores[branch] = (chosen, rejected)
     return OfficialPair(
@@ -173,11 +173,11 @@ def _score(item: dict, key: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(f'field "{key}" must be a number, got {_quote(value)}')
+        raise BadRecord(f'field "{key}" must be a number, got {quote(value)}')
     try:
         value = float(value)
     except OverflowError:
         value = math.inf
     if not math.isfinite(value):
-        raise _Bad(f'field "{key}" must be a finite number, got {_quote(item[key])}')
+        raise BadRecord(f'field "{key}" must be a finite number, got {quote(item[key])}')
     return value

@@ -23,31 +23,31 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
-
-import yaml
 
 from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, Backbone, GenerationConfig, load_backbone
 from hermesflow.curate import MANIFEST, CurationSettings, check_curation_data, curate, merge
-from hermesflow.data import HomologousData, check_fit, read_data, read_homologous
+from hermesflow.data import check_fit, read_data, read_homologous
 from hermesflow.errors import DataError
-from hermesflow.evaluate import EvalItem, data_eval_items, evaluate, save_sample_sheet, world_eval_items
+from hermesflow.evaluate import data_eval_items, evaluate
 from hermesflow.grpo import grpo_settings, train_grpo
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import judge_setting, vlm_judge
 from hermesflow.prefs import PREFS, read_prefs
-from hermesflow.settings import CurationOptions, RunConfig, TrainingOptions
+from hermesflow.records import EvalItem, HomologousData
+from hermesflow.settings import RunConfig
 from hermesflow.stages import claim, clear, differences, file_digest, refusal, say
 from hermesflow.train import examples_from, train
-from hermesflow.world.build import write_world
+from hermesflow.world.build import world_eval_items, write_world
+from hermesflow.world.judge import WORLD
+from hermesflow.world.render import save_sample_sheet
 
 
 def curation_settings(cfg, round_index: int) -> CurationSettings:
     """The curation options of a run or curate config, for one round."""
-    options = {f.name: getattr(cfg, f.name) for f in fields(CurationOptions)}
-    return CurationSettings(**options, round=round_index, seed=cfg.seed)
+    return CurationSettings(**asdict(cfg.curation), dtype=cfg.dtype, round=round_index, seed=cfg.seed)
 
 
 # What a stage writes into its folder, deleted by --overwrite when its settings changed; a round's
@@ -55,10 +55,6 @@ def curation_settings(cfg, round_index: int) -> CurationSettings:
 CURATE_OUTPUTS = ("shards", PREFS, MANIFEST, "train", "model", "adapter", "eval")
 TRAIN_OUTPUTS = ("train", "model", "adapter", "eval")
 EVAL_OUTPUTS = ("metrics.json", "generated.png")
-# Settings of a run that do not change its results: a rerun may change them freely.
-RUN_FREE = ("out", "rounds", "preset", "report_to", "save_every", "max_nonfinite", "log_branch_grad_norms", "overwrite",
-            # how an endpoint is reached: the judge's model (--api-model) is what changes results
-            "endpoint", "api_key_env", "timeout", "retries", "backoff", "workers", "api_cache", "json_schema")
 
 
 def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir: Path, cfg, round_index: int,
@@ -72,14 +68,14 @@ def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir
              "data": file_digest(data.path), "previous": file_digest(Path(previous_dir) / PREFS) if previous_dir else None}
     label = f"round {round_index + 1} curation"
     if state.is_main_process:
-        reused = claim(round_dir, "curate", label, stage, CURATE_OUTPUTS, getattr(cfg, "overwrite", False))
+        reused = claim(round_dir, "curate", label, stage, CURATE_OUTPUTS, cfg.overwrite)
         if reused and (round_dir / MANIFEST).exists():
             say(f"reusing {label}: {round_dir / PREFS} ({len(data.records)} records)")
     state.wait_for_everyone()
     if (round_dir / MANIFEST).exists():
         return json.loads((round_dir / MANIFEST).read_text())
     previous = read_prefs(previous_dir) if previous_dir is not None else {}
-    curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes)
+    curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes, WORLD)
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
@@ -99,34 +95,34 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
     model to `out/model` (default: the round folder), with LoRA also its adapter to `out/adapter`,
     and returns it. A finished round is loaded instead of trained again."""
     out = Path(out) if out is not None else round_dir
-    stage = {**{f.name: getattr(cfg, f.name) for f in fields(TrainingOptions) if f.name not in RUN_FREE},
-             "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(), "model_type": backbone.model_type,
-             "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path), **grpo_settings(cfg)}
+    training, grpo = cfg.training, cfg.grpo if isinstance(cfg, RunConfig) else None  # `hermesflow train` has no GRPO
+    stage = {**config.results_settings(training), "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(),
+             "model_type": backbone.model_type, "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path),
+             **(grpo_settings(grpo, cfg.curation) if grpo is not None and grpo.recipe == "grpo" else {})}
     if state.is_main_process:
-        reused = claim(out / "train", "train", "a training", stage, tuple(f"../{o}" for o in TRAIN_OUTPUTS),
-                       getattr(cfg, "overwrite", False))
+        reused = claim(out / "train", "train", "a training", stage, tuple(f"../{o}" for o in TRAIN_OUTPUTS), cfg.overwrite)
         if reused and (out / "model" / "config.json").exists():
             say(f"reusing the trained model {out / 'model'}")
     state.wait_for_everyone()
     if (out / "model" / "config.json").exists():
         return load_backbone(out / "model", cfg.dtype)
-    if cfg.lora_r:
-        targets = [t.strip() for t in cfg.lora_target_modules.split(",") if t.strip()] or None
-        backbone.add_lora(cfg.lora_r, cfg.lora_alpha, targets)
+    if training.lora_r:
+        targets = [t.strip() for t in training.lora_target_modules.split(",") if t.strip()] or None
+        backbone.add_lora(training.lora_r, training.lora_alpha, targets)
         if (out / "adapter" / "adapter_config.json").exists():  # trained, not merged: no need to train again
             backbone.load_adapter(out / "adapter")
             backbone.merge_lora()
             return backbone
-    examples = examples_from(list(read_prefs(round_dir).values()), data, cfg.loss_type, cfg.seed, cfg.pair_rows)
-    if getattr(cfg, "recipe", "dpo") == "grpo":  # online GRPO on fresh samples: the curated pairs are not used
-        trained = train_grpo(backbone, list(data.records), cfg, out / "train")
+    examples = examples_from(list(read_prefs(round_dir).values()), data, training.loss_type, cfg.seed, training.pair_rows)
+    if grpo is not None and grpo.recipe == "grpo":  # online GRPO on fresh samples: the curated pairs are not used
+        trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation), cfg.seed, cfg.dtype, out / "train")
     else:
-        trained = train(backbone, examples, cfg, out / "train")
+        trained = train(backbone, examples, training, out / "train", cfg.seed, cfg.dtype)
     if state.is_main_process:
-        if cfg.lora_r:
+        if training.lora_r:
             trained.save_adapter(out / "adapter")
         trained.merge_lora()
-        if not cfg.lora_r or cfg.lora_merge:
+        if not training.lora_r or training.lora_merge:
             trained.save_pretrained(out / "model")
         shutil.rmtree(out / "train" / "state", ignore_errors=True)  # only now: a kill before this resumes
     else:
@@ -144,35 +140,58 @@ def require_qa(data: HomologousData) -> HomologousData:
     return data
 
 
+def sampler_of(curation) -> GenerationConfig:
+    """The image sampler of the curation options (what GRPO samples with); its seed is set per step."""
+    return GenerationConfig(guidance=curation.guidance, temperature=curation.image_temperature, steps=curation.steps)
+
+
 def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
     """The user's held-out data (--eval-data), or the world's eval split at the backbone's resolution."""
-    if cfg.eval_data:
-        data = read_data(cfg.eval_data, cfg)
+    if cfg.eval.eval_data:
+        data = read_data(cfg.eval.eval_data, cfg.reading)
         check_fit(backbone, data)
-        return data_eval_items(data, cfg.eval_n)
-    return world_eval_items(cfg.eval_n, seed, backbone.image_size)
+        return data_eval_items(data, cfg.eval.eval_n)
+    return world_eval_items(cfg.eval.eval_n, seed, backbone.image_size)
+
+
+def eval_settings(cfg: RunConfig, seed: int) -> dict:
+    """What an evaluation's results depend on besides the model: recorded in its folder."""
+    ev, curation = cfg.eval, cfg.curation
+    return {"n": ev.eval_n, "seed": seed, "data": file_digest(ev.eval_data), "guidance": ev.eval_guidance,
+            "temperature": curation.image_temperature, "steps": curation.steps, "encoder": curation.encoder,
+            "pooling": curation.pooling, "dtype": cfg.dtype, **judge_setting(ev.judge, cfg.api, cfg.reading.questions)}
 
 
 def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> dict:
     """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
     seed = cfg.seed if seed is None else seed
     path = folder / "metrics.json"
-    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, "n": cfg.eval_n, "seed": seed,
-             "data": file_digest(cfg.eval_data), "guidance": cfg.eval_guidance, "temperature": cfg.image_temperature,
-             "steps": cfg.steps, "encoder": cfg.encoder, "pooling": cfg.pooling, "dtype": cfg.dtype, **judge_setting(cfg)}
-    reused = claim(folder, "eval", "an evaluation", stage, EVAL_OUTPUTS, getattr(cfg, "overwrite", False))
+    ev, curation = cfg.eval, cfg.curation
+    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, **eval_settings(cfg, seed)}
+    reused = claim(folder, "eval", "an evaluation", stage, EVAL_OUTPUTS, cfg.overwrite)
     if reused and path.exists():
         say(f"reusing the evaluation {path}")
         return json.loads(path.read_text())
-    gen = GenerationConfig(guidance=cfg.eval_guidance, temperature=cfg.image_temperature, steps=cfg.steps, seed=seed)
-    judge = vlm_judge(cfg, folder)
-    metrics, generated = evaluate(backbone, eval_items(backbone, cfg, seed), gen, similarity, external_judge=judge)
-    if judge is not None:  # what the judge cost
-        metrics["judge_api"] = vars(judge.client.usage)
+    gen = GenerationConfig(guidance=ev.eval_guidance, temperature=curation.image_temperature, steps=curation.steps, seed=seed)
+    metrics, generated = judged_evaluation(backbone, eval_items(backbone, cfg, seed), gen, similarity,
+                                           vlm_judge(ev.judge, cfg.api, folder))
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
     atomic_write_json(path, metrics)
     return metrics
+
+
+def judged_evaluation(backbone: Backbone, items: list[EvalItem], gen: GenerationConfig, similarity,
+                      vlm=None) -> tuple[dict, object]:
+    """`evaluate` with its judge chosen (the VLM if given; else the world's oracle when every item has
+    a world scene; else the model itself) and the world's own numbers added (prompts held out of
+    post-training scored apart, GenEval-style categories); returns the metrics and the images."""
+    judge = vlm if vlm is not None else WORLD if all(WORLD.knows(it) for it in items) else None
+    metrics, generated = evaluate(backbone, items, gen, similarity, judge)
+    metrics.update(WORLD.metrics(items, generated, metrics))
+    if vlm is not None:  # what the judge cost
+        metrics["judge_api"] = vars(vlm.client.usage)
+    return metrics, generated
 
 
 def summary_row(name: str, metrics: dict, manifest: dict | None) -> dict:
@@ -209,7 +228,7 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
     resolution without the prompts held out for generation (`world.holdout`), so generation can be
     measured on unseen prompts; checked to fit the backbone before any work."""
     if cfg.data:
-        data = require_qa(read_data(cfg.data, cfg))
+        data = require_qa(read_data(cfg.data, cfg.reading))
     else:
         data_dir = out / "data"
         if state.is_main_process and not (data_dir / "data.jsonl").exists():
@@ -218,7 +237,7 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
         state.wait_for_everyone()
         data = read_homologous(data_dir)
     check_fit(backbone, data)
-    check_curation_data(data, cfg)  # an oracle or perturbed pair source on data it cannot serve: refused before any work
+    check_curation_data(data, cfg.curation, WORLD)  # an oracle or perturbed pair source on data it cannot serve: refused before any work
     return data
 
 
@@ -258,13 +277,14 @@ def provenance(cfg: RunConfig, out: Path) -> dict:
     resolved = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731
     return {"hermesflow": __version__, "commit": commit, "uncommitted_changes": dirty, "python": platform.python_version(),
             "torch": torch.__version__, "model": resolved(cfg.model or BASE_MODEL),
-            "data": resolved(cfg.data or out / "data"), "eval_data": resolved(cfg.eval_data), "encoder": resolved(cfg.encoder),
+            "data": resolved(cfg.data or out / "data"), "eval_data": resolved(cfg.eval.eval_data),
+            "encoder": resolved(cfg.curation.encoder),
             "out": resolved(out)}
 
 
 def claim_run(cfg: RunConfig) -> None:
     """`run_config.yaml` records the settings that made a run folder's results. A rerun whose settings
-    differ (other than those in RUN_FREE, such as more --rounds) is refused, naming the keys, unless
+    differ (other than those that do not change results, such as more --rounds) is refused, naming the keys, unless
     --overwrite deletes the folder's contents; the file is rewritten only over results it produced."""
     claim_folder(cfg, "run_config.yaml", "a run")
 
@@ -272,11 +292,10 @@ def claim_run(cfg: RunConfig) -> None:
 def claim_folder(cfg, name: str, what: str) -> None:
     """`claim_run` for any verb whose config (with `out` and `overwrite`) is saved as `out/name`."""
     out, path = Path(cfg.out), Path(cfg.out) / name
-    current = {k: v for k, v in config.to_dict(cfg).items() if k not in RUN_FREE}
-    if path.exists():
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        defaults = config.to_dict(type(cfg)(out=out))
-        changed = differences({k: saved.get(k, defaults[k]) for k in current}, current)
+    current = config.results_settings(config.complete(type(cfg), config.flat(cfg)))
+    if path.exists():  # flat (written before the options were grouped) or grouped; completed as a --config file
+        saved = config.flat(config.load(type(cfg), path))
+        changed = differences({k: saved[k] for k in current}, current)
         if changed and not cfg.overwrite:
             raise refusal(what, out, changed)
         if changed:
@@ -299,7 +318,7 @@ def run(cfg: RunConfig) -> list[dict]:
     state.wait_for_everyone()
     backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()
     data = train_data(backbone, cfg, out, state)
-    similarity = SentenceSimilarity(cfg.encoder, cfg.pooling)
+    similarity = SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling)
 
     timings = Timings(out / "timings.json", state.is_main_process)
     if state.is_main_process:
@@ -335,5 +354,5 @@ def run(cfg: RunConfig) -> list[dict]:
         print(f"summary: {out / 'summary.txt'}")
         from hermesflow.report import build_report
 
-        print(f"report: {build_report(out)}")
+        print(f"report: {build_report(out, world=WORLD)}")
     return rows

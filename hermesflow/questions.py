@@ -13,18 +13,15 @@ unusable is never written. The TIFA file is written only when every record has i
 
 from __future__ import annotations
 
-import random
-import zlib
 from pathlib import Path
 
 from tqdm import tqdm
 
 from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, in_order, parse_json_object
-from hermesflow.data import HomologousData, Record
+from hermesflow.records import QA, HomologousData, Record
 from hermesflow.errors import DataError
 from hermesflow.tifa import tifa_entries, write_tifa
-from hermesflow.world.prompts import parse_prompt
-from hermesflow.world.questions import QA, questions_for
+from hermesflow.judges import World
 
 # TIFA's element types, as its question files spell them (tifa_v1.0, sample/sample_question_answers.json)
 ELEMENT_TYPES = ("object", "animal/human", "attribute", "activity", "spatial", "location", "color", "counting", "food",
@@ -109,21 +106,21 @@ def llm_questions(client: ChatClient, cache: ReplyCache, record: Record, where: 
     return [QA(q["question"], tuple(q["choices"]), q["answer"], q["type"]) for q in items], [q["element"] for q in items]
 
 
-def scene_questions(record: Record, where: str, seed: int = 0) -> list[QA]:
+def scene_questions(world: World | None, record: Record, where: str, seed: int = 0) -> list[QA]:
     """The world's exact questions for a record with a scene graph and a world caption."""
-    spec = parse_prompt(record.caption)
-    if record.scene is None or spec is None:
+    qas = world.questions(record, seed) if world is not None else None
+    if qas is None:
         raise DataError([f"{where}: no scene graph and world caption to derive questions from; use --source llm"])
-    return questions_for(spec, record.scene, random.Random(zlib.crc32(f"{seed}:{record.id}".encode())))
+    return qas
 
 
 def generate_questions(data: HomologousData, out: Path, source: str, client: ChatClient | None = None,
-                       cache: ReplyCache | None = None, redo: bool = False, workers: int = 1) -> dict:
+                       cache: ReplyCache | None = None, redo: bool = False, workers: int = 1, world: World | None = None) -> dict:
     """Questions for every record without any (all records with `redo`), written to `out` in TIFA's
-    format; an LLM is asked `workers` requests at a time."""
+    format: from the `world`'s scene graphs (source "scene") or an LLM asked `workers` requests at a time."""
     todo = [r for r in data.records if redo or not r.qa]
     if source == "scene":
-        results = ((scene_questions(r, data.where(r)), None) for r in tqdm(todo, desc="questions (scene)", unit="caption"))
+        results = ((scene_questions(world, r, data.where(r)), None) for r in tqdm(todo, desc="questions (scene)", unit="caption"))
     else:
         results = in_order(lambda r: llm_questions(client, cache, r, data.where(r)), todo, workers, "questions (llm)", client)
     entries = []

@@ -14,8 +14,9 @@ import math
 import random
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import fields
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -28,13 +29,19 @@ from PIL import Image  # noqa: E402
 from hermesflow.backbones import BASE_MODEL, load_backbone  # noqa: E402
 from hermesflow.data import read_data  # noqa: E402
 from hermesflow.errors import UsageError  # noqa: E402
-from hermesflow.evaluate import paired_difference  # noqa: E402
 from hermesflow.io import atomic_write_text  # noqa: E402
-from hermesflow.world.prompts import CATEGORIES, parse_prompt, satisfied_by  # noqa: E402
-from hermesflow.world.render import upscale  # noqa: E402
+from hermesflow.judges import World, self_judge_agreement  # noqa: E402
+from hermesflow.options import DataOptions  # noqa: E402
+from hermesflow.prefs import read_prefs  # noqa: E402
+from hermesflow.records import GENEVAL_CATEGORIES as CATEGORIES  # noqa: E402
+from hermesflow.stats import paired_difference, wilson  # noqa: E402
 
 SECTIONS = ("Scores per round", "Change from the base model", "GenEval categories", "Training", "Self-judge agreement",
             "Kept and dropped pairs", "Preference pairs", "Evaluation samples", "Run details")
+# The pages are jinja2 templates packaged beside this module; numbers reach them as HTML cells (with
+# their intervals), text through the templates' escaping.
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                               autoescape=True, keep_trailing_newline=True)
 CAPTION_NOTE = ("The caption preference is sentence similarity to the record's one reference caption, so it rewards "
                 "phrasing: a rejected caption is often a correct description of the image worded differently.")
 
@@ -53,29 +60,13 @@ def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    """An HTML table (cells are HTML; callers escape text), in a box that scrolls sideways on a phone."""
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td{' class=t' if c[:1].isalpha() else ''}>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<div class=scroll><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table></div>"
-
-
 def _ci(m: dict) -> str:
     return f"{m['mean']:.3f} <span class=ci>[{m['ci95'][0]:.3f},&nbsp;{m['ci95'][1]:.3f}]</span>"
 
 
-def wilson(hits: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval of a proportion (sound for the small counts of GenEval categories)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    z, p = 1.96, hits / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def paired_change(base: dict, other: dict, key: str) -> dict | None:
     """Mean change of a score from the base on the same eval items, with its 95% paired interval
-    (per question, clustered by item: `evaluate.paired_difference`); for metrics that predate
+    (per question, clustered by item: `stats.paired_difference`); for metrics that predate
     per-question counts, the change of per-image means. None when the items differ, or when there is
     nothing to compare (no per-example scores, or no unseen prompts for `generation_unseen`)."""
     a, b = base.get("per_example"), other.get("per_example")
@@ -205,7 +196,8 @@ def _plot_training(curves: dict[str, list[dict]], path: Path) -> None:
 
 
 def _save_image(image: np.ndarray, path: Path) -> None:
-    Image.fromarray(upscale(image, max(1, 128 // image.shape[0]))).save(path)
+    factor = max(1, 128 // image.shape[0])  # small images enlarged, pixel for pixel, for a person to see
+    Image.fromarray(image.repeat(factor, axis=0).repeat(factor, axis=1)).save(path)
 
 
 def _base_model(config_path: Path) -> Path:
@@ -216,25 +208,8 @@ def _base_model(config_path: Path) -> Path:
 
 
 def _prefs(round_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (round_dir / "prefs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def self_judge(rows: list[dict]) -> dict:
-    """Agreement of the model's ranking of its kept image pairs with the oracle's, counted among the
-    pairs where the oracle sees a difference (a tie says nothing either way)."""
-    kept = [r["gen"] for r in rows if "chosen" in r["gen"] and r["gen"].get("chosen_oracle") is not None]
-    differ = [g for g in kept if g["chosen_oracle"] != g["rejected_oracle"]]
-    agree = sum(g["chosen_oracle"] > g["rejected_oracle"] for g in differ)
-    return {"pairs": len(kept), "oracle_differs": len(differ), "agree": agree, "ties": len(kept) - len(differ),
-            "agreement": agree / len(differ) if differ else float("nan"), "interval": wilson(agree, len(differ)),
-            # oracle-ranked pairs (--pair-source oracle) agree with the oracle by construction
-            "self_curated": all(g.get("ranked_by") != "oracle" for g in kept)}
-
-
-def _true_of(caption: str, scene) -> bool | None:
-    """Whether a caption in the world's phrasing holds for the scene (None: not a world phrasing, or no scene)."""
-    spec = parse_prompt(caption) if scene is not None else None
-    return None if spec is None else bool(satisfied_by(scene, spec))
+    """A round's preference records (read by `prefs.read_prefs`, which checks them) as their JSON rows."""
+    return [p.to_json() for p in read_prefs(round_dir).values()]
 
 
 def _flags(row: dict, rejected_true: bool | None) -> list[str]:
@@ -252,63 +227,44 @@ def _flags(row: dict, rejected_true: bool | None) -> list[str]:
     return flags
 
 
-def _run_options(run: Path):
-    """The run's saved settings, for reading its data the same way (None without run_config.yaml)."""
+def _run_options(run: Path) -> DataOptions:
+    """How the run read its data (its run_config.yaml's reading options, written flat before the
+    options were grouped, under `reading` since), for reading it the same way."""
     path = run / "run_config.yaml"
-    return SimpleNamespace(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {})) if path.exists() else None
+    saved = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+    values = {**saved, **(saved.get("reading") or {})}
+    return DataOptions(**{f.name: values[f.name] for f in fields(DataOptions) if f.name in values})
 
 
-def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path, seed: int = 0) -> str:
-    """Cards of `n` kept homologous tuples drawn across the round (seeded), in file order, each with
-    its scores and flags: oracle ties and disagreements, the self-play case, true rejected captions."""
+def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path, seed: int = 0, world: World | None = None) -> dict:
+    """The cards of `n` kept homologous tuples drawn across the round (seeded), in file order, each
+    with its scores and flags (oracle ties and disagreements, the self-play case, rejected captions
+    that `world` finds true of the image), their images written beside the page."""
     rows = _prefs(round_dir)
     kept = [r for r in rows if "chosen" in r["und"] and "chosen" in r["gen"]]
     picked = sorted(random.Random(f"gallery/{seed}").sample(range(len(kept)), min(n, len(kept))))
     data = run / "data" if (run / "data" / "data.jsonl").exists() else Path(_read_json(round_dir / "manifest.json")["data"])
     # the user's data is read as the run read it (its column map, --questions, --follow-symlinks)
-    options = None if data == run / "data" else _run_options(run)
+    options = DataOptions() if data == run / "data" else _run_options(run)
     records = {r.id: r for r in read_data(data, options).records}
-    true_rejected = [_true_of(r["und"]["rejected"], records[r["id"]].scene) for r in kept if r["id"] in records]
+    true_of = (lambda caption, record: None) if world is None else world.true_of  # noqa: E731
+    true_rejected = [true_of(r["und"]["rejected"], records[r["id"]]) for r in kept if r["id"] in records]
     judged = [t for t in true_rejected if t is not None]
     backbone = load_backbone(model)
     cards = []
     for i in picked:
         row = kept[i]
-        names = {}
+        images = {}
         for side, image in (("true", records[row["id"]].load_image()),
                             ("chosen", backbone.decode(torch.tensor([row["gen"]["chosen"]]))[0]),
                             ("rejected", backbone.decode(torch.tensor([row["gen"]["rejected"]]))[0])):
-            names[side] = f"gallery/{round_dir.name}-{i}-{side}.png"
-            _save_image(image, out / names[side])
-        u, g = row["und"], row["gen"]
-        oracle = lambda v: "" if v is None else f" · oracle {v:.2f}"  # noqa: E731
-        flags = "".join(f"<span class=flag>{html.escape(f)}</span>" for f in _flags(row, _true_of(u["rejected"], records[row["id"]].scene)))
-        cards.append(f"""<div class=card>
-<div class=id>#{i + 1} of {len(kept)} kept · id {html.escape(row['id'])} {flags}</div>
-<figure><img src="{names['true']}" alt="true image"><figcaption>true image<br><b>{html.escape(row['caption'])}</b></figcaption></figure>
-<figure><img src="{names['chosen']}" alt="chosen image"><figcaption>chosen image<br>self-VQA {g['chosen_score']:.2f}{oracle(g.get('chosen_oracle'))}</figcaption></figure>
-<figure><img src="{names['rejected']}" alt="rejected image"><figcaption>rejected image<br>self-VQA {g['rejected_score']:.2f}{oracle(g.get('rejected_oracle'))}</figcaption></figure>
-<div class=caps><div class=win>chosen caption ({u['chosen_score']:.2f}): {html.escape(u['chosen'])}</div>
-<div class=lose>rejected caption ({u['rejected_score']:.2f}): {html.escape(u['rejected'])}</div></div>
-</div>""")
-    summary = (f"<p>{len(picked)} of the {len(kept)} kept tuples, drawn across the round with seed {seed}. {CAPTION_NOTE}"
-               + (f" Here the oracle finds the rejected caption true of the image in {sum(judged)} of the {len(judged)} kept "
-                  f"caption pairs it can read.</p>" if judged else "</p>"))
-    return summary + ("\n".join(cards) or "<p>No kept pairs in this round.</p>")
-
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1360px;margin:2em auto;color:#222;padding:0 1em;line-height:1.4}
-.scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:4px 10px;text-align:right;white-space:nowrap}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fff}
-th:first-child{background:#f3f3f3}td.t{text-align:left}.ci{color:#777;font-size:.85em}.sig{color:#b35900}
-.card{border:1px solid #ddd;border-radius:6px;padding:10px;margin:10px 0;display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
-.card .id{width:100%;color:#888;font-size:.8em}.flag{background:#fff3cd;color:#6b4e00;border-radius:3px;padding:1px 6px;margin-left:6px}
-figure{margin:0;text-align:center;font-size:.85em;width:150px}
-figure img{width:128px;height:128px;image-rendering:pixelated;border:1px solid #999}.caps{flex:1;min-width:240px;font-size:.9em}
-.win{color:#15691f;margin-bottom:6px}.lose{color:#9b1c1c}pre{background:#f6f6f6;padding:10px;overflow:auto}
-img.plot,img.sheet{max-width:100%;height:auto}img.sheet{image-rendering:pixelated}ol.prompts{columns:2;font-size:.85em}
-@media (max-width:700px){body{margin:1em auto}ol.prompts{columns:1}.card{gap:8px}figure{width:100px}figure img{width:92px;height:92px}}"""
+            images[side] = f"gallery/{round_dir.name}-{i}-{side}.png"
+            _save_image(image, out / images[side])
+        cards.append({"number": i + 1, "id": row["id"], "caption": row["caption"], "images": images, "und": row["und"],
+                      "gen": {"chosen_oracle": None, "rejected_oracle": None, **row["gen"]},
+                      "flags": _flags(row, true_of(row["und"]["rejected"], records[row["id"]]))})
+    return {"shown": len(picked), "kept": len(kept), "seed": seed, "caption_note": CAPTION_NOTE, "cards": cards,
+            "judged": len(judged), "judged_true": sum(judged)}
 
 
 def _timings_rows(run: Path) -> list[list[str]]:
@@ -328,8 +284,9 @@ def _drop_rows(label: str, counts: dict) -> list[list[str]]:
     return rows
 
 
-def build_report(run: str | Path, gallery_size: int = 8) -> Path:
-    """Write RUN/report/index.html and its images; returns the page's path."""
+def build_report(run: str | Path, gallery_size: int = 8, world: World | None = None) -> Path:
+    """Write RUN/report/index.html and its images; returns the page's path. `world`, where the run's
+    data has one, says which rejected captions are true of their image."""
     run = Path(run)
     rounds = _rounds(run)
     out = run / "report"
@@ -377,93 +334,76 @@ def build_report(run: str | Path, gallery_size: int = 8) -> Path:
         path = folder / "train" / "metrics.jsonl"
         if path.exists():
             curves[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    training = "<p>No training metrics found.</p>"
     if curves:
         _plot_training(curves, out / "training.png")
-        training = ('<p>Faint: each step; solid: a moving average over about a fifteenth of the steps. The DPO terms are '
-                    '−log σ(Δ) of each branch; the NLL terms, when on, are the unweighted −log π of the chosen sample.</p>'
-                    '<img class=plot src="training.png" alt="total loss, DPO and NLL terms, reward accuracies and learning rate over steps">')
 
     judge_rows, drop_rows = [], []
     for name, folder in rounds:
         if name not in manifests:
             continue
-        j = self_judge(_prefs(folder))
-        lo, hi = j["interval"]
-        agreement = "–" if not j["oracle_differs"] else f"{j['agreement']:.2f} <span class=ci>[{lo:.2f},&nbsp;{hi:.2f}]</span>"
+        j = self_judge_agreement(p.gen for p in read_prefs(folder).values() if p.has("gen"))
+        if not j["pairs"]:
+            continue
+        agreement = "–" if not j["oracle_differs"] else \
+            f"{j['agreement']:.2f} <span class=ci>[{j['interval'][0]:.2f},&nbsp;{j['interval'][1]:.2f}]</span>"
         label = name if j["self_curated"] else f"{name} (oracle-ranked control: NOT self-curated)"
         judge_rows.append([label, str(j["pairs"]), str(j["oracle_differs"]), f"{j['agree']} of {j['oracle_differs']}", agreement, str(j["ties"])])
         drop_rows += _drop_rows(name, manifests[name]["counts"])
     last = next((folder for name, folder in reversed(rounds) if name in manifests), None)
-    gallery = (_gallery(run, last, out, gallery_size, _base_model(config_path), int(run_config.get("seed") or 0))
-               if last is not None else "<p>No curated round yet.</p>")
-
+    pairs = (_gallery(run, last, out, gallery_size, _base_model(config_path), int(run_config.get("seed") or 0), world)
+             if last is not None else None)
     samples = []
     for (name, folder), m in zip(rounds, metrics):
         if (folder / "eval" / "generated.png").exists() and (name == "base" or folder == rounds[-1][1]):
             shutil.copyfile(folder / "eval" / "generated.png", out / f"samples-{folder.name}.png")
-            samples.append(f'<h3>{html.escape(name)}</h3><img class=sheet src="samples-{folder.name}.png" alt="images generated by {html.escape(name)}">')
-    prompts = metrics[-1].get("sample_prompts")
-    sample_html = ("".join(samples) or "<p>No sample sheet found.</p>") + (
-        "<p>Prompts, row by row (8 to a row):</p><ol class=prompts>" + "".join(f"<li>{html.escape(p)}</li>" for p in prompts) + "</ol>"
-        if prompts else "<p>(The prompts of the sheets were not recorded by the version that evaluated this run.)</p>")
-
+            samples.append({"name": name, "file": f"samples-{folder.name}.png"})
     provenance = _read_json(run / "provenance.json") if (run / "provenance.json").exists() else {}
-    details = _table(["what", "value"], [[html.escape(k), html.escape(str(v))] for k, v in provenance.items()]) if provenance else \
-        "<p>(No provenance.json: made by a version that did not record it.)</p>"
-    timings = _timings_rows(run)
-    config_text = config_path.read_text() if config_path.exists() else "(no run_config.yaml)"
-
-    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
-<title>HermesFlow report: {html.escape(run.name)}</title><style>{STYLE}</style></head><body>
-<h1>HermesFlow report: {html.escape(run.name)}</h1>
-<p>Scores are judged by the shapes world's exact oracle (in place of the paper's GPT-4o and GenEval's detector);
-scores are shares of questions answered right (per question, as the paper's Table 4 averages answers), with 95% intervals
-clustered by image. Understanding: the model's accuracy on questions about real images; generation: the oracle's accuracy on
-the same questions about the model's images for the same captions. <b>Generation (unseen prompts)</b> keeps the eval prompts
-held out of post-training data (about half the prompt specs of counting, colors, position and color attribution; single- and
-two-object prompts are always seen): read claims about generation there, since generation depends only on the prompt.</p>
-<h2 id=scores>{SECTIONS[0]}</h2>
-{_table(["", "understanding", "generation", "generation (unseen prompts)", "gap", "prior (blank image)", "GenEval overall", "caption similarity", "tuples kept"], score_rows)}
-<img class=plot src="scores.png" alt="scores and gap per round">
-<h2 id=change>{SECTIONS[1]}</h2>
-<p>Each round minus the base model on the same eval items, with a 95% paired interval (the same items are scored twice,
-so the change is measured more precisely than the two intervals above suggest). <b class=sig>●</b> marks an interval
-that excludes zero.</p>
-{_table(["", "Δ understanding", "Δ generation", "Δ generation (unseen prompts)", "Δ gap", "paired items"], change_rows) if change_rows else "<p>No base evaluation or no round yet.</p>"}
-<h2 id=geneval>{SECTIONS[2]}</h2>
-<p>Share of prompts whose scene the oracle finds satisfied, with the count and a 95% Wilson interval: categories hold
-few prompts each, so their intervals are wide.</p>
-{_table([""] + [c.replace("_", " ") for c in cats], geneval_rows)}
-<img class=plot src="geneval.png" alt="GenEval categories per round">
-<h2 id=training>{SECTIONS[3]}</h2>
-{training}
-<h2 id=judge>{SECTIONS[4]}</h2>
-<p>Among the image pairs the model kept, the pairs where the exact oracle scores chosen and rejected differently, and how
-often the oracle agrees that the chosen image is the better one (95% Wilson interval). This measures the paper's central
-assumption, that understanding can judge generation; oracle ties say nothing either way and are counted apart.</p>
-{_table(["", "image pairs kept", "oracle sees a difference", "oracle agrees", "agreement", "oracle ties"], judge_rows)}
-<h2 id=drops>{SECTIONS[5]}</h2>
-<p>Why each record's caption and image pairs were kept or dropped. Kept: initial (best against worst sample), improved or
-not improved (the paper's Eq. 10 against the previous round's pair). Dropped: tie (the best does not score above the worst),
-below threshold (the chosen image's self-VQA accuracy is not above --min-chosen-accuracy), inverted, unscorable.</p>
-{_table(["", "branch", "outcome", "reason", "records", "share"], drop_rows)}
-<h2 id=pairs>{SECTIONS[6]}</h2>
-<p>Homologous tuples of {html.escape(last.name.replace("-", " ") if last else "-")}: the true image and caption; the chosen and rejected
-images the model drew for the caption, with the share of questions the model itself (self-VQA) and the oracle answer
-correctly about them; the chosen and rejected captions the model wrote, with their sentence similarity to the truth.</p>
-{gallery}
-<h2 id=samples>{SECTIONS[7]}</h2>
-<p>The first 32 images each model generated for the evaluation prompts (the same prompts and sampling seed for every model).</p>
-{sample_html}
-<h2 id=details>{SECTIONS[8]}</h2>
-{details}
-{_table(["stage", "wall time"], timings) if timings else "<p>(No timings.json.)</p>"}
-<pre>{html.escape(config_text)}</pre>
-</body></html>
-"""
+    page = TEMPLATES.get_template("run_report.html").render(
+        name=run.name, sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
+        geneval_head=[c.replace("_", " ") for c in cats], geneval_rows=geneval_rows, curves=bool(curves),
+        judge_rows=judge_rows, drop_rows=drop_rows, last_round=last.name.replace("-", " ") if last else "-", pairs=pairs,
+        samples=samples, prompts=metrics[-1].get("sample_prompts"),
+        provenance=[[html.escape(k), html.escape(str(v))] for k, v in provenance.items()], timings=_timings_rows(run),
+        config_text=config_path.read_text() if config_path.exists() else "(no run_config.yaml)")
     atomic_write_text(out / "index.html", page)
     return out / "index.html"
+
+
+def ablation_tables(summary: dict) -> tuple[tuple[list[str], list[list[str]]], tuple[list[str], list[list[str]]]]:
+    """The ablation's Table 5 analog (scores per arm, mean ± std over seeds) and Table 4 analog (each
+    score with its paired change from the base), as (header, rows) of plain text, from ablation.json."""
+    def cell(s: dict) -> str:
+        return "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+    def change(s: dict, key: str) -> str:
+        c = s.get("change", {}).get(key)
+        if not c or "error" in c:
+            return "–"
+        lo, hi = c["ci95"]
+        mark = " *" if lo > 0 or hi < 0 else ""
+        return f"{c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}"
+
+    def judge(s: dict) -> str:
+        j = s.get("self_judge")
+        if not j:
+            return "–"
+        shown = "–" if j["agreement"] is None else f"{j['agreement']:.2f}"
+        return f"{shown} of {j['oracle_differs']}" + (" (not self-curated)" if "note" in j else "")
+
+    def cost(s: dict) -> str:
+        return "–" if s.get("train_seconds_per_step") is None else f"{s['train_seconds_per_step']:.2f}"
+
+    head5 = (["arm", "curation", "understanding", "caption sim.", "generation", "generation unseen"]
+             + [c.replace("_", " ") for c in CATEGORIES] + ["GenEval overall", "gap", "self-judge agreement", "train s/step"])
+    rows5 = [[arm, s["curation"], cell(s["understanding"]), cell(s["caption_similarity"]), cell(s["generation"]),
+              cell(s["generation_unseen"]), *(cell(s[f"geneval/{c}"]) for c in CATEGORIES), cell(s["geneval/overall"]),
+              cell(s["gap"]), judge(s), cost(s)] for arm, s in summary.items()]
+    head4 = ["arm", "understanding", "Δ understanding", "generation", "Δ generation", "generation unseen",
+             "Δ generation unseen", "gap", "Δ gap"]
+    rows4 = [[arm, cell(s["understanding"]), change(s, "understanding"), cell(s["generation"]), change(s, "generation"),
+              cell(s["generation_unseen"]), change(s, "generation_unseen"), cell(s["gap"]), change(s, "gap")]
+             for arm, s in summary.items()]
+    return (head5, rows5), (head4, rows4)
 
 
 ABLATION_SECTIONS = ("Table 5 analog", "Table 4 analog", "Scores per arm", "Training", "Self-judge agreement", "Preference pairs", "Config")
@@ -487,18 +427,12 @@ def _plot_arms(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _markdown_table_to_html(lines: list[str]) -> str:
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
-    rows = [r for r in rows if not all(set(c) <= {"-"} for c in r)]
-    return _table(rows[0], [[html.escape(c) for c in r] for r in rows[1:]])
-
-
-def build_ablation_report(folder: str | Path, gallery_size: int = 8) -> Path:
-    """Write FOLDER/report/index.html for a `hermesflow ablate` folder."""
+def build_ablation_report(folder: str | Path, gallery_size: int = 8, world: World | None = None) -> Path:
+    """Write FOLDER/report/index.html for a `hermesflow ablate` folder (`world` as in `build_report`)."""
     folder = Path(folder)
     summary = _read_json(folder / "ablation.json")
-    text = (folder / "ablation.md").read_text(encoding="utf-8").splitlines()
-    split = text.index("Table 4 analog")
+    table5, table4 = ablation_tables(summary)
+    seeds = sorted({s["seeds"] for arm, s in summary.items() if arm != "base"})
     out = folder / "report"
     (out / "gallery").mkdir(parents=True, exist_ok=True)
     _plot_arms(summary, out / "arms.png")
@@ -516,34 +450,16 @@ def build_ablation_report(folder: str | Path, gallery_size: int = 8) -> Path:
     manifest_paths = [folder / "round-0" / "manifest.json", *sorted(folder.glob("*/round-0/manifest.json")),
                       *sorted(folder.glob("*_r*/seed-*/manifest.json"))]
     for manifest_path in manifest_paths:
-        j = _read_json(manifest_path)["self_judge"]
-        judge_rows.append([html.escape(str(manifest_path.parent.relative_to(folder))), str(j.get("pairs", 0)),
-                           f"{j.get('oracle_prefers_chosen', float('nan')):.3f}", f"{j.get('oracle_ties', float('nan')):.3f}",
-                           f"{j.get('chosen_oracle_accuracy', float('nan')):.3f}", f"{j.get('rejected_oracle_accuracy', float('nan')):.3f}"])
-    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>HermesFlow ablation: {html.escape(folder.name)}</title>
-<style>{STYLE}</style></head><body>
-<h1>HermesFlow ablation: {html.escape(str(folder))}</h1>
-<p>{html.escape(text[0])}. Every arm starts from the same base model and the same curated round-0 data (unless its curation
-column says it curates its own, from the same records and seed) and is evaluated on the same eval scenes with the same sampling
-seed; the seed changes the training batch order and mask draws. Δ columns: the arm minus the base with a paired 95% interval
-pooled over seeds. Claims about generation use the columns on prompts unseen in post-training.</p>
-<h2>{ABLATION_SECTIONS[0]}</h2>
-{_markdown_table_to_html(text[1:split])}
-<h2>{ABLATION_SECTIONS[1]}</h2>
-{_markdown_table_to_html(text[split:])}
-<h2>{ABLATION_SECTIONS[2]}</h2>
-<img class=plot src="arms.png" alt="understanding, generation and gap per arm">
-<img class=plot src="geneval.png" alt="GenEval categories per arm (mean over seeds)">
-<h2>{ABLATION_SECTIONS[3]}</h2>
-<p>Seed 0 of each arm. The DPO terms are shown; the loss also holds the NLL terms on chosen samples when they are on.</p>
-{'<img class=plot src="training.png" alt="DPO loss and reward margins over steps">' if curves else "<p>No training metrics found.</p>"}
-<h2>{ABLATION_SECTIONS[4]}</h2>
-{_table(["curation", "image pairs", "oracle prefers chosen", "oracle ties", "chosen oracle acc.", "rejected oracle acc."], judge_rows)}
-<h2>{ABLATION_SECTIONS[5]}</h2>
-{_gallery(folder, folder / "round-0", out, gallery_size, _base_model(folder / "ablate_config.yaml"))}
-<h2>{ABLATION_SECTIONS[6]}</h2>
-<pre>{html.escape((folder / "ablate_config.yaml").read_text())}</pre>
-</body></html>
-"""
+        j = self_judge_agreement(p.gen for p in read_prefs(manifest_path.parent).values() if p.has("gen"))
+        number = lambda key: "–" if j.get(key) is None else f"{j[key]:.3f}"  # noqa: E731
+        judge_rows.append([html.escape(str(manifest_path.parent.relative_to(folder))), str(j["pairs"]),
+                           f"{j.get('agree', 0)} of {j.get('oracle_differs', 0)}", number("agreement"), str(j.get("ties", 0)),
+                           number("chosen_oracle_accuracy"), number("rejected_oracle_accuracy")])
+    escaped = lambda table: (table[0], [[html.escape(c) for c in row] for row in table[1]])  # noqa: E731
+    page = TEMPLATES.get_template("ablation_report.html").render(
+        name=folder.name, folder=str(folder), seeds=" or ".join(map(str, seeds)), sections=ABLATION_SECTIONS,
+        table5=escaped(table5), table4=escaped(table4), curves=bool(curves), judge_rows=judge_rows,
+        pairs=_gallery(folder, folder / "round-0", out, gallery_size, _base_model(folder / "ablate_config.yaml"), world=world),
+        config_text=(folder / "ablate_config.yaml").read_text())
     atomic_write_text(out / "index.html", page)
     return out / "index.html"

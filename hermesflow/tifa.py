@@ -18,10 +18,9 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from hermesflow.data import HomologousData, _Bad, _check_qa, _quote
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_text
-from hermesflow.world.questions import QA
+from hermesflow.records import QA, BadRecord, HomologousData, check_qa, quote
 
 
 def tifa_entries(record_id: str, caption: str, qas: tuple[QA, ...] | list[QA], elements: list[str] | None = None) -> list[dict]:
@@ -62,13 +61,13 @@ def read_tifa(path: str | Path) -> dict[str, tuple[QA, ...]]:
     out = {}
     for record_id, items in by_id.items():
         try:
-            qas = _check_qa(items)
-        except _Bad as e:
-            problems.append(f"{path.name} (id {_quote(record_id)}): {e}")
+            qas = check_qa(items)
+        except BadRecord as e:
+            problems.append(f"{path.name} (id {quote(record_id)}): {e}")
             continue
         repeated = {q.question for q in qas if sum(r.question == q.question for r in qas) > 1}
         if repeated:
-            problems.append(f"{path.name} (id {_quote(record_id)}): question repeats: {_quote(min(repeated))}")
+            problems.append(f"{path.name} (id {quote(record_id)}): question repeats: {quote(min(repeated))}")
             continue
         out[record_id] = qas
     if problems:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +26,14 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from hermesflow.accel import cpu_only
 from hermesflow.backbones import Backbone, ImageEstimator, LogProbs, MaskedEstimator
-from hermesflow.data import HomologousData, Record
-from hermesflow.errors import DataError, HermesFlowError, UsageError
-from hermesflow.io import atomic_write_json, keep_rows_up_to
+from hermesflow.errors import DataError, UsageError
+from hermesflow.io import atomic_write_json
+from hermesflow.loop import TrainingLoop
 from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
 from hermesflow.prefs import Preference, to_line
-from hermesflow.settings import TrainConfig
-from hermesflow.stages import say
+from hermesflow.options import TrainingOptions
+from hermesflow.records import HomologousData, Record
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,7 @@ def mask_seeds(batch: list[Example], step: int, draws: str) -> list[int]:
     return [random.Random(f"mask-step/{e.mask_seed}/{step}").randrange(2**31) for e in batch]
 
 
-def estimator_of(backbone: Backbone, cfg: TrainConfig) -> ImageEstimator:
+def estimator_of(backbone: Backbone, cfg: TrainingOptions) -> ImageEstimator:
     """The backbone's own kind of estimator, with the config's mask settings for masked generators."""
     estimator = backbone.default_estimator()
     if isinstance(estimator, MaskedEstimator):
@@ -133,13 +130,13 @@ class PolicyLogps(nn.Module):
         return out
 
 
-def logp_values(lp: LogProbs, cfg: TrainConfig) -> torch.Tensor:
+def logp_values(lp: LogProbs, cfg: TrainingOptions) -> torch.Tensor:
     """What the loss sees: sums, or per-token means with --length-normalize."""
     return (lp.mean() if cfg.length_normalize else lp.total).float()
 
 
 def branch_logps(chosen: LogProbs, rejected: LogProbs | None, ref: tuple[torch.Tensor, torch.Tensor] | None,
-                 cfg: TrainConfig, weight: torch.Tensor | None = None) -> BranchLogps:
+                 cfg: TrainingOptions, weight: torch.Tensor | None = None) -> BranchLogps:
     """One branch's log-probs as the loss takes them. The chosen token count goes along when the NLL
     term is per token (--sft-norm token) and the log-probs are sums; with --length-normalize they are
     per-token means already."""
@@ -148,7 +145,7 @@ def branch_logps(chosen: LogProbs, rejected: LogProbs | None, ref: tuple[torch.T
                        *(ref if ref is not None else (None, None)), chosen_count=count, weight=weight)
 
 
-def loss_of(cfg: TrainConfig) -> PairDPOLoss:
+def loss_of(cfg: TrainingOptions) -> PairDPOLoss:
     """The configured loss; a combination it does not define is a usage error naming the flags."""
     try:
         return PairDPOLoss(cfg.loss_type, beta_und=cfg.beta_und, beta_gen=cfg.beta_gen, sft_und=cfg.sft_und,
@@ -163,7 +160,7 @@ def sft_weights(batch: list[Example], min_accuracy: float) -> torch.Tensor:
     return torch.tensor([float(e.pref.gen.chosen_score >= min_accuracy) for e in batch])
 
 
-def reference_branches(cfg: TrainConfig, gen_objective_needs_pair: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def reference_branches(cfg: TrainingOptions, gen_objective_needs_pair: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(cached, online): which trained branches take their reference from the round's cache and which
     compute it each step. Image references are cached only when each example keeps one mask for the
     round; with per-step masks they are computed with the step's masks. The positive-only image
@@ -175,7 +172,7 @@ def reference_branches(cfg: TrainConfig, gen_objective_needs_pair: bool) -> tupl
     return tuple(b for b in needed if b not in online), online
 
 
-def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: TrainConfig, estimator: ImageEstimator,
+def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, dtype: str, estimator: ImageEstimator,
                         branches: tuple[str, ...] = ("und", "gen")) -> str:
     """Everything the cached reference of `branches` depends on: the weights, the precision, the
     length normalisation and the content of the preference records; for the image branch also the
@@ -185,14 +182,14 @@ def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: TrainC
         h.update(to_line(e.pref).encode())
         if "gen" in branches:
             h.update(f"{e.mask_seed}\n".encode())
-    settings = f"{'+'.join(branches)}-{cfg.dtype}-{'mean' if cfg.length_normalize else 'sum'}"
+    settings = f"{'+'.join(branches)}-{dtype}-{'mean' if cfg.length_normalize else 'sum'}"
     if "gen" in branches:
         settings += f"-{estimator.key()}-uncond{cfg.cond_dropout > 0}"
     return f"{backbone.fingerprint()}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}-{h.hexdigest()[:12]}"
 
 
 @torch.no_grad()
-def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainConfig, accelerator, batch_size: int = 64) -> dict[str, dict]:
+def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainingOptions, accelerator, batch_size: int = 64) -> dict[str, dict]:
     """Reference log-probs of every example for the policy's branches, computed once per round under
     the policy's precision (image masks: each example's round seed), each process taking its share;
     returns {id: {"und_chosen": ..., "mask_seed": ...}} on every process."""
@@ -237,33 +234,13 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return order[pos * batch_size : (pos + 1) * batch_size]
 
 
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up, then cosine decay to zero. Kept over transformers' get_cosine_schedule_with_warmup,
-    whose first step runs at learning rate 0 (a wasted step); here step 0 runs at lr / warmup."""
-    def factor(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, cfg.train_steps - cfg.warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def make_accelerator(cfg: TrainConfig):
-    """The accelerator picks the device; bf16 trains in mixed precision over fp32 weights. A loss that
-    leaves part of a model unused (a one-branch loss on Janus) needs DDP to look for unused parameters."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    return Accelerator(cpu=cpu_only(), mixed_precision="bf16" if cfg.dtype == "bf16" else "no", log_with=cfg.report_to or None,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
-def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainConfig, accelerator, out: Path) -> dict[str, dict]:
+def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainingOptions, dtype: str, accelerator,
+                     out: Path) -> dict[str, dict]:
     """The reference log-probs of this round's examples for the policy's branches, from
     `out/reference-<key>.json` or computed (in parallel across processes) and written there. The key
     names what made them; every example must be there with its branches' values, and, when image
     log-probs are cached, with the mask seed it is trained with."""
-    path = out / f"reference-{reference_cache_key(policy.backbone, examples, cfg, policy.estimator, policy.branches)}.json"
+    path = out / f"reference-{reference_cache_key(policy.backbone, examples, cfg, dtype, policy.estimator, policy.branches)}.json"
     if not path.exists():
         refs = reference_logps(policy, examples, cfg, accelerator)
         if accelerator.is_main_process:
@@ -279,31 +256,22 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainCon
     return refs
 
 
-def prepare_optimizer(policy: nn.Module, cfg, accelerator) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, nn.Module]:
-    """AdamW over the policy's trainable parameters with the warm-up + cosine schedule, prepared by
-    the accelerator (the scheduler registered for checkpointing, not prepared: accelerate would step
-    it once per process per step). Returns (policy, optimizer, scheduler, the unwrapped policy)."""
-    policy.train()
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    policy, opt = accelerator.prepare(policy, opt)
-    accelerator.register_for_checkpointing(sched)
-    return policy, opt, sched, accelerator.unwrap_model(policy)
-
-
-def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Path) -> Backbone:
-    """Train the policy on the examples (resuming from `out/state` if present); returns the backbone."""
+def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out: Path, seed: int = 0, dtype: str = "fp32") -> Backbone:
+    """Train the policy on the examples (resuming from `out/state` if present), with `seed` choosing
+    batch order, mask draws and condition dropout, in `dtype` (bf16: mixed precision over fp32
+    weights); returns the backbone."""
     if not examples:
         if cfg.pair_rows == "homologous":
             raise UsageError("no training examples: no preference row has both a caption and an image pair (--pair-rows "
                              "homologous); curate more records, or train each branch on its own pairs with --pair-rows branch")
         raise UsageError(f"no training examples: no preference row has a pair in every branch --loss-type {cfg.loss_type} trains")
-    accelerator = make_accelerator(cfg)
+    loop = TrainingLoop(out, cfg, dtype, "train", "training")
+    accelerator = loop.accelerator
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.batch_size % world:
         raise UsageError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     branches = BRANCHES[cfg.loss_type]
     loss_fn = loss_of(cfg)
     positive_only = "gen" in branches and not loss_fn.needs_pair("gen")
@@ -317,29 +285,15 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
     cached, online = reference_branches(cfg, not positive_only)
     refs, reference = {}, None
     if cached:
-        refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, accelerator, out)
+        refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, dtype, accelerator, out)
     if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
         reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), online, policy.estimator)
-    policy, opt, sched, inner = prepare_optimizer(policy, cfg, accelerator)
-
-    state_dir, start, skipped = out / "state", 0, 0
-    if (state_dir / "step.json").exists():
-        accelerator.load_state(str(state_dir))
-        saved = json.loads((state_dir / "step.json").read_text())
-        start, skipped = saved["step"], saved.get("skipped_nonfinite", 0)
-        if accelerator.is_main_process:
-            say(f"resuming: training from step {start} of {cfg.train_steps} ({state_dir})")
-    if cfg.report_to:
-        accelerator.init_trackers("hermesflow", config={k: str(v) for k, v in vars(cfg).items()})
-    if accelerator.is_main_process:
-        keep_rows_up_to(out / "metrics.jsonl", start)
-    metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
-    nonfinite_in_a_row = 0
-    bar = tqdm(range(start, cfg.train_steps), initial=start, total=cfg.train_steps, desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
-    for step in bar:
-        indices = batch_indices(step, len(examples), cfg.batch_size, cfg.seed)
+    policy, inner = loop.prepare(policy)
+    opt = loop.opt
+    for step in loop.steps({**vars(cfg), "seed": seed, "dtype": dtype}):
+        indices = batch_indices(step, len(examples), cfg.batch_size, seed)
         local = [examples[i] for i in indices[rank::world]]
-        uncond = dropped_conditions(step, local, cfg.cond_dropout, cfg.seed)
+        uncond = dropped_conditions(step, local, cfg.cond_dropout, seed)
         seeds = mask_seeds(local, step, cfg.mask_draws)
         logps = policy(local, uncond, seeds)
         ref = _reference(inner, reference, refs, cached, online, local, uncond, seeds, cfg, accelerator)
@@ -347,44 +301,25 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
         logs = {b: branch_logps(c, r, ref.get(b), cfg, weight if b == "gen" else None) for b, (c, r) in logps.items()}
         out_ = loss_fn(**logs)
         loss = out_.loss.mean()
-        finite = accelerator.reduce(torch.tensor(float(torch.isfinite(loss)), device=accelerator.device), reduction="mean").item() == 1.0
         opt.zero_grad(set_to_none=True)
-        if not finite:
-            nonfinite_in_a_row, skipped = nonfinite_in_a_row + 1, skipped + 1
-            if nonfinite_in_a_row >= cfg.max_nonfinite:
-                raise HermesFlowError(f"training stopped: {nonfinite_in_a_row} non-finite losses in a row at step {step} "
-                                      f"(lower --lr or --beta-gen, or use --length-normalize)")
-            sched.step()
+        if not loop.finite(loss, step):
             continue
-        nonfinite_in_a_row = 0
         grad_norms = branch_grad_norms(policy, logs, loss_fn) if cfg.log_branch_grad_norms else {}
         accelerator.backward(loss)
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        loop.clip(policy)
         opt.step()
-        sched.step()
-        row = _step_metrics(accelerator, out_, step + 1, sched.get_last_lr()[0], skipped, grad_norms)
-        if cfg.report_to:
-            accelerator.log(row, step=step + 1)
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            bar.set_postfix({"loss": f"{row['loss']:.4f}", **{b: f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
-                                                              if f"{b}/rewards/margins" in row}})
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.train_steps:
-            _save_state(accelerator, state_dir, step + 1, skipped)
-    if metrics_file is not None:
-        metrics_file.close()
-    if cfg.report_to:
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
+        loop.sched.step()
+        row = _step_metrics(accelerator, out_, step + 1, loop.sched.get_last_lr()[0], loop.skipped, grad_norms)
+        loop.record(step, row, {"loss": f"{row['loss']:.4f}", **{b: f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
+                                                                 if f"{b}/rewards/margins" in row}})
+    loop.finish()
     backbone = accelerator.unwrap_model(policy).backbone
     # DDP should keep every rank's parameters identical; check it rather than trust it.
     digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])
     identical = bool((accelerator.gather(digest[None]) == digest).all())
     if accelerator.is_main_process:
         summary = {"steps": cfg.train_steps, "processes": world, "ranks_identical": identical,
-                   "skipped_nonfinite": skipped, "examples": len(examples), "pair_rows": cfg.pair_rows,
+                   "skipped_nonfinite": loop.skipped, "examples": len(examples), "pair_rows": cfg.pair_rows,
                    "branches": list(branches), "gen_objective": cfg.gen_objective if "gen" in branches else None,
                    "mask_draws": cfg.mask_draws, "sft_norm": cfg.sft_norm,
                    "reference": {"cached": list(cached), "online": list(online)}}
@@ -397,7 +332,7 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainConfig, out: Pa
 
 
 def _reference(inner: PolicyLogps, reference: PolicyLogps | None, refs: dict, cached: tuple[str, ...], online: tuple[str, ...],
-               batch: list[Example], uncond: list[bool], seeds: list[int], cfg: TrainConfig,
+               batch: list[Example], uncond: list[bool], seeds: list[int], cfg: TrainingOptions,
                accelerator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The reference's (chosen, rejected) log-probs of the branches that need one: the `cached`
     ones from the round's cache, the `online` ones computed now with the step's mask seeds, by a
@@ -449,22 +384,3 @@ def _step_metrics(accelerator, out, step: int, lr: float, skipped: int, extra: d
         local[f"nll/{branch}"] = nll
     gathered = {k: accelerator.gather_for_metrics(v.float()).mean().item() for k, v in local.items()}
     return {"step": step, **gathered, "lr": lr, "skipped_nonfinite": skipped}
-
-
-def _save_state(accelerator, state_dir: Path, step: int, skipped: int) -> None:
-    """accelerate's save_state into a temporary folder, then swapped in place."""
-    tmp = state_dir.with_name("state.tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "step.json", {"step": step, "skipped_nonfinite": skipped})
-        old = state_dir.with_name("state.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if state_dir.exists():
-            state_dir.rename(old)
-        tmp.rename(state_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()

@@ -72,7 +72,7 @@ TINY = ["--seeds", "2", "--n-train", "8", "--eval-n", "12", "--train-steps", "2"
 
 
 def test_a_tiny_ablation_from_a_yaml_file(tmp_path):
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 
     torch.manual_seed(0)
     UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")

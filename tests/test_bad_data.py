@@ -336,7 +336,7 @@ def test_no_nesting_depth_crashes_the_reader(bad: Path):
 def test_data_the_model_cannot_represent_is_refused_before_any_work(tmp_path: Path):
     """A third-party set of 64x64 photos-like images with words the built-in model does not know:
     `curate` names every problem by line and id and creates nothing, instead of scoring blank grids."""
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 
     UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
     data = tmp_path / "data"
@@ -361,13 +361,13 @@ def test_data_the_model_cannot_represent_is_refused_before_any_work(tmp_path: Pa
 
 def test_skip_bad_works_on_every_verb_that_reads_data(bad: Path, tmp_path: Path):
     from hermesflow import config
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.cli import VERBS, build_parser
 
     for verb in ("validate", "eval", "curate", "train", "run"):
-        assert any(f.name == "skip_bad" for f in __import__("dataclasses").fields(VERBS[verb][0])), verb
+        assert "skip_bad" in config.leaves(VERBS[verb][0]), verb
     args = build_parser().parse_args(["curate", "--model", "m", "--data", "d", "--out", "o", "--skip-bad"])
-    assert config.resolve(VERBS["curate"][0], args).skip_bad
+    assert config.resolve(VERBS["curate"][0], args).reading.skip_bad
     _three_bad(bad)
     UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
     result = run_cli("eval", "--model", str(tmp_path / "model"), "--data", str(bad), "--skip-bad", "--n", "2", "--steps", "2",

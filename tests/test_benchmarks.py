@@ -31,7 +31,7 @@ GENEVAL = [
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 
     folder = tmp_path_factory.mktemp("model") / "tiny"
     UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hermesflow import config
 from hermesflow.cli import build_parser
-from hermesflow.settings import RUN_PRESETS, RunConfig
+from hermesflow.settings import RunConfig
 
 
 def resolve_run(*argv: str) -> RunConfig:
@@ -18,14 +18,15 @@ def resolve_run(*argv: str) -> RunConfig:
 
 def test_the_paper_preset_sets_the_papers_hyperparameters_and_flags_still_win(tmp_path: Path):
     default, paper = resolve_run(), resolve_run("--preset", "paper")
-    assert (default.lr, default.sft_gen, default.n_images) == (1e-4, 1.0, 16)
-    for key, value in RUN_PRESETS["paper"].items():
-        assert getattr(paper, key) == value, key
-    assert (paper.lr, paper.beta_und, paper.batch_size, paper.train_steps, paper.guidance, paper.steps) == (2e-5, 0.2, 4, 3000, 5.0, 50)
-    assert resolve_run("--preset", "paper", "--lr", "1e-5").lr == 1e-5
+    assert (default.training.lr, default.training.sft_gen, default.curation.n_images) == (1e-4, 1.0, 16)
+    for key, value in config.read_file(RunConfig, config.preset_file(RunConfig, "paper")).items():
+        assert config.flat(paper)[key] == value, key
+    training, curation = paper.training, paper.curation
+    assert (training.lr, training.beta_und, training.batch_size, training.train_steps, curation.guidance, curation.steps) == (2e-5, 0.2, 4, 3000, 5.0, 50)
+    assert resolve_run("--preset", "paper", "--lr", "1e-5").training.lr == 1e-5
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("train_steps: 10\n")
-    assert resolve_run("--preset", "paper", "--config", str(yaml_file)).train_steps == 10
+    assert resolve_run("--preset", "paper", "--config", str(yaml_file)).training.train_steps == 10
 
 
 def test_convert_showo_names_a_missing_folder_in_one_line(tmp_path: Path):

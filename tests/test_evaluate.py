@@ -11,10 +11,12 @@ import torch
 
 from hermesflow.backbones import GenerationConfig
 from hermesflow.errors import UsageError
-from hermesflow.evaluate import EvalItem, cluster_mean_ci, evaluate, paired_difference, pooled_paired_difference
+from hermesflow.iterate import judged_evaluation
+from hermesflow.stats import cluster_mean_ci, paired_difference, pooled_paired_difference
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.prompts import PromptSpec, phrase
-from hermesflow.world.questions import QA, ask_color, ask_object
+from hermesflow.records import QA, EvalItem
+from hermesflow.world.questions import ask_color, ask_object
 from hermesflow.world.render import render
 from hermesflow.world.scenes import Obj, Scene
 
@@ -119,7 +121,7 @@ def test_evaluate_scores_per_question_and_scores_unseen_prompts_apart():
     # understanding: item s 1/1, item u 1/3 (only the triangle question)  -> per question 2/4, per image (1 + 1/3) / 2
     # generation: item s drawn (1/1), item u blank (only "no triangle" right: 1/3)
     model = ScriptedModel(right={ask_object("circle"), ask_object("triangle")}, drawn={0}, scenes=scenes)
-    metrics, _ = evaluate(model, items, GenerationConfig(seed=0))
+    metrics, _ = judged_evaluation(model, items, GenerationConfig(seed=0), None)  # the oracle judges, the world adds its numbers
     assert metrics["understanding_score"]["mean"] == pytest.approx(2 / 4)
     assert metrics["understanding_score_per_image"]["mean"] == pytest.approx((1 + 1 / 3) / 2)
     assert metrics["generation_score"]["mean"] == pytest.approx(2 / 4)

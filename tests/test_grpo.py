@@ -14,13 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hermesflow import config
 from hermesflow.backbones import GenerationConfig
-from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import MASKED, Trajectory, TrajectoryEstimator, cfg_logits, maskgit_decode
 from hermesflow.cli import main
 from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
-from hermesflow.grpo import clipped_objective, group_advantages, train_grpo, vqa_rewards
+from hermesflow.grpo import clipped_objective, grpo_estimator, group_advantages, train_grpo
+from hermesflow.judges import vqa_scores
+from hermesflow.iterate import sampler_of
 from hermesflow.settings import RunConfig
 from hermesflow.stages import settings_file
 from hermesflow.world.build import write_world
@@ -78,8 +81,8 @@ def test_k3_kl_to_the_reference():
 def test_hard_and_graded_rewards_on_hand_made_choice_scores():
     scores = [[0.0, math.log(3.0)], [0.0, 0.0], [2.0, 1.0, 0.0]]  # image 0: two questions; image 1: one
     truth, owners = [1, 1, 0], [0, 0, 1]
-    hard = vqa_rewards(scores, truth, owners, 2, "hard")
-    graded = vqa_rewards(scores, truth, owners, 2, "graded")
+    hard = torch.from_numpy(vqa_scores(scores, truth, owners, 2).accuracy).float()
+    graded = torch.from_numpy(vqa_scores(scores, truth, owners, 2).graded).float()
     assert hard.tolist() == [0.5, 1.0]  # a tie answers the first option, as `answer` does
     p = torch.tensor([2.0, 1.0, 0.0]).softmax(0)[0].item()
     assert torch.allclose(graded, torch.tensor([(0.75 + 0.5) / 2, p]))
@@ -180,16 +183,15 @@ def test_trajectory_refuses_inconsistent_inputs():
 
 
 def test_the_trajectory_estimator_is_refused_for_a_backbone_that_does_not_record_its_decoding(tmp_path):
-    from hermesflow.grpo import grpo_estimator
 
     class Autoregressive:
         model_type = "janus"
 
     with pytest.raises(UsageError, match="--grpo-estimator random_mask"):
-        grpo_estimator(Autoregressive(), grpo_config(tmp_path))
-    sampler = grpo_estimator(tiny(), grpo_config(tmp_path, guidance=3.0, image_temperature=0.5))
+        estimator_for(Autoregressive(), grpo_config(tmp_path))
+    sampler = estimator_for(tiny(), grpo_config(tmp_path, guidance=3.0, image_temperature=0.5))
     assert (sampler.guidance, sampler.temperature) == (3.0, 0.5)
-    assert grpo_estimator(tiny(), grpo_config(tmp_path, grpo_logits="conditional")) == TrajectoryEstimator(0.0, 1.0)
+    assert estimator_for(tiny(), grpo_config(tmp_path, grpo_logits="conditional")) == TrajectoryEstimator(0.0, 1.0)
 
 
 # ----- the loop ------------------------------------------------------------------------------------------
@@ -203,14 +205,22 @@ def records(tmp_path_factory):
 def grpo_config(out: Path, **changes) -> RunConfig:
     settings = dict(out=out, recipe="grpo", train_steps=3, save_every=2, grpo_prompts=2, grpo_group=3, steps=3, lr=1e-3,
                     warmup=1, grpo_inner_steps=2, grpo_reward="graded")
-    return RunConfig(**{**settings, **changes})
+    return config.build(RunConfig, **{**settings, **changes})
+
+
+def estimator_for(backbone, cfg: RunConfig):
+    return grpo_estimator(backbone, cfg.grpo, cfg.training, sampler_of(cfg.curation))
+
+
+def run_grpo(backbone, records, cfg: RunConfig, out: Path):
+    return train_grpo(backbone, records, cfg.grpo, cfg.training, sampler_of(cfg.curation), cfg.seed, cfg.dtype, out)
 
 
 @pytest.mark.parametrize("estimator, beta_kl", [("trajectory", 0.0), ("random_mask", 0.1)])
 def test_a_grpo_run_resumed_after_step_2_equals_the_uninterrupted_run(tmp_path, records, estimator, beta_kl):
     cfg = grpo_config(tmp_path / "full", grpo_estimator=estimator, grpo_beta_kl=beta_kl)
     start = {k: v.clone() for k, v in tiny().state_dict().items()}
-    full = train_grpo(tiny(), records, cfg, cfg.out).state_dict()
+    full = run_grpo(tiny(), records, cfg, cfg.out).state_dict()
     rows = [json.loads(line) for line in (cfg.out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert {"reward/mean", "reward/std", "groups/dropped", "clip_fraction", "ratio/mean", "loss"} <= set(rows[0])
@@ -229,7 +239,7 @@ def test_a_grpo_run_resumed_after_step_2_equals_the_uninterrupted_run(tmp_path, 
     # one, the reference is the round's starting model, which a resumed round loads again.
     torch.manual_seed(1)
     other = UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)) if beta_kl == 0 else tiny()
-    again = train_grpo(other, records, grpo_config(resumed, grpo_estimator=estimator, grpo_beta_kl=beta_kl), resumed).state_dict()
+    again = run_grpo(other, records, grpo_config(resumed, grpo_estimator=estimator, grpo_beta_kl=beta_kl), resumed).state_dict()
     assert all(torch.equal(full[k], again[k]) for k in full)
     assert [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()] == rows
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from hermesflow.errors import UsageError
 from hermesflow.backbones import GenerationConfig, MaskedEstimator
-from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import cfg_logits, draw_masks
-from hermesflow.model import ImageTokenizer
+from hermesflow.testbed.tokenizers import ImageTokenizer
 from hermesflow.world import Obj, Scene, render
 from hermesflow.world.build import world_records
 
@@ -228,7 +228,7 @@ def test_fit_problems_name_what_the_model_cannot_represent(model):
 def test_pretraining_caption_noise_swaps_one_attribute_of_that_share_of_captions():
     import random
 
-    from hermesflow.pretrain import noisy_caption
+    from hermesflow.testbed.pretrain import noisy_caption
     from hermesflow.world.prompts import parse_prompt, sample_scene
 
     rng = random.Random(0)

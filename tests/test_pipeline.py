@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hermesflow.pretrain import pretrain
+from hermesflow.testbed.pretrain import pretrain
 from hermesflow.report import ABLATION_SECTIONS, SECTIONS
 from hermesflow.settings import PretrainConfig
 from hermesflow.world.build import write_world

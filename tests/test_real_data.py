@@ -64,7 +64,7 @@ def test_curation_refuses_data_without_questions_and_says_how_to_get_them(tmp_pa
 def _model_and_sceneless_world(tmp_path, name: str):
     """A tiny built-in model in tmp_path/model, and 3 eval-split world records without their scenes
     (so no oracle can judge them) in tmp_path/name; returns the data folder."""
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.world.build import write_world
 
     UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")
@@ -94,7 +94,7 @@ def test_a_world_split_saved_as_a_datasets_folder_is_curated(tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.world.build import write_world
 
     UnifiedModel(UnifiedConfig(d_model=32, n_layers=1, n_heads=2)).save_pretrained(tmp_path / "model")

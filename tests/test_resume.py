@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hermesflow import config
 from hermesflow.cli import main
 from hermesflow.errors import UsageError
 from hermesflow.stages import claim, settings_file
@@ -34,7 +35,7 @@ def test_claim_resumes_the_same_settings_refuses_others_and_overwrite_clears(tmp
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 
     root = tmp_path_factory.mktemp("resume")
     torch.manual_seed(0)
@@ -117,10 +118,10 @@ def test_an_ablation_folder_keeps_its_config_and_refuses_other_settings(tmp_path
     from hermesflow.iterate import claim_folder
     from hermesflow.settings import AblateConfig
 
-    claim_folder(AblateConfig(out=tmp_path, seeds=2), "ablate_config.yaml", "an ablation")
-    claim_folder(AblateConfig(out=tmp_path, seeds=2, save_every=7), "ablate_config.yaml", "an ablation")  # free to change
+    claim_folder(config.build(AblateConfig, out=tmp_path, seeds=2), "ablate_config.yaml", "an ablation")
+    claim_folder(config.build(AblateConfig, out=tmp_path, seeds=2, save_every=7), "ablate_config.yaml", "an ablation")  # free to change
     assert "resuming" in capsys.readouterr().err
     with pytest.raises(UsageError) as refused:
-        claim_folder(AblateConfig(out=tmp_path, seeds=3), "ablate_config.yaml", "an ablation")
+        claim_folder(config.build(AblateConfig, out=tmp_path, seeds=3), "ablate_config.yaml", "an ablation")
     assert "holds an ablation made with other settings" in str(refused.value) and "seeds: 2 -> 3" in str(refused.value)
     assert b"seeds: 2\n" in (tmp_path / "ablate_config.yaml").read_bytes()  # not rewritten by the refused rerun

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from hermesflow.curate import check_curation_data, perturbed_caption, self_vqa_scores
-from hermesflow.data import HomologousData, Record
+from hermesflow.curate import check_curation_data
+from hermesflow.judges import self_vqa
+from hermesflow.records import QA, HomologousData, Record
 from hermesflow.errors import DataError, UsageError
 from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.selfplay import (
@@ -30,8 +31,8 @@ from hermesflow.selfplay import (
     update_pair,
 )
 from hermesflow.settings import CurationOptions
+from hermesflow.world.judge import WORLD
 from hermesflow.world.prompts import CATEGORIES, PromptSpec, parse_prompt, perturbed_spec, phrase, sample_scene
-from hermesflow.world.questions import QA
 from hermesflow.world.scenes import Scene
 
 
@@ -161,7 +162,7 @@ def test_self_vqa_scores_are_the_accuracy_and_the_mean_probability_of_the_correc
     logps = [[[ln(0.8), ln(0.2)], [ln(0.5), ln(0.3), ln(0.2)]],   # right, wrong (red over blue)
              [[ln(0.6), ln(0.4)], [ln(0.1), ln(0.6), ln(0.3)]],   # right, right
              [[ln(0.5), ln(0.5)], [ln(0.2), ln(0.4), ln(0.4)]]]   # equal scores: the first option answers
-    scores = self_vqa_scores(ScoredBackbone(logps), torch.arange(3), qa, [0, 0, 0])
+    scores = self_vqa(ScoredBackbone(logps), torch.arange(3), qa, [0, 0, 0])
     np.testing.assert_allclose(scores.accuracy, [0.5, 1.0, 1.0])
     np.testing.assert_allclose(scores.graded, [(0.8 + 0.3) / 2, (0.6 + 0.6) / 2, (0.5 + 0.4) / 2])
     # two images of equal accuracy are told apart by the graded score
@@ -196,12 +197,12 @@ def test_a_perturbed_spec_differs_in_exactly_one_attribute():
 def test_a_perturbed_caption_stays_parseable_in_the_same_phrasing(variant):
     for spec in specs():
         caption = phrase(spec, variant)
-        new = perturbed_caption(caption, "0/0/x")
-        assert new == perturbed_caption(caption, "0/0/x")  # the same key swaps alike
+        new = WORLD.perturbed(caption, "0/0/x")
+        assert new == WORLD.perturbed(caption, "0/0/x")  # the same key swaps alike
         parsed = parse_prompt(new)
         assert parsed is not None and len(changed_attributes(spec, parsed)) == 1
         assert phrase(parsed, variant) == new  # the caption's own phrasing
-    assert perturbed_caption("a cat on a mat", "0/0/x") is None
+    assert WORLD.perturbed("a cat on a mat", "0/0/x") is None
 
 
 def records(scene: bool, captions=("a red circle", "two squares")) -> HomologousData:
@@ -211,20 +212,21 @@ def records(scene: bool, captions=("a red circle", "two squares")) -> Homologous
 
 def test_the_oracle_pair_source_refuses_data_without_scenes():
     oracle = CurationOptions(pair_source="oracle")
-    check_curation_data(records(scene=True), oracle)
+    check_curation_data(records(scene=True), oracle, WORLD)
     with pytest.raises(DataError) as e:
-        check_curation_data(records(scene=False), oracle)
+        check_curation_data(records(scene=False), oracle, WORLD)
     assert "--pair-source oracle" in str(e.value) and 'id "r0"' in str(e.value) and 'id "r1"' in str(e.value)
     with pytest.raises(UsageError, match="choose one"):
-        check_curation_data(records(scene=True), CurationOptions(pair_source="oracle", image_score="graded"))
-    check_curation_data(records(scene=False), CurationOptions())  # self-curation needs no scenes
+        check_curation_data(records(scene=True), CurationOptions(pair_source="oracle", image_score="graded"), WORLD)
+    check_curation_data(records(scene=False), CurationOptions(), WORLD)  # self-curation needs no scenes
+    check_curation_data(records(scene=False), CurationOptions())  # nor a world
 
 
 def test_perturbed_rejections_refuse_captions_the_parser_does_not_read():
     perturbed = CurationOptions(rejected_from="perturbed")
-    check_curation_data(records(scene=False), perturbed)
+    check_curation_data(records(scene=False), perturbed, WORLD)
     with pytest.raises(DataError) as e:
-        check_curation_data(records(scene=False, captions=("a red circle", "a cat on a mat")), perturbed)
+        check_curation_data(records(scene=False, captions=("a red circle", "a cat on a mat")), perturbed, WORLD)
     assert "'a cat on a mat'" in str(e.value) and 'id "r1"' in str(e.value) and 'id "r0"' not in str(e.value)
 
 
@@ -269,7 +271,7 @@ class LengthSimilarity:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from hermesflow.backbones import load_backbone
-    from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.data import read_homologous
     from hermesflow.world.build import write_world
 
@@ -287,7 +289,7 @@ def curated(tiny, name: str, round_index: int = 0, previous=None, **options):
     s = CurationSettings(n_captions=2, n_images=4, steps=2, curate_batch_size=6, min_chosen_accuracy=0.0,
                          round=round_index, **options)
     with torch.no_grad():
-        curate(backbone, LengthSimilarity(), data, root / name, s, previous or {})
+        curate(backbone, LengthSimilarity(), data, root / name, s, previous or {}, world=WORLD)
     manifest = merge(root / name, data, 1, {})
     return read_prefs(root / name), manifest
 
@@ -321,7 +323,7 @@ def test_perturbed_rejections_record_their_caption(tiny):
     kept = [p for p in prefs.values() if p.has("gen")]
     assert kept and manifest["counts"]["gen_kept_by"] == {"perturbed": len(kept)}
     for p in kept:
-        assert p.gen.rejected_caption == perturbed_caption(p.caption, f"0/0/{p.id}")
+        assert p.gen.rejected_caption == WORLD.perturbed(p.caption, f"0/0/{p.id}")
         assert len(changed_attributes(parse_prompt(p.caption), parse_prompt(p.gen.rejected_caption))) == 1
         assert p.gen.chosen_graded == max(p.graded_scores) > p.gen.rejected_graded
     assert all(p.gen.reason in ("rejected_not_worse", "below_threshold") for p in prefs.values() if not p.has("gen"))

@@ -10,7 +10,7 @@ import pytest
 
 from hermesflow.backbones import BASE_MODEL, GenerationConfig, load_backbone
 from hermesflow.world.build import world_records
-from hermesflow.world.questions import QA
+from hermesflow.records import QA
 
 pytestmark = pytest.mark.slow
 

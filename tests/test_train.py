@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from hermesflow.backbones import LogProbs, MaskedEstimator
-from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import MASKED, draw_masks
 from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
 from hermesflow.losses import BranchLogps, PairDPOLoss
 from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference
-from hermesflow.settings import TrainConfig
+from hermesflow.options import TrainingOptions
 from hermesflow.train import PolicyLogps, branch_grad_norms, branch_logps, examples_from, mask_seeds, reference_branches, train
 from hermesflow.world.build import write_world
 
@@ -83,7 +83,7 @@ def test_nll_term_is_per_token_by_default_and_summed_on_request():
     chosen = LogProbs(torch.tensor([-12.0, -3.0]), torch.tensor([6.0, 1.0]))
     rejected = LogProbs(torch.tensor([-20.0, -5.0]), torch.tensor([5.0, 2.0]))
     ref = (torch.tensor([-10.0, -4.0]), torch.tensor([-18.0, -5.0]))
-    base = TrainConfig(model=Path("m"), data=Path("d"), prefs=Path("p"), out=Path("o"))
+    base = TrainingOptions()
     loss = PairDPOLoss("und", sft_und=1.0)
     dpo = PairDPOLoss("und", sft_und=0.0)
     per_token = branch_logps(chosen, rejected, ref, base)
@@ -102,7 +102,7 @@ def test_positive_only_gradient_is_the_pretraining_nll_gradient(data):
     examples = examples_from(prefs_of(data, model), data, "gen", 0)[:2]
     policy = PolicyLogps(model, ("gen",), MaskedEstimator(), gen_rejected=False)
     seeds = [11, 12]
-    cfg = TrainConfig(model=Path("m"), data=Path("d"), prefs=Path("p"), out=Path("o"), loss_type="gen", gen_objective="sft")
+    cfg = TrainingOptions(loss_type="gen", gen_objective="sft")
     chosen, rejected = policy(examples, seeds=seeds)["gen"]
     assert rejected is None  # no rejected image is scored
     loss = PairDPOLoss("gen", gen_objective="sft")(gen=branch_logps(chosen, None, None, cfg)).loss.mean()
@@ -125,7 +125,7 @@ def test_positive_only_gradient_is_the_pretraining_nll_gradient(data):
 
 
 def test_reference_branches_cache_captions_and_compute_images_with_each_steps_masks():
-    cfg = TrainConfig(model=Path("m"), data=Path("d"), prefs=Path("p"), out=Path("o"))
+    cfg = TrainingOptions()
     assert reference_branches(cfg, True) == (("und",), ("gen",))
     assert reference_branches(replace(cfg, mask_draws="round"), True) == (("und", "gen"), ())
     assert reference_branches(replace(cfg, reference="online"), True) == ((), ("und", "gen"))
@@ -134,9 +134,8 @@ def test_reference_branches_cache_captions_and_compute_images_with_each_steps_ma
 
 
 def run_train(tmp_path: Path, data, model: UnifiedModel, prefs: list[Preference], **options) -> dict:
-    cfg = TrainConfig(model=Path("m"), data=data.path, prefs=Path("p"), out=tmp_path, train_steps=3, batch_size=2, warmup=1,
-                      save_every=0, **options)
-    examples = examples_from(prefs, data, cfg.loss_type, cfg.seed, cfg.pair_rows)
+    cfg = TrainingOptions(train_steps=3, batch_size=2, warmup=1, save_every=0, **options)
+    examples = examples_from(prefs, data, cfg.loss_type, 0, cfg.pair_rows)
     train(model, examples, cfg, tmp_path)
     return json.loads((tmp_path / "summary.json").read_text())
 

@@ -20,7 +20,7 @@ from transformers.models.janus.configuration_janus import JanusVisionConfig, Jan
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
 from hermesflow.backbones.janus import CAPTION_QUESTION, GENERATION_TEMPLATE, UNDERSTANDING_TEMPLATE
-from hermesflow.model.tokenizers import world_words
+from hermesflow.testbed.tokenizers import world_words
 
 # Janus-Pro's own special-token strings, so the adapter meets the names it will meet in real folders.
 JANUS_SPECIALS = {

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 from hermesflow.backbones.magvit2 import MagvitConfig
 from hermesflow.backbones.showo import PAD_TOKEN, SPECIAL_TOKENS, ShowoBackbone, ShowoConfig
-from hermesflow.model.tokenizers import world_words
+from hermesflow.testbed.tokenizers import world_words
 
 ENDOFTEXT, UNK = "<|endoftext|>", "<unk>"
 TINY_PHI = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

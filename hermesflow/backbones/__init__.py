@@ -21,7 +21,7 @@ from hermesflow.errors import UsageError
 
 # model_type in config.json -> (module, class)
 REGISTRY: dict[str, tuple[str, str]] = {
-    "hermesflow-unified": ("hermesflow.backbones.builtin", "UnifiedModel"),
+    "hermesflow-unified": ("hermesflow.testbed.model", "UnifiedModel"),
     "janus": ("hermesflow.backbones.janus", "JanusBackbone"),
     "show-o": ("hermesflow.backbones.showo", "ShowoBackbone"),
 }

@@ -14,6 +14,7 @@ import random
 import re
 from dataclasses import dataclass, replace
 
+from hermesflow.records import GENEVAL_CATEGORIES
 from hermesflow.world.scenes import (
     COLOR_NAMES,
     GRID,
@@ -26,7 +27,7 @@ from hermesflow.world.scenes import (
     relation,
 )
 
-CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+CATEGORIES = GENEVAL_CATEGORIES  # the world writes prompts in each of GenEval's categories
 
 # Placeholders: {c1} {s1} colour and shape of the first object, {c2} {s2} of the second,
 # {n} a number word, {p1} the first shape's plural, {r} a relation phrase.

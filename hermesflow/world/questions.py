@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
 
+from hermesflow.records import QA, QUESTION_TYPES  # noqa: F401 (the world's question types)
 from hermesflow.world.prompts import PromptSpec
 from hermesflow.world.scenes import COLOR_NAMES, NUMBERS, RELATIONS, SHAPES, Obj, Scene, plural, relation
 
-QUESTION_TYPES = ("object", "count", "color", "shape", "spatial")
 YES_NO = ("yes", "no")
-
-
-@dataclass(frozen=True)
-class QA:
-    """One question with its choices and answer, in TIFA's format."""
-
-    question: str
-    choices: tuple[str, ...]
-    answer: str
-    type: str
-
-    def to_json(self) -> dict:
-        return {"question": self.question, "choices": list(self.choices), "answer": self.answer, "type": self.type}
 
 
 def _an(word: str) -> str:

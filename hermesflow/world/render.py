@@ -63,8 +63,6 @@ def upscale(image: np.ndarray, factor: int = 8) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-
-
 def at_size(image: np.ndarray, size: int) -> np.ndarray:
     """A 32x32 world image drawn at `size` pixels (a multiple of 32), each pixel a block."""
     if size % IMAGE_SIZE:
@@ -84,3 +82,11 @@ def to_world_size(image: np.ndarray) -> np.ndarray:
         blocks = image.reshape(IMAGE_SIZE, k, IMAGE_SIZE, k, 3).astype(np.float32).mean(axis=(1, 3))
         return np.rint(blocks).astype(np.uint8)
     return np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX))
+
+
+def save_sample_sheet(path, images: np.ndarray, columns: int = 8, rows: int = 4) -> None:
+    """A grid of the first generated images (shown at 32x32), enlarged, for a person to look at."""
+    shown = np.stack([to_world_size(image) for image in images[: columns * rows]])
+    pad = np.pad(shown, ((0, columns * rows - len(shown)), (1, 1), (1, 1), (0, 0)), constant_values=90)
+    grid = pad.reshape(rows, columns, 34, 34, 3).transpose(0, 2, 1, 3, 4).reshape(rows * 34, columns * 34, 3)
+    Image.fromarray(upscale(grid, 4)).save(path)

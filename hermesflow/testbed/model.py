@@ -23,13 +23,29 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from hermesflow.backbones.base import BackboneBase, GenerationConfig, LogProbs, MaskedEstimator, check_choices, check_rgb, per_question, sample_token
-from hermesflow.backbones.maskgit import (MASKED, Trajectory, TrajectoryEstimator, cfg_logits, masked_logps, maskgit_decode,
-                                       trajectory_logps)
+from hermesflow.backbones.base import (
+    BackboneBase,
+    GenerationConfig,
+    LogProbs,
+    MaskedEstimator,
+    check_choices,
+    check_rgb,
+    per_question,
+    sample_token,
+)
+from hermesflow.backbones.maskgit import (
+    MASKED,
+    Trajectory,
+    TrajectoryEstimator,
+    cfg_logits,
+    masked_logps,
+    maskgit_decode,
+    trajectory_logps,
+)
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
-from hermesflow.model.tokenizers import SPECIALS, ImageTokenizer, TextTokenizer, split_words, world_words
-from hermesflow.model.transformer import KVCache, Transformer, TransformerConfig, omni_attention_mask
+from hermesflow.testbed.tokenizers import SPECIALS, ImageTokenizer, TextTokenizer, split_words, world_words
+from hermesflow.testbed.transformer import KVCache, Transformer, TransformerConfig, omni_attention_mask
 from hermesflow.world.render import to_world_size
 from hermesflow.world.scenes import IMAGE_SIZE
 

@@ -21,24 +21,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hermesflow import config
+from hermesflow.backbones.maskgit import mask_ratio
 from hermesflow.errors import UsageError
 from hermesflow.io import keep_rows_up_to
-from hermesflow.settings import PRESETS, PretrainConfig
-from hermesflow.backbones.builtin import UnifiedConfig, UnifiedModel
-from hermesflow.backbones.maskgit import mask_ratio
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
+from hermesflow.testbed.options import PretrainConfig
 from hermesflow.world.prompts import CATEGORIES, PromptSpec, perturbed_spec, phrase, sample_scene
 from hermesflow.world.questions import questions_for
 from hermesflow.world.scenes import split_of
-
-def resolved(cfg: PretrainConfig) -> PretrainConfig:
-    """The config with the preset's values in place of zeros."""
-    preset = PRESETS[cfg.preset]
-    return PretrainConfig(**{
-        **cfg.__dict__,
-        "steps": cfg.steps or preset["steps"],
-        "batch_size": cfg.batch_size or preset["batch_size"],
-        "lr": cfg.lr or preset["lr"],
-    })
 
 
 @dataclass
@@ -146,10 +136,9 @@ def _save_checkpoint(out: Path, model: UnifiedModel, opt: torch.optim.Optimizer,
 
 def pretrain(cfg: PretrainConfig) -> UnifiedModel:
     """Train (or resume) and write the model to `cfg.out`; returns the trained model."""
-    cfg = resolved(cfg)
+    cfg = config.complete(PretrainConfig, config.flat(cfg))  # the preset's values in place of zeros
     out = Path(cfg.out)
-    preset = PRESETS[cfg.preset]
-    model_cfg = UnifiedConfig(d_model=preset["d_model"], n_layers=preset["n_layers"], n_heads=preset["n_heads"])
+    model_cfg = UnifiedConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
     saved = out / "pretrain_config.yaml"
     if (out / "model.safetensors").exists() and not (out / "checkpoint").exists():
         print(f"{out} already holds a finished model; loading it")

@@ -1,0 +1,128 @@
+"""The shapes world as the method's recipes hand it to the components: the world's exact judge of
+generated images, its prompt grammar (a caption with one attribute swapped, a caption true of a
+scene, questions from a scene) and its own metrics (prompts held out of post-training, GenEval-style
+categories). Components see only these methods (`hermesflow.judges.World`), never the world's
+scenes or prompt specs, so a data set with its own judge could take the world's place.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import numpy as np
+
+from hermesflow.records import QA, EvalItem, Record
+from hermesflow.stats import cluster_mean_ci
+from hermesflow.world.holdout import describe as describe_holdout
+from hermesflow.world.holdout import is_held_out
+from hermesflow.world.oracle import parse_batch
+from hermesflow.world.prompts import CATEGORIES, parse_prompt, perturbed_spec, phrase, satisfied_by
+from hermesflow.world.questions import answer_on_scene, questions_for
+
+
+class ShapesWorld:
+    """The shapes world's judge and prompt grammar. `name` is what metrics call its judgement."""
+
+    name = "oracle"
+
+    def knows(self, record: Record | EvalItem) -> bool:
+        """Whether the oracle can judge images for this record: it carries a world scene."""
+        return record.scene is not None
+
+    def answer(self, images: np.ndarray, owners: list[int], questions: list[str], choices: list[list[str]],
+               names: list[str] | None = None) -> list[str | None]:
+        """The exact answer to each question about image `owners[i]`, from the objects the oracle
+        parses out of it (None where the question does not apply). The same call as a VLM judge's."""
+        scenes = parse_batch(images)
+        return [answer_on_scene(q, scenes[o]) for q, o in zip(questions, owners)]
+
+    def accuracy(self, images: np.ndarray, qa: tuple, owners: list[int]) -> np.ndarray:
+        """The share of image j's record's questions (`qa[owners[j]]`) the oracle's answers get right."""
+        rows = [j for j, r in enumerate(owners) for _ in qa[r]]
+        asked = [q for r in owners for q in qa[r]]
+        answers = self.answer(images, rows, [q.question for q in asked], [list(q.choices) for q in asked])
+        totals, counts = np.zeros(len(owners)), np.zeros(len(owners))
+        np.add.at(totals, rows, np.asarray([float(a == q.answer) for a, q in zip(answers, asked)], dtype=np.float64))
+        np.add.at(counts, rows, 1.0)
+        return totals / np.maximum(counts, 1)
+
+    def reads(self, caption: str) -> bool:
+        """Whether the caption is in the world's phrasing (its prompt parser reads it)."""
+        return parse_prompt(caption) is not None
+
+    def perturbed(self, caption: str, key: str) -> str | None:
+        """The caption with one attribute swapped (`perturbed_spec`), in the same phrasing; the swap is
+        drawn from `key` (seed, round and record id), so a rerun perturbs alike. None when the world's
+        prompt parser does not read the caption."""
+        spec = parse_prompt(caption)
+        if spec is None:
+            return None
+        said = " ".join(caption.lower().split())
+        variant = next((v for v in range(3) if phrase(spec, v) == said), 0)
+        return phrase(perturbed_spec(spec, random.Random(f"hermesflow-perturb/{key}")), variant)
+
+    def true_of(self, caption: str, record: Record) -> bool | None:
+        """Whether a caption in the world's phrasing holds for the record's scene (None: not a world
+        phrasing, or no scene)."""
+        spec = parse_prompt(caption) if record.scene is not None else None
+        return None if spec is None else bool(satisfied_by(record.scene, spec))
+
+    def questions(self, record: Record, seed: int = 0) -> list[QA] | None:
+        """The world's exact questions for a record with a scene and a world caption (None otherwise)."""
+        spec = parse_prompt(record.caption)
+        if record.scene is None or spec is None:
+            return None
+        return questions_for(spec, record.scene, random.Random(zlib.crc32(f"{seed}:{record.id}".encode())))
+
+    def metrics(self, items: list[EvalItem], generated: np.ndarray, metrics: dict) -> dict:
+        """The world's numbers for an evaluation (`evaluate.evaluate`'s metrics of `items`, whose
+        images were `generated`): which prompts post-training held out, scored apart (`*_unseen`,
+        `*_seen`; on world captions only), and GenEval-style categories where the oracle judged the
+        images. Returned as keys to add, with `per_example` completed by `unseen` and `category`."""
+        per = metrics["per_example"]
+        n = len(items)
+        specs = [parse_prompt(it.caption) for it in items]
+        world = all(spec is not None for spec in specs)  # the hold-out is defined over world prompts only
+        unseen = np.array([world and is_held_out(spec) for spec in specs], dtype=bool)
+        out: dict = {"per_example": {**per, "unseen": unseen.tolist() if world else [None] * n,
+                                     "category": [spec.category if spec else None for spec in specs]}}
+        counts = np.asarray(per["questions"], dtype=np.float64)
+        und_c = np.asarray(per["understanding_correct"], dtype=np.float64)
+        gen_c = np.asarray(per["generation_correct"], dtype=np.float64)
+        if world:
+            out["prompt_holdout"] = describe_holdout()
+            out["unseen_categories"] = sorted({s.category for s, u in zip(specs, unseen) if u}, key=CATEGORIES.index)
+            for part, keep in (("unseen", unseen), ("seen", ~unseen)):
+                out[f"n_examples_{part}"] = int(keep.sum())
+                for key, totals in (("understanding_score", und_c), ("generation_score", gen_c), ("gap", und_c - gen_c)):
+                    out[f"{key}_{part}"] = cluster_mean_ci(totals[keep], counts[keep]) if keep.any() else None
+        geneval, geneval_counts = {}, {}
+        if metrics["judges"]["generation"] == self.name:
+            scenes = parse_batch(generated)
+            hits = np.array([spec is not None and satisfied_by(scene, spec) for scene, spec in zip(scenes, specs)])
+            categories = np.array([spec.category if spec else "" for spec in specs])
+            geneval, geneval_counts = geneval_scores(hits, categories)
+            if world:
+                for part, keep in (("unseen", unseen), ("seen", ~unseen)):
+                    out[f"geneval_{part}"], out[f"geneval_counts_{part}"] = geneval_scores(hits[keep], categories[keep])
+        out["geneval"] = geneval
+        out["geneval_counts"] = geneval_counts  # [prompts satisfied, prompts] per category
+        return out
+
+
+def geneval_scores(hits: np.ndarray, categories: np.ndarray) -> tuple[dict, dict]:
+    """GenEval's score per category (share of prompts satisfied), `overall` the mean over the
+    categories present, and [satisfied, prompts] per category."""
+    scores, counts = {}, {}
+    for category in CATEGORIES:
+        picked = hits[categories == category]
+        if len(picked):
+            scores[category] = float(picked.mean())
+            counts[category] = [int(picked.sum()), len(picked)]
+    if scores:
+        scores["overall"] = float(np.mean(list(scores.values())))
+    return scores, counts
+
+
+WORLD = ShapesWorld()

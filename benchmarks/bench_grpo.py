@@ -29,8 +29,8 @@ import torch
 
 def dpo_step_fn(model, records, batch_size: int):
     """A closure running one Pair-DPO step of the default recipe on `batch_size` tuples."""
-    from hermesflow.prefs import CaptionPair, ImagePair, Preference
     from hermesflow.options import TrainingOptions
+    from hermesflow.prefs import CaptionPair, ImagePair, Preference
     from hermesflow.train import Example, PolicyLogps, branch_logps, estimator_of, loss_of, mask_seeds
 
     cfg = TrainingOptions()
@@ -69,8 +69,8 @@ def grpo_step_fn(model, records, cfg):
     sampling and rewards."""
     from hermesflow.backbones import GenerationConfig
     from hermesflow.grpo import ImageLogps, grpo_estimator, grpo_step, sample_rollout, self_vqa_rewards
-    from hermesflow.iterate import sampler_of
     from hermesflow.loop import make_accelerator
+    from hermesflow.recipes.run import sampler_of
 
     accelerator = make_accelerator(cfg.dtype)
     sampler = sampler_of(cfg.curation)
@@ -109,9 +109,9 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=2, help="GRPO μ (--grpo-inner-steps)")
     args = parser.parse_args()
 
+    from hermesflow import config
     from hermesflow.backbones import BASE_MODEL, load_backbone
     from hermesflow.data import read_homologous
-    from hermesflow import config
     from hermesflow.settings import RunConfig
     from hermesflow.world.build import write_world
 

@@ -74,7 +74,7 @@ def make_step(cfg, model, frozen, examples, accelerator):
     positive_only = not loss_fn.needs_pair("gen")
     policy = PolicyLogps(model, branches, estimator_of(model, cfg), gen_rejected=not positive_only)
     cached, online = reference_branches(cfg, not positive_only)
-    refs = reference_logps(PolicyLogps(model, cached, policy.estimator), examples, cfg, accelerator) if cached else {}
+    refs = reference_logps(PolicyLogps(model, cached, policy.estimator), examples, cfg, accelerator) if cached else None
     reference = PolicyLogps(frozen, online, policy.estimator) if online else None
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     uncond = [False] * len(examples)
@@ -104,8 +104,8 @@ def variants() -> dict[str, dict]:
 
 
 def main() -> None:
-    from hermesflow.options import TrainingOptions
     from hermesflow.loop import make_accelerator
+    from hermesflow.options import TrainingOptions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)

@@ -25,9 +25,9 @@ def _setup(batch_size: int):
     import tempfile
 
     from hermesflow.backbones import MaskedEstimator
-    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.data import read_homologous
     from hermesflow.prefs import CaptionPair, ImagePair, Preference
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.train import Example, PolicyLogps
     from hermesflow.world.build import write_world
 

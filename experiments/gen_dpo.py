@@ -18,11 +18,10 @@ from pathlib import Path
 
 from hermesflow import config
 from hermesflow.accel import partial_state
-
-from hermesflow.iterate import curate_round, evaluate_into, summary_row, train_round
+from hermesflow.backbones import BASE_MODEL, load_backbone
 from hermesflow.data import read_homologous
 from hermesflow.io import atomic_write_json
-from hermesflow.backbones import BASE_MODEL, load_backbone
+from hermesflow.recipes.run import curate_round, evaluate_into, summary_row, train_round
 from hermesflow.scorers.similarity import SentenceSimilarity
 from hermesflow.settings import RunConfig
 from hermesflow.world.build import write_world

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from hermesflow.backbones import BASE_MODEL, GenerationConfig, load_backbone
-from hermesflow.judges import self_vqa
-from hermesflow.world.judge import WORLD
 from hermesflow.data import read_homologous
 from hermesflow.io import atomic_write_json
+from hermesflow.judges import self_vqa
 from hermesflow.selfplay import Sample, contrast_pair, initial_pair
 from hermesflow.settings import CurationOptions
 from hermesflow.world.build import write_world
+from hermesflow.world.judge import WORLD
 
 
 def score_images(model: Path, data_path: Path, out: Path, batch: int, seed: int) -> list[dict]:

@@ -25,13 +25,12 @@ import torch.nn.functional as F
 
 from hermesflow.backbones import GenerationConfig, load_backbone
 from hermesflow.backbones.maskgit import mask_ratio
-from hermesflow.world.build import world_eval_items
+from hermesflow.records import QA
 from hermesflow.stats import cluster_mean_ci
-from hermesflow.world.build import world_records
+from hermesflow.world.build import world_eval_items, world_records
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.oracle import parse_batch
 from hermesflow.world.prompts import CATEGORIES, parse_prompt, satisfied_by
-from hermesflow.records import QA
 from hermesflow.world.questions import answer_on_scene
 
 BASE = Path(__file__).resolve().parents[1] / "hermesflow" / "assets" / "base"

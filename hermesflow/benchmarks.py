@@ -32,9 +32,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
-from hermesflow.records import quote, to_rgb
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_bytes, atomic_write_text
+from hermesflow.records import quote, to_rgb
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -73,11 +73,11 @@ def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.backbones import GenerationConfig, load_backbone
     from hermesflow.data import check_fit
     from hermesflow.evaluate import data_eval_items, format_table
-    from hermesflow.iterate import judged_evaluation
     from hermesflow.judges import judge_setting, vlm_judge
+    from hermesflow.recipes.run import judged_evaluation
+    from hermesflow.scorers.similarity import SentenceSimilarity
     from hermesflow.world.build import world_eval_items
     from hermesflow.world.render import save_sample_sheet
-    from hermesflow.scorers.similarity import SentenceSimilarity
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
     if cfg.data:
@@ -110,10 +110,9 @@ def run_eval(cfg: EvalConfig) -> int:
 
 def run_curate(cfg: CurateConfig) -> int:
     from hermesflow.accel import partial_state
-
     from hermesflow.backbones import load_backbone
     from hermesflow.data import check_fit
-    from hermesflow.iterate import curate_round, require_qa
+    from hermesflow.recipes.run import curate_round, require_qa
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     data = require_qa(read_data(cfg.data, cfg.reading))
@@ -130,9 +129,8 @@ def run_curate(cfg: CurateConfig) -> int:
 
 def run_train(cfg: TrainConfig) -> int:
     from hermesflow.accel import partial_state
-
     from hermesflow.backbones import load_backbone
-    from hermesflow.iterate import train_round
+    from hermesflow.recipes.run import train_round
 
     data = read_data(cfg.data, cfg.reading)
     backbone = load_backbone(cfg.model)
@@ -154,7 +152,7 @@ def run_convert_showo(cfg: ConvertShowoConfig) -> int:
 
 
 def run_rounds(cfg: RunConfig) -> int:
-    from hermesflow.iterate import run
+    from hermesflow.recipes.run import run
 
     run(cfg)
     return 0
@@ -171,7 +169,7 @@ def run_report(cfg: ReportConfig) -> int:
 
 
 def run_ablate(cfg: AblateConfig) -> int:
-    from hermesflow.ablate import ablate
+    from hermesflow.recipes.ablate import ablate
 
     ablate(cfg)
     return 0

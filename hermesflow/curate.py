@@ -40,11 +40,11 @@ from tqdm import tqdm
 from hermesflow.backbones import Backbone, GenerationConfig
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_json, atomic_write_text
-from hermesflow.records import HomologousData, Record
-from hermesflow.prefs import PREFS, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
-from hermesflow.selfplay import Pair, Sample, contrast_pair, initial_pair, update_pair
 from hermesflow.judges import NOT_SELF_CURATED, World, self_judge_agreement, self_vqa
 from hermesflow.options import CurationOptions
+from hermesflow.prefs import PREFS, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
+from hermesflow.records import HomologousData, Record
+from hermesflow.selfplay import Pair, Sample, contrast_pair, initial_pair, update_pair
 from hermesflow.stages import say
 
 MANIFEST = "manifest.json"

@@ -28,9 +28,18 @@ from PIL import Image, UnidentifiedImageError
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_bytes
 from hermesflow.options import DataOptions
-from hermesflow.records import BadRecord, HomologousData, Record, check_id, check_qa, check_text, quote, to_rgb
+from hermesflow.records import (
+    BadRecord,
+    HomologousData,
+    Record,
+    check_id,
+    check_qa,
+    check_scene,
+    check_text,
+    quote,
+    to_rgb,
+)
 from hermesflow.sources import locate, rows
-from hermesflow.world.scenes import Scene
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # what `datasets` stores images inside rows as (it keeps 16-bit, palette and CMYK images as TIFF)
@@ -104,17 +113,6 @@ def _image_value(obj: dict, key: str, root: Path, image_size: int | None, follow
     return _check_image(root, value, image_size, follow_symlinks), None
 
 
-def _check_scene(items: object) -> Scene:
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise BadRecord('field "scene" must be a list of {shape, color, row, col} objects')
-    try:
-        return Scene.from_json(items)
-    except KeyError as e:
-        raise BadRecord(f'field "scene" is not a valid scene (an object has no {e})') from None
-    except (TypeError, ValueError) as e:
-        raise BadRecord(f'field "scene" is not a valid scene ({e})') from None
-
-
 def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None, columns: Columns = Columns(),
                   follow_symlinks: bool = False) -> Record:
     if columns.image not in obj:
@@ -129,7 +127,7 @@ def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None,
             raise BadRecord(f'field "{columns.qa}" is not valid JSON ({e.msg})') from None
     qa = check_qa(qa_value) if qa_value is not None else ()
     category = check_text(obj, "category", required=False)
-    scene = _check_scene(obj["scene"]) if obj.get("scene") is not None else None
+    scene = check_scene(obj["scene"]) if obj.get("scene") is not None else None
     return Record(record_id, path, caption, qa, category, scene, image_bytes=image_bytes)
 
 

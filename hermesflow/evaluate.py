@@ -22,13 +22,12 @@ from `World.metrics`.
 
 from __future__ import annotations
 
-
 import numpy as np
 from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
-from hermesflow.records import QUESTION_TYPES, EvalItem, HomologousData
 from hermesflow.errors import UsageError
+from hermesflow.records import QUESTION_TYPES, EvalItem, HomologousData
 from hermesflow.stats import cluster_mean_ci, mean_ci
 
 

@@ -33,9 +33,9 @@ from hermesflow.backbones import Backbone, GenerationConfig, LogProbs
 from hermesflow.backbones.maskgit import Trajectory, TrajectoryEstimator
 from hermesflow.errors import UsageError
 from hermesflow.judges import self_vqa
+from hermesflow.loop import TrainingLoop
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.records import Record
-from hermesflow.loop import TrainingLoop
 from hermesflow.train import batch_indices, estimator_of
 
 REWARDS = ("hard", "graded")
@@ -193,9 +193,9 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
         reference = ImageLogps(copy.deepcopy(backbone).eval().requires_grad_(False), estimator)
     policy, inner = loop.prepare(policy)
     for step in loop.steps():
+        loop.set_lr(step)  # the μ updates of a step share its learning rate
         row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step)
-        loop.sched.step()
-        row = {"step": step + 1, **row, "lr": loop.sched.get_last_lr()[0]}
+        row = {"step": step + 1, **row, "lr": loop.lr_at(step + 1)}
         loop.record(step, row, {"reward": f"{row['reward/mean']:.3f}", "dropped": f"{row['groups/dropped']:.2f}"})
     loop.finish()
     return accelerator.unwrap_model(policy).backbone

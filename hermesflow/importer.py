@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hermesflow.records import BadRecord, check_id, quote  # the same record checks and quoting as homologous data
 from hermesflow.errors import DataError, UsageError
+from hermesflow.records import BadRecord, check_id, quote  # the same record checks and quoting as homologous data
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import base64
 import hashlib
 import io
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +28,7 @@ from PIL import Image
 from hermesflow.api import BadReply, ChatClient, ReplyCache, api_client, cache_key, in_order, parse_json_object
 from hermesflow.options import ApiOptions
 from hermesflow.prefs import ImagePair
-
+from hermesflow.stats import wilson
 
 NOT_SELF_CURATED = "NOT self-curated: images ranked by the world's exact oracle (a control)"
 
@@ -84,8 +84,6 @@ def self_judge_agreement(pairs: Iterable[ImagePair]) -> dict:
     `interval`). A tie says nothing either way, so ties are left out of the share and counted apart
     (`ties`). Pooling several rounds or seeds is this function on their pairs together. The one
     definition of agreement in HermesFlow: the manifest, the report and `ablate` all use it."""
-    from hermesflow.stats import wilson
-
     kept = [g for g in pairs if g.chosen_oracle is not None]
     if not kept:
         return {"pairs": 0}

@@ -1,7 +1,9 @@
-"""The one training loop every objective here runs on: Pair-DPO (`train`) and online GRPO (`grpo`).
+"""The one training loop every objective here runs on: Pair-DPO (`train`), online GRPO (`grpo`) and
+the built-in model's pretraining (`testbed.pretrain`).
 
 `TrainingLoop` owns what they share, so it is written once: the accelerator (device, precision,
-trackers), AdamW over the trainable parameters with a linear warm-up and cosine decay, resume from
+trackers), AdamW over the trainable parameters with a learning rate per step (by default a linear
+warm-up and cosine decay; the step sets it, so a resumed run needs no scheduler state), resume from
 `out/state` (accelerate's `save_state`, written to a temporary folder and swapped in place), the
 metrics rows of `out/metrics.jsonl` (cut back to the resumed step, one line per step), the progress
 bar, and the guard that skips non-finite losses and stops after several in a row. An objective
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -55,18 +57,22 @@ class TrainingLoop:
         policy, inner = loop.prepare(policy)
         for step in loop.steps():
             ... the objective's step: loss, loop.finite(loss, step), backward, loop.clip(policy),
-            loop.opt.step(), loop.sched.step() ...
+            loop.set_lr(step), loop.opt.step() ...
             loop.record(step, row, postfix)
         loop.finish()
     """
 
-    def __init__(self, out: Path, training: TrainingOptions, dtype: str, desc: str, name: str):
-        """`desc` labels the progress bar, `name` the resume message ("resuming: training from step 100 ...")."""
-        self.out, self.training, self.desc, self.name = Path(out), training, desc, name
+    def __init__(self, out: Path, training: TrainingOptions, dtype: str, desc: str, name: str,
+                 lr_at: Callable[[int], float] | None = None, betas: tuple[float, float] = (0.9, 0.999)):
+        """`desc` labels the progress bar, `name` the resume message ("resuming: training from step 100
+        ..."); `lr_at(step)` is the learning rate of each step (default: `training.lr` times `lr_lambda`)."""
+        self.out, self.training, self.desc, self.name, self.betas = Path(out), training, desc, name, betas
+        factor = lr_lambda(training.warmup, training.train_steps)
+        self.lr_at = lr_at or (lambda step: training.lr * factor(step))
         self.accelerator = make_accelerator(dtype, training.report_to)
         self.state_dir = self.out / "state"
         self.start = self.skipped = self._in_a_row = 0
-        self.opt = self.sched = None
+        self.opt = None
         self._metrics = None
 
     @property
@@ -74,15 +80,13 @@ class TrainingLoop:
         return self.accelerator.is_main_process
 
     def prepare(self, policy: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """AdamW over the policy's trainable parameters with the warm-up + cosine schedule, prepared by
-        the accelerator (the scheduler registered for checkpointing, not prepared: accelerate would step
-        it once per process per step); then the saved state, if any. Returns (policy, the unwrapped policy)."""
+        """AdamW over the policy's trainable parameters, prepared by the accelerator with the policy;
+        then the saved state, if any. Returns (policy, the unwrapped policy)."""
         policy.train()
         t = self.training
-        self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(t.warmup, t.train_steps))
+        self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay,
+                                     betas=self.betas)
         policy, self.opt = self.accelerator.prepare(policy, self.opt)
-        self.accelerator.register_for_checkpointing(self.sched)
         if (self.state_dir / "step.json").exists():
             self.accelerator.load_state(str(self.state_dir))
             saved = json.loads((self.state_dir / "step.json").read_text())
@@ -104,9 +108,16 @@ class TrainingLoop:
                         dynamic_ncols=True)
         return iter(self.bar)
 
+    def set_lr(self, step: int) -> float:
+        """Set (and return) the learning rate of `step` before the optimiser steps."""
+        lr = self.lr_at(step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
     def finite(self, loss: torch.Tensor, step: int) -> bool:
-        """Whether the loss is finite on every process. A non-finite step is skipped (its schedule step
-        still taken, so a resumed run stays in step) and counted; `max_nonfinite` in a row stop training."""
+        """Whether the loss is finite on every process. A non-finite step is skipped and counted;
+        `max_nonfinite` in a row stop training."""
         device = self.accelerator.device
         if self.accelerator.reduce(torch.tensor(float(torch.isfinite(loss)), device=device), reduction="mean").item() == 1.0:
             self._in_a_row = 0
@@ -115,19 +126,18 @@ class TrainingLoop:
         if self._in_a_row >= self.training.max_nonfinite:
             raise HermesFlowError(f"training stopped: {self._in_a_row} non-finite losses in a row at step {step} "
                                   f"(lower --lr or --beta-gen, or use --length-normalize)")
-        self.sched.step()
         return False
 
     def clip(self, policy: nn.Module) -> None:
         if self.training.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(policy.parameters(), self.training.max_grad_norm)
 
-    def record(self, step: int, row: dict, postfix: dict | None = None) -> None:
-        """After step `step` (0-based) has updated the weights and the schedule: write its metrics row,
-        and save the state every `save_every` steps (not after the last: the caller writes the model)."""
-        if self.training.report_to:
+    def record(self, step: int, row: dict | None, postfix: dict | None = None) -> None:
+        """After step `step` (0-based) has updated the weights: write its metrics row (if any), and save
+        the state every `save_every` steps (not after the last: the caller writes the model)."""
+        if row is not None and self.training.report_to:
             self.accelerator.log(row, step=step + 1)
-        if self._metrics is not None:
+        if row is not None and self._metrics is not None:
             self._metrics.write(json.dumps(row) + "\n")
             self._metrics.flush()
             if postfix:

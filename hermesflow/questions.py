@@ -18,10 +18,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hermesflow.api import BadReply, ChatClient, ReplyCache, cache_key, in_order, parse_json_object
-from hermesflow.records import QA, HomologousData, Record
 from hermesflow.errors import DataError
-from hermesflow.tifa import tifa_entries, write_tifa
 from hermesflow.judges import World
+from hermesflow.records import QA, HomologousData, Record
+from hermesflow.tifa import tifa_entries, write_tifa
 
 # TIFA's element types, as its question files spell them (tifa_v1.0, sample/sample_question_answers.json)
 ELEMENT_TYPES = ("object", "animal/human", "attribute", "activity", "spatial", "location", "color", "counting", "food",

@@ -13,8 +13,8 @@ import json
 import math
 import random
 import shutil
-from pathlib import Path
 from dataclasses import fields
+from pathlib import Path
 
 import jinja2
 import matplotlib

@@ -31,8 +31,8 @@ from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_json
 from hermesflow.loop import TrainingLoop
 from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
-from hermesflow.prefs import Preference, to_line
 from hermesflow.options import TrainingOptions
+from hermesflow.prefs import Preference, to_line
 from hermesflow.records import HomologousData, Record
 
 
@@ -188,11 +188,48 @@ def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: Traini
     return f"{backbone.fingerprint()}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}-{h.hexdigest()[:12]}"
 
 
+@dataclass
+class ReferenceLogps:
+    """A round's cached reference log-probs, typed: for each cached branch (`und`, `gen`, and
+    `gen_uncond` under condition dropout, the image pair scored under the empty prompt) an (N, 2)
+    float32 tensor of (chosen, rejected), row i for example `ids[i]`, with the mask seed each image
+    row was scored with. Saved as safetensors, the ids and what made them in its metadata."""
+
+    ids: list[str]
+    mask_seeds: torch.Tensor  # (N,) int64
+    values: dict[str, torch.Tensor]  # branch -> (N, 2) float32
+
+    def pair(self, branch: str, batch: list[Example], uncond: list[bool], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) of `batch`'s examples; an image pair scored under the empty prompt where `uncond`."""
+        row = {item: i for i, item in enumerate(self.ids)}
+        rows = torch.tensor([row[e.id] for e in batch])
+        values = self.values[branch][rows]
+        if branch == "gen" and any(uncond):
+            values = torch.where(torch.tensor(uncond)[:, None], self.values["gen_uncond"][rows], values)
+        return values[:, 0].to(device), values[:, 1].to(device)
+
+    def save(self, path: Path, meta: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"mask_seeds": self.mask_seeds, **self.values}, str(tmp), metadata={"ids": json.dumps(self.ids), **meta})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "ReferenceLogps":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            ids = json.loads(f.metadata()["ids"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return cls(ids, tensors.pop("mask_seeds"), tensors)
+
+
 @torch.no_grad()
-def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainingOptions, accelerator, batch_size: int = 64) -> dict[str, dict]:
+def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainingOptions, accelerator, batch_size: int = 64) -> ReferenceLogps:
     """Reference log-probs of every example for the policy's branches, computed once per round under
     the policy's precision (image masks: each example's round seed), each process taking its share;
-    returns {id: {"und_chosen": ..., "mask_seed": ...}} on every process."""
+    the same `ReferenceLogps` on every process."""
     from accelerate.utils import gather_object
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -207,14 +244,13 @@ def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainingO
             if cfg.cond_dropout > 0 and "gen" in out:  # condition dropout needs the reference under the empty prompt too
                 uncond = policy(chunk, [True] * len(chunk))["gen"]
                 out["gen_uncond"] = uncond
-        for i, e in enumerate(chunk):
-            row = {"mask_seed": e.mask_seed}
-            for key, (chosen, rejected) in out.items():
-                row[f"{key}_chosen"] = float(logp_values(chosen, cfg)[i])
-                row[f"{key}_rejected"] = float(logp_values(rejected, cfg)[i])
-            refs.append((e.id, row))
+        pairs = {key: torch.stack([logp_values(chosen, cfg), logp_values(rejected, cfg)], dim=1).cpu()
+                 for key, (chosen, rejected) in out.items()}
+        refs += [(e.id, e.mask_seed, {key: v[i] for key, v in pairs.items()}) for i, e in enumerate(chunk)]
     policy.train(was_training)
-    return dict(gather_object(refs))
+    gathered = gather_object(refs)
+    return ReferenceLogps([item for item, _, _ in gathered], torch.tensor([seed for _, seed, _ in gathered], dtype=torch.int64),
+                          {key: torch.stack([v[key] for _, _, v in gathered]) for key in (gathered[0][2] if gathered else {})})
 
 
 def dropped_conditions(step: int, batch: list[Example], p: float, seed: int) -> list[bool]:
@@ -235,22 +271,23 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 
 def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainingOptions, dtype: str, accelerator,
-                     out: Path) -> dict[str, dict]:
+                     out: Path) -> ReferenceLogps:
     """The reference log-probs of this round's examples for the policy's branches, from
-    `out/reference-<key>.json` or computed (in parallel across processes) and written there. The key
-    names what made them; every example must be there with its branches' values, and, when image
-    log-probs are cached, with the mask seed it is trained with."""
-    path = out / f"reference-{reference_cache_key(policy.backbone, examples, cfg, dtype, policy.estimator, policy.branches)}.json"
+    `out/reference-<key>.safetensors` or computed (in parallel across processes) and written there.
+    The key names what made them; every example must be there with its branches' values, and, when
+    image log-probs are cached, with the mask seed it is trained with."""
+    key = reference_cache_key(policy.backbone, examples, cfg, dtype, policy.estimator, policy.branches)
+    path = out / f"reference-{key}.safetensors"
     if not path.exists():
         refs = reference_logps(policy, examples, cfg, accelerator)
         if accelerator.is_main_process:
-            atomic_write_json(path, {"model": policy.backbone.fingerprint(), "estimator": policy.estimator.key(),
-                                     "branches": list(policy.branches), "refs": refs})
+            refs.save(path, {"model": policy.backbone.fingerprint(), "estimator": policy.estimator.key(),
+                             "branches": ",".join(policy.branches)})
         accelerator.wait_for_everyone()
-    refs = json.loads(path.read_text())["refs"]
-    keys = [f"{b}_{side}" for b in policy.branches for side in ("chosen", "rejected")]
-    wrong = [e.id for e in examples if e.id not in refs or any(k not in refs[e.id] for k in keys)
-             or ("gen" in policy.branches and refs[e.id]["mask_seed"] != e.mask_seed)]
+    refs = ReferenceLogps.load(path)
+    row = {item: i for i, item in enumerate(refs.ids)}
+    wrong = [e.id for e in examples if e.id not in row or any(b not in refs.values for b in policy.branches)
+             or ("gen" in policy.branches and int(refs.mask_seeds[row[e.id]]) != e.mask_seed)]
     if wrong:
         raise DataError([f"{path}: cached reference log-probs do not match the examples (first: {wrong[0]}); delete the file"])
     return refs
@@ -283,7 +320,7 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
             param.data = param.data.float()
     policy = PolicyLogps(backbone.to(accelerator.device), branches, estimator_of(backbone, cfg), gen_rejected=not positive_only)
     cached, online = reference_branches(cfg, not positive_only)
-    refs, reference = {}, None
+    refs, reference = None, None
     if cached:
         refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, dtype, accelerator, out)
     if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
@@ -307,9 +344,9 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
         grad_norms = branch_grad_norms(policy, logs, loss_fn) if cfg.log_branch_grad_norms else {}
         accelerator.backward(loss)
         loop.clip(policy)
+        loop.set_lr(step)
         opt.step()
-        loop.sched.step()
-        row = _step_metrics(accelerator, out_, step + 1, loop.sched.get_last_lr()[0], loop.skipped, grad_norms)
+        row = _step_metrics(accelerator, out_, step + 1, loop.lr_at(step + 1), loop.skipped, grad_norms)
         loop.record(step, row, {"loss": f"{row['loss']:.4f}", **{b: f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
                                                                  if f"{b}/rewards/margins" in row}})
     loop.finish()
@@ -331,17 +368,13 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
     return backbone
 
 
-def _reference(inner: PolicyLogps, reference: PolicyLogps | None, refs: dict, cached: tuple[str, ...], online: tuple[str, ...],
+def _reference(inner: PolicyLogps, reference: PolicyLogps | None, refs: ReferenceLogps | None, cached: tuple[str, ...], online: tuple[str, ...],
                batch: list[Example], uncond: list[bool], seeds: list[int], cfg: TrainingOptions,
                accelerator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The reference's (chosen, rejected) log-probs of the branches that need one: the `cached`
     ones from the round's cache, the `online` ones computed now with the step's mask seeds, by a
     frozen copy or by the policy itself with its LoRA adapter disabled."""
-    def from_cache(branch: str, side: str) -> torch.Tensor:
-        key = lambda u: f"{branch}{'_uncond' if u and branch == 'gen' else ''}_{side}"  # noqa: E731
-        return torch.tensor([refs[e.id][key(u)] for e, u in zip(batch, uncond)], device=accelerator.device)
-
-    out = {b: (from_cache(b, "chosen"), from_cache(b, "rejected")) for b in cached}
+    out = {b: refs.pair(b, batch, uncond, accelerator.device) for b in cached}
     if online:
         with torch.no_grad(), accelerator.autocast():
             if reference is not None:

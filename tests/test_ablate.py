@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hermesflow.ablate import BUILTIN_ARMS, load_arms
 from hermesflow.cli import main
 from hermesflow.errors import UsageError
+from hermesflow.recipes.ablate import BUILTIN_ARMS, load_arms
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_a_tiny_ablation_from_a_yaml_file(tmp_path):
 
 
 def test_summary_pools_paired_differences_and_leaves_unmeasured_scores_null():
-    from hermesflow.ablate import summarise
+    from hermesflow.recipes.ablate import summarise
 
     def metrics(und: list[int], gen: list[int], unseen) -> dict:
         return {"understanding_score": {"mean": sum(und) / 6}, "generation_score": {"mean": sum(gen) / 6},

@@ -361,8 +361,8 @@ def test_data_the_model_cannot_represent_is_refused_before_any_work(tmp_path: Pa
 
 def test_skip_bad_works_on_every_verb_that_reads_data(bad: Path, tmp_path: Path):
     from hermesflow import config
-    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.cli import VERBS, build_parser
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 
     for verb in ("validate", "eval", "curate", "train", "run"):
         assert "skip_bad" in config.leaves(VERBS[verb][0]), verb

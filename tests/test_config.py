@@ -15,8 +15,8 @@ import yaml
 
 from hermesflow import config
 from hermesflow.errors import UsageError
-from hermesflow.iterate import claim_run, curation_settings, eval_settings
 from hermesflow.options import CurationOptions, TrainingOptions
+from hermesflow.recipes.run import claim_run, curation_settings, eval_settings
 from hermesflow.settings import AblateConfig, RunConfig
 from hermesflow.testbed.options import PretrainConfig
 
@@ -91,8 +91,13 @@ def test_presets_are_yaml_files_in_the_package_loaded_like_config_files():
 @pytest.mark.slow
 def test_an_installed_package_carries_its_presets_and_report_templates(tmp_path: Path):
     """The wheel holds every preset file and report template, where the code looks for them (beside its modules)."""
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "hermesflow", source / "hermesflow", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("hermesflow-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     packaged = {str(p.relative_to(ROOT)) for p in [*(ROOT / "hermesflow" / "presets").rglob("*.yaml"),

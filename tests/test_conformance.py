@@ -17,8 +17,8 @@ from tiny_models import make_tiny_janus
 from tiny_showo import make_tiny_showo
 
 from hermesflow.backbones import Backbone, GenerationConfig, MaskedEstimator, load_backbone
-from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.losses import BranchLogps, PairDPOLoss
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.world.build import world_records
 
 

@@ -11,11 +11,11 @@ import torch
 
 from hermesflow.backbones import GenerationConfig
 from hermesflow.errors import UsageError
-from hermesflow.iterate import judged_evaluation
+from hermesflow.recipes.run import judged_evaluation
+from hermesflow.records import QA, EvalItem
 from hermesflow.stats import cluster_mean_ci, paired_difference, pooled_paired_difference
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.prompts import PromptSpec, phrase
-from hermesflow.records import QA, EvalItem
 from hermesflow.world.questions import ask_color, ask_object
 from hermesflow.world.render import render
 from hermesflow.world.scenes import Obj, Scene

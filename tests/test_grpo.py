@@ -16,16 +16,16 @@ import torch.nn.functional as F
 
 from hermesflow import config
 from hermesflow.backbones import GenerationConfig
-from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import MASKED, Trajectory, TrajectoryEstimator, cfg_logits, maskgit_decode
 from hermesflow.cli import main
 from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
-from hermesflow.grpo import clipped_objective, grpo_estimator, group_advantages, train_grpo
+from hermesflow.grpo import clipped_objective, group_advantages, grpo_estimator, train_grpo
 from hermesflow.judges import vqa_scores
-from hermesflow.iterate import sampler_of
+from hermesflow.recipes.run import sampler_of
 from hermesflow.settings import RunConfig
 from hermesflow.stages import settings_file
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.world.build import write_world
 
 
@@ -136,8 +136,9 @@ def test_trajectory_logp_equals_a_naive_recomputation_at_the_recorded_states(gui
 def test_show_o_trajectory_logp_equals_a_naive_recomputation(tmp_path, sampler):
     from dataclasses import replace
 
-    from hermesflow.backbones.showo import ShowoBackbone
     from tiny_showo import make_tiny_showo
+
+    from hermesflow.backbones.showo import ShowoBackbone
 
     model = ShowoBackbone.from_pretrained(make_tiny_showo(tmp_path / "showo")).eval()
     model.cfg = replace(model.cfg, sampler=sampler)

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hermesflow.errors import UsageError
 from hermesflow.backbones import GenerationConfig, MaskedEstimator
-from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import cfg_logits, draw_masks
+from hermesflow.errors import UsageError
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.testbed.tokenizers import ImageTokenizer
 from hermesflow.world import Obj, Scene, render
 from hermesflow.world.build import world_records

@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hermesflow.testbed.pretrain import pretrain
 from hermesflow.report import ABLATION_SECTIONS, SECTIONS
 from hermesflow.settings import PretrainConfig
+from hermesflow.testbed.pretrain import pretrain
 from hermesflow.world.build import write_world
 
 pytestmark = pytest.mark.slow
@@ -205,19 +205,24 @@ def test_pretraining_killed_and_resumed_ends_with_the_same_weights(tmp_path):
     args = ["--preset", "micro", "--steps", "120", "--checkpoint-every", "30"]
     finish(hermesflow("pretrain", "--out", str(tmp_path / "whole"), *args))
     killed = tmp_path / "killed"
-    kill_when(hermesflow("pretrain", "--out", str(killed), *args), lambda: (killed / "checkpoint" / "state.json").exists())
+    kill_when(hermesflow("pretrain", "--out", str(killed), *args), lambda: (killed / "state" / "step.json").exists())
     finish(hermesflow("pretrain", "--out", str(killed), *args))
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(killed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (killed / "checkpoint").exists()
+    assert not (killed / "state").exists()
     logged = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert logged == [25, 50, 75, 100, 120]  # logged every 25 steps and at the end, once each
     other = hermesflow("pretrain", "--out", str(tmp_path / "whole2"), *args)
     finish(other)
-    (tmp_path / "whole2" / "checkpoint").mkdir()  # a checkpoint of a run with other settings is refused
+    (tmp_path / "whole2" / "state").mkdir()  # a checkpoint of a run with other settings is refused
+    (tmp_path / "whole2" / "state" / "step.json").write_text('{"step": 30}')
     refused = hermesflow("pretrain", "--out", str(tmp_path / "whole2"), "--preset", "micro", "--steps", "200")
     _, err = refused.communicate(timeout=300)
     assert refused.returncode == 2 and "other settings" in err
+    (tmp_path / "whole2" / "checkpoint").mkdir()  # one an earlier version wrote is refused, naming the way out
+    refused = hermesflow("pretrain", "--out", str(tmp_path / "whole2"), *args)
+    _, err = refused.communicate(timeout=300)
+    assert refused.returncode == 2 and "earlier version" in err and (tmp_path / "whole2" / "checkpoint").exists()
 
 
 def test_run_writes_a_report_with_every_section_and_image(setup):

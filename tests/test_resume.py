@@ -115,7 +115,7 @@ def test_an_os_error_at_the_boundary_is_one_line_naming_the_path(tiny_run, tmp_p
 
 
 def test_an_ablation_folder_keeps_its_config_and_refuses_other_settings(tmp_path, capsys):
-    from hermesflow.iterate import claim_folder
+    from hermesflow.recipes.run import claim_folder
     from hermesflow.settings import AblateConfig
 
     claim_folder(config.build(AblateConfig, out=tmp_path, seeds=2), "ablate_config.yaml", "an ablation")

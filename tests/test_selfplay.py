@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from hermesflow.curate import check_curation_data
-from hermesflow.judges import self_vqa
-from hermesflow.records import QA, HomologousData, Record
 from hermesflow.errors import DataError, UsageError
+from hermesflow.judges import self_vqa
 from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
+from hermesflow.records import QA, HomologousData, Record
 from hermesflow.selfplay import (
     BELOW_THRESHOLD,
     IMPROVED,
@@ -271,8 +271,8 @@ class LengthSimilarity:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from hermesflow.backbones import load_backbone
-    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.data import read_homologous
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
     from hermesflow.world.build import write_world
 
     root = tmp_path_factory.mktemp("options")

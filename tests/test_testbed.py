@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hermesflow.backbones import BASE_MODEL, GenerationConfig, load_backbone
-from hermesflow.world.build import world_records
 from hermesflow.records import QA
+from hermesflow.world.build import world_records
 
 pytestmark = pytest.mark.slow
 

@@ -7,20 +7,29 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hermesflow.backbones import LogProbs, MaskedEstimator
-from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.backbones.maskgit import MASKED, draw_masks
 from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
 from hermesflow.losses import BranchLogps, PairDPOLoss
-from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference
 from hermesflow.options import TrainingOptions
-from hermesflow.train import PolicyLogps, branch_grad_norms, branch_logps, examples_from, mask_seeds, reference_branches, train
+from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference
+from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
+from hermesflow.train import (
+    PolicyLogps,
+    branch_grad_norms,
+    branch_logps,
+    examples_from,
+    mask_seeds,
+    reference_branches,
+    train,
+)
 from hermesflow.world.build import write_world
 
 
@@ -205,3 +214,22 @@ def test_branch_grad_norms_leave_out_what_the_loss_leaves_out():
     lp = BranchLogps(logp, chosen_count=torch.ones(2), weight=torch.tensor([1.0, 0.0]))
     norms = branch_grad_norms(policy, {"gen": lp}, PairDPOLoss("gen", gen_objective="sft"))
     assert norms["gen/grad_norm"].item() == pytest.approx(1.0)
+
+
+def test_cached_reference_log_probs_are_typed_tensors_that_round_trip_exactly(tmp_path):
+    """The round's reference cache: (chosen, rejected) per branch as float32 tensors, read back bit for
+    bit, looked up by example id; an image pair scored under the empty prompt where its condition drops."""
+    from hermesflow.train import ReferenceLogps
+
+    values = {"und": torch.tensor([[-1.5, -2.25], [-3.0, -4.125]]), "gen": torch.tensor([[-10.0, -11.0], [-12.0, -13.0]]),
+              "gen_uncond": torch.tensor([[-20.0, -21.0], [-22.0, -23.0]])}
+    refs = ReferenceLogps(["a", "b"], torch.tensor([7, 8]), values)
+    refs.save(tmp_path / "reference.safetensors", {"model": "m"})
+    back = ReferenceLogps.load(tmp_path / "reference.safetensors")
+    assert back.ids == ["a", "b"] and back.mask_seeds.tolist() == [7, 8]
+    assert all(torch.equal(back.values[k], v) and back.values[k].dtype == torch.float32 for k, v in values.items())
+    batch = [SimpleNamespace(id="b"), SimpleNamespace(id="a")]
+    chosen, rejected = back.pair("und", batch, [False, False], "cpu")
+    assert chosen.tolist() == [-3.0, -1.5] and rejected.tolist() == [-4.125, -2.25]
+    chosen, rejected = back.pair("gen", batch, [True, False], "cpu")
+    assert chosen.tolist() == [-22.0, -10.0] and rejected.tolist() == [-23.0, -11.0]

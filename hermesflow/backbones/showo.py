@@ -70,8 +70,15 @@ from hermesflow.backbones.base import (
     token_problem,
 )
 from hermesflow.backbones.magvit2 import MagvitConfig, MagvitV2, pixel_values, to_uint8
-from hermesflow.backbones.maskgit import (MASKED, Trajectory, TrajectoryEstimator, cfg_logits, masked_logps, maskgit_decode,
-                                       trajectory_logps)
+from hermesflow.backbones.maskgit import (
+    MASKED,
+    Trajectory,
+    TrajectoryEstimator,
+    cfg_logits,
+    masked_logps,
+    maskgit_decode,
+    trajectory_logps,
+)
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
 

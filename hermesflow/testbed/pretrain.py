@@ -8,7 +8,6 @@ masks are functions of (seed, step) alone, so a run resumed from a checkpoint co
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -18,12 +17,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from hermesflow import config
 from hermesflow.backbones.maskgit import mask_ratio
 from hermesflow.errors import UsageError
-from hermesflow.io import keep_rows_up_to
+from hermesflow.loop import TrainingLoop
+from hermesflow.options import TrainingOptions
 from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.testbed.options import PretrainConfig
 from hermesflow.world.prompts import CATEGORIES, PromptSpec, perturbed_spec, phrase, sample_scene
@@ -119,73 +118,54 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _save_checkpoint(out: Path, model: UnifiedModel, opt: torch.optim.Optimizer, step: int) -> None:
-    """Write the checkpoint beside the old one, then swap, so a kill never leaves half of one."""
-    tmp, final = out / ".checkpoint.tmp", out / "checkpoint"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    old = out / ".checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def pretrain(cfg: PretrainConfig) -> UnifiedModel:
     """Train (or resume) and write the model to `cfg.out`; returns the trained model."""
     cfg = config.complete(PretrainConfig, config.flat(cfg))  # the preset's values in place of zeros
     out = Path(cfg.out)
     model_cfg = UnifiedConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
     saved = out / "pretrain_config.yaml"
-    if (out / "model.safetensors").exists() and not (out / "checkpoint").exists():
+    if (out / "checkpoint").exists():
+        raise UsageError(f"{out} holds a checkpoint written by an earlier version (checkpoint/); finish it with that version, "
+                         "or start again with a new --out (nothing was changed)")
+    state = out / "state" / "step.json"
+    if (out / "model.safetensors").exists() and not state.exists():
         print(f"{out} already holds a finished model; loading it")
         return UnifiedModel.from_pretrained(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "checkpoint").exists() and saved.exists():
+    if state.exists() and saved.exists():
         previous = config.to_dict(config.load(PretrainConfig, saved))
         if {k: v for k, v in previous.items() if k != "out"} != {k: v for k, v in config.to_dict(cfg).items() if k != "out"}:
             raise UsageError(f"{out} holds a checkpoint of a run with other settings ({saved}); use a new --out")
     config.save(cfg, saved)
 
+    # the one training loop, with pretraining's optimiser (β2 0.95) and schedule (cosine to a tenth)
+    training = TrainingOptions(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=cfg.warmup, train_steps=cfg.steps,
+                               batch_size=cfg.batch_size, max_grad_norm=1.0, save_every=cfg.checkpoint_every)
+    loop = TrainingLoop(out, training, "bf16" if cfg.bf16 else "fp32", "pretrain", "pretraining",
+                        lr_at=lambda step: lr_at(step, cfg), betas=(0.9, 0.95))
     torch.manual_seed(cfg.seed)
-    model = UnifiedModel(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    start = 0
-    if (out / "checkpoint").exists():
-        model = UnifiedModel.from_pretrained(out / "checkpoint")
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-        opt.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt", weights_only=True))
-        start = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
-
-    model.train()
-    keep_rows_up_to(out / "metrics.jsonl", start)
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", dynamic_ncols=True)
+    model, _ = loop.prepare(UnifiedModel(model_cfg))
     tic = time.perf_counter()
-    for step in bar:
+    for step in loop.steps():
         batch = make_batch(model, cfg.seed, step, cfg.batch_size, cfg.cond_dropout, cfg.caption_noise)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with loop.accelerator.autocast():
             parts = losses(model, batch)
         loss = sum(parts.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loop.opt.zero_grad(set_to_none=True)
+        if not loop.finite(loss, step):
+            continue
+        loop.accelerator.backward(loss)
+        loop.clip(model)
+        lr = loop.set_lr(step)
+        loop.opt.step()
+        row = None
         if (step + 1) % 25 == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, "loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()},
-                   "lr": lr_at(step, cfg), "seconds": round(time.perf_counter() - tic, 2)}
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
-            bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()})
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(out, model, opt, step + 1)
-    metrics.close()
+                   "lr": lr, "seconds": round(time.perf_counter() - tic, 2)}
+        loop.record(step, row, {k: f"{v.item():.3f}" for k, v in parts.items()})
+    loop.finish()
+    model = loop.accelerator.unwrap_model(model)
     model.eval()
     model.save_pretrained(out)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    shutil.rmtree(out / "state", ignore_errors=True)
     return model

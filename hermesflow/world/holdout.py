@@ -17,7 +17,7 @@ spec of the category (post-training never has to invent a word):
 
 single_object (3 specs) and two_object (3 shape pairs) cannot lose a spec without a shape never
 being drawn alone or together in post-training: they stay SEEN, and every evaluation says so
-(`ALWAYS_SEEN`). Pretraining is not restricted: only post-training data (`iterate.train_data`) is.
+(`ALWAYS_SEEN`). Pretraining is not restricted: only post-training data (`recipes.run.train_data`) is.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from hermesflow.world.holdout import is_held_out
 from hermesflow.world.oracle import parse_batch
 from hermesflow.world.prompts import CATEGORIES, parse_prompt, perturbed_spec, phrase, satisfied_by
 from hermesflow.world.questions import answer_on_scene, questions_for
+from hermesflow.world.scenes import Scene
 
 
 class ShapesWorld:
@@ -66,14 +67,14 @@ class ShapesWorld:
         """Whether a caption in the world's phrasing holds for the record's scene (None: not a world
         phrasing, or no scene)."""
         spec = parse_prompt(caption) if record.scene is not None else None
-        return None if spec is None else bool(satisfied_by(record.scene, spec))
+        return None if spec is None else bool(satisfied_by(scene_of(record), spec))
 
     def questions(self, record: Record, seed: int = 0) -> list[QA] | None:
         """The world's exact questions for a record with a scene and a world caption (None otherwise)."""
         spec = parse_prompt(record.caption)
         if record.scene is None or spec is None:
             return None
-        return questions_for(spec, record.scene, random.Random(zlib.crc32(f"{seed}:{record.id}".encode())))
+        return questions_for(spec, scene_of(record), random.Random(zlib.crc32(f"{seed}:{record.id}".encode())))
 
     def metrics(self, items: list[EvalItem], generated: np.ndarray, metrics: dict) -> dict:
         """The world's numbers for an evaluation (`evaluate.evaluate`'s metrics of `items`, whose
@@ -109,6 +110,11 @@ class ShapesWorld:
         out["geneval"] = geneval
         out["geneval_counts"] = geneval_counts  # [prompts satisfied, prompts] per category
         return out
+
+
+def scene_of(record: Record | EvalItem) -> Scene:
+    """The world's reading of a record's scene graph (records hold it as checked JSON)."""
+    return record.scene if isinstance(record.scene, Scene) else Scene.from_json(record.scene)
 
 
 def geneval_scores(hits: np.ndarray, categories: np.ndarray) -> tuple[dict, dict]:

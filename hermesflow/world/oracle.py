@@ -13,8 +13,7 @@ import numpy as np
 
 from hermesflow.world.prompts import PromptSpec, parse_prompt, satisfied_by
 from hermesflow.world.questions import answer_on_scene
-from hermesflow.world.render import PALETTE, TEMPLATES
-from hermesflow.world.render import to_world_size
+from hermesflow.world.render import PALETTE, TEMPLATES, to_world_size
 from hermesflow.world.scenes import BACKGROUND, CELL, COLOR_NAMES, GRID, IMAGE_SIZE, SHAPES, Obj, Scene
 
 FOREGROUND_DISTANCE = 96.0  # RGB distance from the background above which a pixel is foreground

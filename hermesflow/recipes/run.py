@@ -7,7 +7,7 @@ stage it was in (curation and training also resume inside themselves):
 
     base/eval/metrics.json                  the starting model's scores
     round-1/prefs.jsonl, manifest.json      curated with the round's starting model
-    round-1/train/                          reference-<key>.json (cached reference log-probs, keyed by
+    round-1/train/                          reference-<key>.safetensors (cached reference log-probs, keyed by
                                             weights, estimator, precision and preference content),
                                             metrics.jsonl, and accelerate state while training
     round-1/adapter/                        the LoRA adapter in PEFT's format (with --lora-r)
@@ -308,7 +308,6 @@ def claim_folder(cfg, name: str, what: str) -> None:
 def run(cfg: RunConfig) -> list[dict]:
     """Evaluate the base model, then `cfg.rounds` rounds of curate -> reference -> train -> evaluate."""
     from hermesflow.accel import partial_state
-
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     state = partial_state()

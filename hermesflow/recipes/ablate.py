@@ -41,9 +41,9 @@ from hermesflow.curate import MANIFEST
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import self_judge_agreement
-from hermesflow.prefs import read_prefs
-from hermesflow.iterate import Timings, claim_folder, curate_round, evaluate_into, train_data, train_round
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
+from hermesflow.prefs import read_prefs
+from hermesflow.recipes.run import Timings, claim_folder, curate_round, evaluate_into, train_data, train_round
 from hermesflow.report import ablation_tables
 from hermesflow.settings import AblateConfig, RunConfig
 from hermesflow.stats import pooled_paired_difference

@@ -141,14 +141,15 @@ def pretrain(cfg: PretrainConfig) -> UnifiedModel:
     # the one training loop, with pretraining's optimiser (β2 0.95) and schedule (cosine to a tenth)
     training = TrainingOptions(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=cfg.warmup, train_steps=cfg.steps,
                                batch_size=cfg.batch_size, max_grad_norm=1.0, save_every=cfg.checkpoint_every)
-    loop = TrainingLoop(out, training, "bf16" if cfg.bf16 else "fp32", "pretrain", "pretraining",
-                        lr_at=lambda step: lr_at(step, cfg), betas=(0.9, 0.95))
+    # bf16 autocast on the loop's device, not accelerate's mixed precision: its state is one per process,
+    # and a pretraining must run beside fp32 trainings in one process (a notebook, the tests)
+    loop = TrainingLoop(out, training, "fp32", "pretrain", "pretraining", lr_at=lambda step: lr_at(step, cfg), betas=(0.9, 0.95))
     torch.manual_seed(cfg.seed)
     model, _ = loop.prepare(UnifiedModel(model_cfg))
     tic = time.perf_counter()
     for step in loop.steps():
         batch = make_batch(model, cfg.seed, step, cfg.batch_size, cfg.cond_dropout, cfg.caption_noise)
-        with loop.accelerator.autocast():
+        with torch.autocast(loop.accelerator.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             parts = losses(model, batch)
         loss = sum(parts.values())
         loop.opt.zero_grad(set_to_none=True)

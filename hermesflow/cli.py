@@ -74,35 +74,30 @@ def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.data import check_fit
     from hermesflow.evaluate import data_eval_items, format_table
     from hermesflow.judges import judge_setting, vlm_judge
-    from hermesflow.recipes.run import judged_evaluation
+    from hermesflow.recipes.run import evaluation_stage
     from hermesflow.scorers.similarity import SentenceSimilarity
+    from hermesflow.stages import file_digest
     from hermesflow.world.build import world_eval_items
-    from hermesflow.world.render import save_sample_sheet
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
     if cfg.data:
         data = read_data(cfg.data, cfg.reading)
-        check_fit(backbone, data)
+        check_fit(backbone, data)  # before any work: a refused record writes nothing
         items = data_eval_items(data, cfg.n)
     else:
         items = world_eval_items(cfg.n, cfg.seed, backbone.image_size)
-    from hermesflow.stages import claim, file_digest
-
-    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, "n": cfg.n, "seed": cfg.seed,
-             "data": file_digest(cfg.data), "guidance": cfg.guidance, "temperature": cfg.temperature, "steps": cfg.steps,
-             "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype,
-             **judge_setting(cfg.judge, cfg.api, cfg.reading.questions)}
-    claim(cfg.out, "eval", "an evaluation", stage, ("metrics.json", "generated.png", "eval_config.yaml"), cfg.overwrite)
+    settings = {"n": cfg.n, "seed": cfg.seed, "data": file_digest(cfg.data), "guidance": cfg.guidance, "temperature": cfg.temperature,
+                "steps": cfg.steps, "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype,
+                **judge_setting(cfg.judge, cfg.api, cfg.reading.questions)}
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
     judge = vlm_judge(cfg.judge, cfg.api, cfg.out)
-    metrics, generated = judged_evaluation(backbone, items, gen, SentenceSimilarity(cfg.encoder), judge)
+    metrics = evaluation_stage(backbone, cfg.out, lambda: items, gen, SentenceSimilarity(cfg.encoder), lambda: judge, settings,
+                               cfg.overwrite, ("metrics.json", "generated.png", "eval_config.yaml"))
     if judge is not None:
         print(f"api: {judge.client.usage.line()}", file=sys.stderr)
     metrics["model"] = str(cfg.model)
-    cfg.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.out / "metrics.json", metrics)
     config.save(cfg, cfg.out / "eval_config.yaml")
-    save_sample_sheet(cfg.out / "generated.png", generated)
     print(format_table(metrics))
     print(f"written to {cfg.out / 'metrics.json'}")
     return 0

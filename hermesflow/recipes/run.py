@@ -165,16 +165,23 @@ def eval_settings(cfg: RunConfig, seed: int) -> dict:
 def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> dict:
     """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
     seed = cfg.seed if seed is None else seed
-    path = folder / "metrics.json"
     ev, curation = cfg.eval, cfg.curation
-    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, **eval_settings(cfg, seed)}
-    reused = claim(folder, "eval", "an evaluation", stage, EVAL_OUTPUTS, cfg.overwrite)
-    if reused and path.exists():
+    gen = GenerationConfig(guidance=ev.eval_guidance, temperature=curation.image_temperature, steps=curation.steps, seed=seed)
+    return evaluation_stage(backbone, folder, lambda: eval_items(backbone, cfg, seed), gen, similarity,
+                            lambda: vlm_judge(ev.judge, cfg.api, folder), eval_settings(cfg, seed), cfg.overwrite)
+
+
+def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationConfig, similarity, vlm, settings: dict,
+                     overwrite: bool, outputs: tuple[str, ...] = EVAL_OUTPUTS) -> dict:
+    """An evaluation as a resumable stage (`hermesflow run`'s and `hermesflow eval`'s): `folder` records
+    the model and `settings`; a finished one with the same is reused, one with others refused unless
+    `overwrite`. `items()` and `vlm()` give the eval items and the VLM judge (or None) when there is work."""
+    path = folder / "metrics.json"
+    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, **settings}
+    if claim(folder, "eval", "an evaluation", stage, outputs, overwrite) and path.exists():
         say(f"reusing the evaluation {path}")
         return json.loads(path.read_text())
-    gen = GenerationConfig(guidance=ev.eval_guidance, temperature=curation.image_temperature, steps=curation.steps, seed=seed)
-    metrics, generated = judged_evaluation(backbone, eval_items(backbone, cfg, seed), gen, similarity,
-                                           vlm_judge(ev.judge, cfg.api, folder))
+    metrics, generated = judged_evaluation(backbone, items(), gen, similarity, vlm())
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
     atomic_write_json(path, metrics)

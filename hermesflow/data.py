@@ -34,12 +34,12 @@ from hermesflow.records import (
     Record,
     check_id,
     check_qa,
-    check_scene,
     check_text,
     quote,
     to_rgb,
 )
 from hermesflow.sources import locate, rows
+from hermesflow.world.scenes import Scene
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # what `datasets` stores images inside rows as (it keeps 16-bit, palette and CMYK images as TIFF)
@@ -113,6 +113,19 @@ def _image_value(obj: dict, key: str, root: Path, image_size: int | None, follow
     return _check_image(root, value, image_size, follow_symlinks), None
 
 
+def _check_scene(items: object) -> Scene:
+    """A record's scene graph, read (and so checked: known shapes and colours, cells on the grid, one
+    object per cell) by the world's own reader, so a bad one is refused with its line and id."""
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise BadRecord('field "scene" must be a list of {shape, color, row, col} objects')
+    try:
+        return Scene.from_json(items)
+    except KeyError as e:
+        raise BadRecord(f'field "scene" is not a valid scene (an object has no {e})') from None
+    except (TypeError, ValueError) as e:
+        raise BadRecord(f'field "scene" is not a valid scene ({e})') from None
+
+
 def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None, columns: Columns = Columns(),
                   follow_symlinks: bool = False) -> Record:
     if columns.image not in obj:
@@ -127,7 +140,7 @@ def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None,
             raise BadRecord(f'field "{columns.qa}" is not valid JSON ({e.msg})') from None
     qa = check_qa(qa_value) if qa_value is not None else ()
     category = check_text(obj, "category", required=False)
-    scene = check_scene(obj["scene"]) if obj.get("scene") is not None else None
+    scene = _check_scene(obj["scene"]) if obj.get("scene") is not None else None
     return Record(record_id, path, caption, qa, category, scene, image_bytes=image_bytes)
 
 

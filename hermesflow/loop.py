@@ -29,13 +29,14 @@ from hermesflow.options import TrainingOptions
 from hermesflow.stages import say
 
 
-def make_accelerator(dtype: str, report_to: str = ""):
-    """The accelerator picks the device; bf16 trains in mixed precision over fp32 weights. A loss that
-    leaves part of a model unused (a one-branch loss on Janus) needs DDP to look for unused parameters."""
+def make_accelerator(dtype: str, report_to: str = "", cpu: bool = False):
+    """The accelerator picks the device (the CPU when `cpu`); bf16 trains in mixed precision over fp32
+    weights. A loss that leaves part of a model unused (a one-branch loss on Janus) needs DDP to look
+    for unused parameters."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(cpu=cpu_only(), mixed_precision="bf16" if dtype == "bf16" else "no", log_with=report_to or None,
+    return Accelerator(cpu=cpu or cpu_only(), mixed_precision="bf16" if dtype == "bf16" else "no", log_with=report_to or None,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
@@ -63,13 +64,13 @@ class TrainingLoop:
     """
 
     def __init__(self, out: Path, training: TrainingOptions, dtype: str, desc: str, name: str,
-                 lr_at: Callable[[int], float] | None = None, betas: tuple[float, float] = (0.9, 0.999)):
+                 lr_at: Callable[[int], float] | None = None, betas: tuple[float, float] = (0.9, 0.999), cpu: bool = False):
         """`desc` labels the progress bar, `name` the resume message ("resuming: training from step 100
         ..."); `lr_at(step)` is the learning rate of each step (default: `training.lr` times `lr_lambda`)."""
         self.out, self.training, self.desc, self.name, self.betas = Path(out), training, desc, name, betas
         factor = lr_lambda(training.warmup, training.train_steps)
         self.lr_at = lr_at or (lambda step: training.lr * factor(step))
-        self.accelerator = make_accelerator(dtype, training.report_to)
+        self.accelerator = make_accelerator(dtype, training.report_to, cpu)
         self.state_dir = self.out / "state"
         self.start = self.skipped = self._in_a_row = 0
         self.opt = None
@@ -88,6 +89,12 @@ class TrainingLoop:
                                      betas=self.betas)
         policy, self.opt = self.accelerator.prepare(policy, self.opt)
         if (self.state_dir / "step.json").exists():
+            # a state saved before the rate followed from the step holds its scheduler: redundant now, and
+            # accelerate refuses a folder whose custom objects it was not told of
+            old_scheduler = self.state_dir / "custom_checkpoint_0.pkl"
+            if self.main and old_scheduler.exists():
+                old_scheduler.unlink()
+            self.accelerator.wait_for_everyone()
             self.accelerator.load_state(str(self.state_dir))
             saved = json.loads((self.state_dir / "step.json").read_text())
             self.start, self.skipped = saved["step"], saved.get("skipped_nonfinite", 0)

@@ -75,7 +75,7 @@ class Record:
     caption: str
     qa: tuple[QA, ...] = ()
     category: str | None = None
-    scene: tuple[dict, ...] | None = None  # the world's scene graph where the data has one (`check_scene`); opaque here
+    scene: object | None = None  # the world's scene graph (world.scenes.Scene) where the data has one; opaque here
     line: int = 0  # the line of a JSON Lines file, or the row index of other formats
     image_bytes: bytes | None = field(default=None, repr=False)  # an image stored inside the row
 
@@ -170,16 +170,3 @@ def check_qa(items: object) -> tuple[QA, ...]:
             raise BadRecord(f"qa[{i}]: answer {quote(answer)} is not among the choices {quote(choices)}")
         qas.append(QA(question, tuple(choices), answer, kind))
     return tuple(qas)
-
-
-def check_scene(items: object) -> tuple[dict, ...]:
-    """A record's scene graph, checked for its shape only ({shape, color, row, col} objects, whole-number
-    cells): what the objects mean is the world's to read (`world.scenes.Scene.from_json`)."""
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise BadRecord('field "scene" must be a list of {shape, color, row, col} objects')
-    try:
-        return tuple({"shape": d["shape"], "color": d["color"], "row": int(d["row"]), "col": int(d["col"])} for d in items)
-    except KeyError as e:
-        raise BadRecord(f'field "scene" is not a valid scene (an object has no {e})') from None
-    except (TypeError, ValueError) as e:
-        raise BadRecord(f'field "scene" is not a valid scene ({e})') from None

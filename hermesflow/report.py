@@ -341,14 +341,14 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     for name, folder in rounds:
         if name not in manifests:
             continue
+        drop_rows += _drop_rows(name, manifests[name]["counts"])
         j = self_judge_agreement(p.gen for p in read_prefs(folder).values() if p.has("gen"))
-        if not j["pairs"]:
+        if not j["pairs"]:  # no pair the oracle could judge (data without scenes)
             continue
         agreement = "–" if not j["oracle_differs"] else \
             f"{j['agreement']:.2f} <span class=ci>[{j['interval'][0]:.2f},&nbsp;{j['interval'][1]:.2f}]</span>"
         label = name if j["self_curated"] else f"{name} (oracle-ranked control: NOT self-curated)"
         judge_rows.append([label, str(j["pairs"]), str(j["oracle_differs"]), f"{j['agree']} of {j['oracle_differs']}", agreement, str(j["ties"])])
-        drop_rows += _drop_rows(name, manifests[name]["counts"])
     last = next((folder for name, folder in reversed(rounds) if name in manifests), None)
     pairs = (_gallery(run, last, out, gallery_size, _base_model(config_path), int(run_config.get("seed") or 0), world)
              if last is not None else None)
@@ -387,6 +387,8 @@ def ablation_tables(summary: dict) -> tuple[tuple[list[str], list[list[str]]], t
         j = s.get("self_judge")
         if not j:
             return "–"
+        if "agreement" not in j:  # written before ties were left out: the share of all kept pairs
+            return f"{j['oracle_prefers_chosen']:.2f} of {j['pairs']:.0f}, ties counted" + (" (not self-curated)" if "note" in j else "")
         shown = "–" if j["agreement"] is None else f"{j['agreement']:.2f}"
         return f"{shown} of {j['oracle_differs']}" + (" (not self-curated)" if "note" in j else "")
 

@@ -199,10 +199,12 @@ class ReferenceLogps:
     mask_seeds: torch.Tensor  # (N,) int64
     values: dict[str, torch.Tensor]  # branch -> (N, 2) float32
 
+    def __post_init__(self) -> None:
+        self.row = {item: i for i, item in enumerate(self.ids)}
+
     def pair(self, branch: str, batch: list[Example], uncond: list[bool], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) of `batch`'s examples; an image pair scored under the empty prompt where `uncond`."""
-        row = {item: i for i, item in enumerate(self.ids)}
-        rows = torch.tensor([row[e.id] for e in batch])
+        rows = torch.tensor([self.row[e.id] for e in batch])
         values = self.values[branch][rows]
         if branch == "gen" and any(uncond):
             values = torch.where(torch.tensor(uncond)[:, None], self.values["gen_uncond"][rows], values)
@@ -285,9 +287,8 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: Training
                              "branches": ",".join(policy.branches)})
         accelerator.wait_for_everyone()
     refs = ReferenceLogps.load(path)
-    row = {item: i for i, item in enumerate(refs.ids)}
-    wrong = [e.id for e in examples if e.id not in row or any(b not in refs.values for b in policy.branches)
-             or ("gen" in policy.branches and int(refs.mask_seeds[row[e.id]]) != e.mask_seed)]
+    wrong = [e.id for e in examples if e.id not in refs.row or any(b not in refs.values for b in policy.branches)
+             or ("gen" in policy.branches and int(refs.mask_seeds[refs.row[e.id]]) != e.mask_seed)]
     if wrong:
         raise DataError([f"{path}: cached reference log-probs do not match the examples (first: {wrong[0]}); delete the file"])
     return refs

@@ -193,6 +193,8 @@ CASES = [
     pytest.param(_set_qa(3, choices=["no", "no"], answer="no"), 3, _id(3), "choices repeat", id="repeated-choices"),
     pytest.param(_set_fields(3, qa={"q": 1}), 3, _id(3), '"qa" must be a list', id="qa-not-a-list"),
     pytest.param(_set_fields(3, scene={"a": 1}), 3, _id(3), '"scene" must be a list', id="scene-not-a-list"),
+    pytest.param(_set_fields(3, scene=[{"shape": "blob", "color": "red", "row": 0, "col": 0}]), 3, _id(3), "not a valid scene",
+                 id="scene-unknown-shape"),
     pytest.param(invalid_json, 4, None, "invalid JSON", id="invalid-json"),
     pytest.param(_replace_line(4, b"[" * 100_000 + b"]" * 100_000), 4, None, "nested too deeply", id="deep-json"),
     pytest.param(_replace_line(4, b'{"id": ' + b"7" * 5000 + b"}"), 4, None, "digits", id="huge-number"),

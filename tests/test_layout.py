@@ -34,7 +34,11 @@ TESTBED = ("testbed",)
 RUN_CONFIGURATION = "settings"
 MAY_IMPORT_WORLD = ("recipes", "cli", "testbed", "world")
 
-KNOWN: set[str] = set()
+KNOWN = {
+    # a record's scene graph is parsed by the world's reader as the data is read, so that a bad scene (an
+    # unknown shape, a cell off the grid) is refused up front with its line and id
+    "data imports world",
+}
 
 
 def module_name(path: Path) -> str:

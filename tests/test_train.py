@@ -233,3 +233,18 @@ def test_cached_reference_log_probs_are_typed_tensors_that_round_trip_exactly(tm
     assert chosen.tolist() == [-3.0, -1.5] and rejected.tolist() == [-4.125, -2.25]
     chosen, rejected = back.pair("gen", batch, [True, False], "cpu")
     assert chosen.tolist() == [-22.0, -10.0] and rejected.tolist() == [-23.0, -11.0]
+
+
+def test_a_training_state_saved_with_its_scheduler_by_the_earlier_loop_resumes(tmp_path):
+    """States saved before the learning rate followed from the step hold a pickled scheduler beside
+    them; the loop resumes them at their step instead of refusing the folder."""
+    from hermesflow.loop import TrainingLoop
+
+    options = TrainingOptions(train_steps=4, save_every=2, warmup=1)
+    loop = TrainingLoop(tmp_path, options, "fp32", "train", "training")
+    loop.prepare(torch.nn.Linear(2, 2))
+    loop.save(2)
+    (tmp_path / "state" / "custom_checkpoint_0.pkl").write_bytes(b"the earlier scheduler")
+    again = TrainingLoop(tmp_path, options, "fp32", "train", "training")
+    again.prepare(torch.nn.Linear(2, 2))
+    assert again.start == 2 and not (tmp_path / "state" / "custom_checkpoint_0.pkl").exists()

@@ -131,19 +131,22 @@ def pretrain(cfg: PretrainConfig) -> UnifiedModel:
     if (out / "model.safetensors").exists() and not state.exists():
         print(f"{out} already holds a finished model; loading it")
         return UnifiedModel.from_pretrained(out)
-    out.mkdir(parents=True, exist_ok=True)
     if state.exists() and saved.exists():
         previous = config.to_dict(config.load(PretrainConfig, saved))
         if {k: v for k, v in previous.items() if k != "out"} != {k: v for k, v in config.to_dict(cfg).items() if k != "out"}:
             raise UsageError(f"{out} holds a checkpoint of a run with other settings ({saved}); use a new --out")
-    config.save(cfg, saved)
-
     # the one training loop, with pretraining's optimiser (β2 0.95) and schedule (cosine to a tenth)
     training = TrainingOptions(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=cfg.warmup, train_steps=cfg.steps,
                                batch_size=cfg.batch_size, max_grad_norm=1.0, save_every=cfg.checkpoint_every)
-    # bf16 autocast on the loop's device, not accelerate's mixed precision: its state is one per process,
-    # and a pretraining must run beside fp32 trainings in one process (a notebook, the tests)
-    loop = TrainingLoop(out, training, "fp32", "pretrain", "pretraining", lr_at=lambda step: lr_at(step, cfg), betas=(0.9, 0.95))
+    # On the CPU and in one process, as the built-in model is made (its batches are drawn on the CPU); bf16
+    # by autocast below, not accelerate's mixed precision, whose state is one per process: a pretraining
+    # must run beside fp32 trainings in one process (a notebook, the tests).
+    loop = TrainingLoop(out, training, "fp32", "pretrain", "pretraining", lr_at=lambda step: lr_at(step, cfg), betas=(0.9, 0.95),
+                        cpu=True)
+    if loop.accelerator.num_processes > 1:
+        raise UsageError("pretraining runs in one process: start it without torchrun or accelerate launch")
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, saved)
     torch.manual_seed(cfg.seed)
     model, _ = loop.prepare(UnifiedModel(model_cfg))
     tic = time.perf_counter()

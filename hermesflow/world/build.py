@@ -11,12 +11,12 @@ from pathlib import Path
 from PIL import Image
 
 from hermesflow.errors import UsageError
-from hermesflow.records import QA, EvalItem, check_scene
+from hermesflow.records import QA, EvalItem
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.prompts import CATEGORIES, phrase, sample_scene
 from hermesflow.world.questions import questions_for
 from hermesflow.world.render import at_size, render
-from hermesflow.world.scenes import split_of
+from hermesflow.world.scenes import Scene, split_of
 
 SPLITS = ("train", "eval")
 PROMPTS = ("all", "seen")
@@ -84,6 +84,6 @@ def world_eval_items(n: int, seed: int, image_size: int = 32) -> list[EvalItem]:
     size = max(32, image_size // 32 * 32)
     return [
         EvalItem(r["id"], image, r["caption"], tuple(QA(q["question"], tuple(q["choices"]), q["answer"], q["type"]) for q in r["qa"]),
-                 check_scene(r["scene"]))
+                 Scene.from_json(r["scene"]))
         for r, image in world_records(n, seed, "eval", image_size=size)
     ]

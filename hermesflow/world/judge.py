@@ -113,8 +113,8 @@ class ShapesWorld:
 
 
 def scene_of(record: Record | EvalItem) -> Scene:
-    """The world's reading of a record's scene graph (records hold it as checked JSON)."""
-    return record.scene if isinstance(record.scene, Scene) else Scene.from_json(record.scene)
+    """A record's scene graph, as the data reader parsed it (records keep it opaque)."""
+    return record.scene
 
 
 def geneval_scores(hits: np.ndarray, categories: np.ndarray) -> tuple[dict, dict]:

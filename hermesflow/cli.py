@@ -73,10 +73,9 @@ def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.backbones import GenerationConfig, load_backbone
     from hermesflow.data import check_fit
     from hermesflow.evaluate import data_eval_items, format_table
-    from hermesflow.judges import judge_setting, vlm_judge
-    from hermesflow.recipes.run import evaluation_stage
+    from hermesflow.judges import vlm_judge
+    from hermesflow.recipes.run import evaluation_settings, evaluation_stage
     from hermesflow.scorers.similarity import SentenceSimilarity
-    from hermesflow.stages import file_digest
     from hermesflow.world.build import world_eval_items
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
@@ -86,10 +85,8 @@ def run_eval(cfg: EvalConfig) -> int:
         items = data_eval_items(data, cfg.n)
     else:
         items = world_eval_items(cfg.n, cfg.seed, backbone.image_size)
-    settings = {"n": cfg.n, "seed": cfg.seed, "data": file_digest(cfg.data), "guidance": cfg.guidance, "temperature": cfg.temperature,
-                "steps": cfg.steps, "encoder": cfg.encoder, "pooling": "mean", "dtype": cfg.dtype,
-                **judge_setting(cfg.judge, cfg.api, cfg.reading.questions)}
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
+    settings = evaluation_settings(cfg.n, cfg.data, gen, cfg.encoder, "mean", cfg.dtype, cfg.judge, cfg.api, cfg.reading.questions)
     judge = vlm_judge(cfg.judge, cfg.api, cfg.out)
     metrics = evaluation_stage(backbone, cfg.out, lambda: items, gen, SentenceSimilarity(cfg.encoder), lambda: judge, settings,
                                cfg.overwrite, ("metrics.json", "generated.png", "eval_config.yaml"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -53,8 +54,10 @@ def is_group(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("group"))
 
 
+@functools.cache
 def leaves(cls: type) -> dict[str, tuple[str | None, dataclasses.Field, type]]:
-    """Every setting of a verb by its (flag) name: (the group holding it or None, field, owning class)."""
+    """Every setting of a verb by its (flag) name: (the group holding it or None, field, owning class).
+    Cached per class (a config's fields do not change); callers must not change the dict."""
     out: dict[str, tuple[str | None, dataclasses.Field, type]] = {}
     for f in dataclasses.fields(cls):
         inner = [(f.name, g, f.default_factory) for g in dataclasses.fields(f.default_factory)] if is_group(f) else [(None, f, cls)]
@@ -176,7 +179,7 @@ def read_file(cls: type, path: Path, what: str = "config") -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in loaded.items():
         if key in groups and isinstance(value, dict):
-            inside = {f.name for f in dataclasses.fields(dict((f.name, f) for f in dataclasses.fields(cls))[key].default_factory)}
+            inside = {name for name, (where, _, _) in names.items() if where == key}
             stray = sorted(set(value) - inside)
             if stray:
                 raise UsageError(f"{what} {path}: unknown settings {stray} under {key}; known there: {sorted(inside)}")

@@ -28,7 +28,7 @@ from PIL import Image
 from hermesflow.api import BadReply, ChatClient, ReplyCache, api_client, cache_key, in_order, parse_json_object
 from hermesflow.options import ApiOptions
 from hermesflow.prefs import ImagePair
-from hermesflow.stats import wilson
+from hermesflow.stats import mean_by, wilson
 
 NOT_SELF_CURATED = "NOT self-curated: images ranked by the world's exact oracle (a control)"
 
@@ -49,7 +49,7 @@ def vqa_scores(choice_logps: Sequence[Sequence[float]], truth: Sequence[int], ow
     scores, `truth[k]` the index of its correct option, `owners[k]` its image (of `n`)."""
     hard = [float(max(range(len(s)), key=lambda k: s[k]) == t) for s, t in zip(choice_logps, truth)]
     graded = [float(torch.tensor(s, dtype=torch.float64).softmax(0)[t]) for s, t in zip(choice_logps, truth)]
-    return SelfScores(_mean_by(owners, hard, n), _mean_by(owners, graded, n))
+    return SelfScores(mean_by(owners, hard, n), mean_by(owners, graded, n))
 
 
 def self_vqa(backbone, inputs: torch.Tensor, qa: Sequence, owners: Sequence[int]) -> SelfScores:
@@ -67,14 +67,6 @@ def self_vqa(backbone, inputs: torch.Tensor, qa: Sequence, owners: Sequence[int]
     with torch.no_grad():
         logps = backbone.choice_logps(inputs[rows], questions, choices)
     return vqa_scores(logps, truth, rows, len(owners))
-
-
-def _mean_by(rows: Sequence[int], values: list[float], n: int) -> np.ndarray:
-    """The mean of `values` per image (`rows[i]` is value i's image); 0 for an image with none."""
-    totals, counts = np.zeros(n), np.zeros(n)
-    np.add.at(totals, list(rows), np.asarray(values, dtype=np.float64))
-    np.add.at(counts, list(rows), 1.0)
-    return totals / np.maximum(counts, 1)
 
 
 def self_judge_agreement(pairs: Iterable[ImagePair]) -> dict:

@@ -5,7 +5,8 @@
   image are not independent);
 - `paired_difference` / `pooled_paired_difference`: other − base over the same eval items, paired
   by item id, for one evaluation or several (one per training seed);
-- `wilson`: the 95% Wilson interval of a proportion (sound for small counts).
+- `wilson`: the 95% Wilson interval of a proportion (sound for small counts);
+- `mean_by`: the mean of values grouped by item (an image's questions).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ import math
 import numpy as np
 
 from hermesflow.errors import UsageError
+
+
+def mean_by(rows, values, n: int) -> np.ndarray:
+    """The mean of `values` per item (`rows[i]` is value i's item, of `n`); 0 for an item with none."""
+    totals, counts = np.zeros(n), np.zeros(n)
+    np.add.at(totals, list(rows), np.asarray(values, dtype=np.float64))
+    np.add.at(counts, list(rows), 1.0)
+    return totals / np.maximum(counts, 1)
 
 
 def mean_ci(values: np.ndarray) -> dict:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, ImageEstimator, LogProbs, MaskedEstimator
 from hermesflow.errors import DataError, UsageError
-from hermesflow.io import atomic_write_json
+from hermesflow.io import atomic_write_bytes, atomic_write_json
 from hermesflow.loop import TrainingLoop
 from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
 from hermesflow.options import TrainingOptions
@@ -211,11 +211,9 @@ class ReferenceLogps:
         return values[:, 0].to(device), values[:, 1].to(device)
 
     def save(self, path: Path, meta: dict[str, str]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"mask_seeds": self.mask_seeds, **self.values}, str(tmp), metadata={"ids": json.dumps(self.ids), **meta})
-        tmp.replace(path)
+        atomic_write_bytes(path, save({"mask_seeds": self.mask_seeds, **self.values}, metadata={"ids": json.dumps(self.ids), **meta}))
 
     @classmethod
     def load(cls, path: Path) -> "ReferenceLogps":

@@ -35,6 +35,7 @@ from hermesflow.evaluate import data_eval_items, evaluate
 from hermesflow.grpo import grpo_settings, train_grpo
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import judge_setting, vlm_judge
+from hermesflow.options import ApiOptions
 from hermesflow.prefs import PREFS, read_prefs
 from hermesflow.records import EvalItem, HomologousData
 from hermesflow.settings import RunConfig
@@ -154,21 +155,31 @@ def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
     return world_eval_items(cfg.eval.eval_n, seed, backbone.image_size)
 
 
+def evaluation_settings(n: int, data: Path | None, gen: GenerationConfig, encoder: Path | None, pooling: str, dtype: str,
+                        judge: str, api: ApiOptions, questions: Path | None) -> dict:
+    """What an evaluation's results depend on besides the model (`hermesflow run`'s and `hermesflow
+    eval`'s alike): recorded in its folder."""
+    return {"n": n, "seed": gen.seed, "data": file_digest(data), "guidance": gen.guidance, "temperature": gen.temperature,
+            "steps": gen.steps, "encoder": encoder, "pooling": pooling, "dtype": dtype, **judge_setting(judge, api, questions)}
+
+
+def eval_sampler(cfg: RunConfig, seed: int) -> GenerationConfig:
+    """How a run's evaluations draw images: its evaluation guidance, with the curation's sampler."""
+    return GenerationConfig(guidance=cfg.eval.eval_guidance, temperature=cfg.curation.image_temperature,
+                            steps=cfg.curation.steps, seed=seed)
+
+
 def eval_settings(cfg: RunConfig, seed: int) -> dict:
-    """What an evaluation's results depend on besides the model: recorded in its folder."""
-    ev, curation = cfg.eval, cfg.curation
-    return {"n": ev.eval_n, "seed": seed, "data": file_digest(ev.eval_data), "guidance": ev.eval_guidance,
-            "temperature": curation.image_temperature, "steps": curation.steps, "encoder": curation.encoder,
-            "pooling": curation.pooling, "dtype": cfg.dtype, **judge_setting(ev.judge, cfg.api, cfg.reading.questions)}
+    """`evaluation_settings` of a run's evaluation with `seed`."""
+    return evaluation_settings(cfg.eval.eval_n, cfg.eval.eval_data, eval_sampler(cfg, seed), cfg.curation.encoder,
+                               cfg.curation.pooling, cfg.dtype, cfg.eval.judge, cfg.api, cfg.reading.questions)
 
 
 def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> dict:
     """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
     seed = cfg.seed if seed is None else seed
-    ev, curation = cfg.eval, cfg.curation
-    gen = GenerationConfig(guidance=ev.eval_guidance, temperature=curation.image_temperature, steps=curation.steps, seed=seed)
-    return evaluation_stage(backbone, folder, lambda: eval_items(backbone, cfg, seed), gen, similarity,
-                            lambda: vlm_judge(ev.judge, cfg.api, folder), eval_settings(cfg, seed), cfg.overwrite)
+    return evaluation_stage(backbone, folder, lambda: eval_items(backbone, cfg, seed), eval_sampler(cfg, seed), similarity,
+                            lambda: vlm_judge(cfg.eval.judge, cfg.api, folder), eval_settings(cfg, seed), cfg.overwrite)
 
 
 def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationConfig, similarity, vlm, settings: dict,

@@ -111,7 +111,9 @@ def losses(model: UnifiedModel, batch: Batch) -> dict[str, torch.Tensor]:
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    """Linear warm-up, then cosine decay to a tenth of the peak. Kept beside `loop.lr_lambda` (which
+    decays to zero) rather than folded into it: its warm-up rounds as lr·(step + 1) / warmup, and the
+    shipped base was trained with exactly these rates."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)

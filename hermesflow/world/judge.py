@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 
 from hermesflow.records import QA, EvalItem, Record
-from hermesflow.stats import cluster_mean_ci
+from hermesflow.stats import cluster_mean_ci, mean_by
 from hermesflow.world.holdout import describe as describe_holdout
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.oracle import parse_batch
@@ -43,10 +43,7 @@ class ShapesWorld:
         rows = [j for j, r in enumerate(owners) for _ in qa[r]]
         asked = [q for r in owners for q in qa[r]]
         answers = self.answer(images, rows, [q.question for q in asked], [list(q.choices) for q in asked])
-        totals, counts = np.zeros(len(owners)), np.zeros(len(owners))
-        np.add.at(totals, rows, np.asarray([float(a == q.answer) for a, q in zip(answers, asked)], dtype=np.float64))
-        np.add.at(counts, rows, 1.0)
-        return totals / np.maximum(counts, 1)
+        return mean_by(rows, [float(a == q.answer) for a, q in zip(answers, asked)], len(owners))
 
     def reads(self, caption: str) -> bool:
         """Whether the caption is in the world's phrasing (its prompt parser reads it)."""

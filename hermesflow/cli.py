@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from hermesflow import __version__, config
-from hermesflow.data import read_data, read_homologous
+from hermesflow.data import read_homologous
+from hermesflow.world.judge import read_world_data
 from hermesflow.errors import HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json
 from hermesflow.settings import (
@@ -48,7 +49,7 @@ def run_world(cfg: WorldConfig) -> int:
 
 
 def run_validate(cfg: ValidateConfig) -> int:
-    data = read_data(cfg.data, cfg.reading, image_size=cfg.image_size or None)
+    data = read_world_data(cfg.data, cfg.reading, image_size=cfg.image_size or None)
     if cfg.write_clean:
         from hermesflow.data import write_clean
 
@@ -80,7 +81,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
     if cfg.data:
-        data = read_data(cfg.data, cfg.reading)
+        data = read_world_data(cfg.data, cfg.reading)
         check_fit(backbone, data)  # before any work: a refused record writes nothing
         items = data_eval_items(data, cfg.n)
     else:
@@ -88,14 +89,13 @@ def run_eval(cfg: EvalConfig) -> int:
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
     settings = evaluation_settings(cfg.n, cfg.data, gen, cfg.encoder, "mean", cfg.dtype, cfg.judge, cfg.api, cfg.reading.questions)
     judge = vlm_judge(cfg.judge, cfg.api, cfg.out)
-    metrics = evaluation_stage(backbone, cfg.out, lambda: items, gen, SentenceSimilarity(cfg.encoder), lambda: judge, settings,
-                               cfg.overwrite, ("metrics.json", "generated.png", "eval_config.yaml"))
+    result = evaluation_stage(backbone, cfg.out, lambda: items, gen, SentenceSimilarity(cfg.encoder), lambda: judge, settings,
+                              cfg.overwrite, ("metrics.json", "generated.png", "eval_config.yaml"))
     if judge is not None:
         print(f"api: {judge.client.usage.line()}", file=sys.stderr)
-    metrics["model"] = str(cfg.model)
-    atomic_write_json(cfg.out / "metrics.json", metrics)
+    atomic_write_json(cfg.out / "metrics.json", {**result.to_json(), "model": str(cfg.model)})
     config.save(cfg, cfg.out / "eval_config.yaml")
-    print(format_table(metrics))
+    print(format_table(result))
     print(f"written to {cfg.out / 'metrics.json'}")
     return 0
 
@@ -107,7 +107,7 @@ def run_curate(cfg: CurateConfig) -> int:
     from hermesflow.recipes.run import curate_round, require_qa
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    data = require_qa(read_data(cfg.data, cfg.reading))
+    data = require_qa(read_world_data(cfg.data, cfg.reading))
     state = partial_state()
     backbone = load_backbone(cfg.model, cfg.dtype).to(state.device).eval()
     check_fit(backbone, data)
@@ -124,7 +124,7 @@ def run_train(cfg: TrainConfig) -> int:
     from hermesflow.backbones import load_backbone
     from hermesflow.recipes.run import train_round
 
-    data = read_data(cfg.data, cfg.reading)
+    data = read_world_data(cfg.data, cfg.reading)
     backbone = load_backbone(cfg.model)
     state = partial_state()
     train_round(backbone, data, cfg.prefs, cfg, state, out=cfg.out)
@@ -172,7 +172,7 @@ def run_questions(cfg: QuestionsConfig) -> int:
     from hermesflow.questions import generate_questions
     from hermesflow.world.judge import WORLD
 
-    data = read_data(cfg.data, cfg.reading)
+    data = read_world_data(cfg.data, cfg.reading)
     client = cache = None
     if cfg.source == "llm":
         client = api_client(cfg.api)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from hermesflow.backbones import Backbone, GenerationConfig
 from hermesflow.errors import UsageError
 from hermesflow.records import QUESTION_TYPES, EvalItem, HomologousData
+from hermesflow.results import Evaluation, Interval, PerExample
 from hermesflow.stats import cluster_mean_ci, mean_ci
 
 
@@ -49,7 +50,7 @@ def _by_type(correct: list[bool], types: list[str]) -> dict:
 
 
 def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConfig, similarity=None,
-             judge=None) -> tuple[dict, np.ndarray]:
+             judge=None) -> tuple[Evaluation, np.ndarray]:
     """All metrics for the backbone on `items`, images drawn with `sampling` and judged by `judge` (an
     object with `name` and `answer`, e.g. the world's oracle or a VLM; None: the model itself); also
     returns the generated images.
@@ -88,74 +89,72 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
     gen_c = np.bincount(owners, weights=np.asarray(gen_correct, dtype=np.float64), minlength=n)
     und, gen = und_c / np.maximum(counts, 1), gen_c / np.maximum(counts, 1)
     prior = np.bincount(owners, weights=np.asarray(prior_correct, dtype=np.float64), minlength=n) / np.maximum(counts, 1)
-    metrics = {
-        "n_examples": n,
-        "n_questions": len(qas),
-        "judges": {"understanding": "answers vs truth", "generation": judge.name if judge is not None else "self"},
-        "scores": "per question; intervals clustered by image (ratio estimator); *_per_image: per-image means",
-        "understanding_score": cluster_mean_ci(und_c, counts),
-        "generation_score": cluster_mean_ci(gen_c, counts),
-        "gap": cluster_mean_ci(und_c - gen_c, counts),
-        "understanding_prior": float(np.mean(prior_correct)),
-        "understanding_score_per_image": mean_ci(und),
-        "generation_score_per_image": mean_ci(gen),
-        "gap_per_image": mean_ci(und - gen),
-        "understanding_prior_per_image": float(prior.mean()),
-        "understanding_by_type": _by_type(und_correct, types),
-        "generation_by_type": _by_type(gen_correct, types),
-        "understanding_prior_by_type": _by_type(prior_correct, types),
-        # per example, in item order: paired differences between evaluations of the same items
-        "per_example": {"ids": [it.id for it in items], "understanding": und.tolist(), "generation": gen.tolist(),
-                        "questions": counts.astype(int).tolist(), "understanding_correct": und_c.astype(int).tolist(),
-                        "generation_correct": gen_c.astype(int).tolist()},
-        "sample_prompts": [it.caption for it in items[:32]],  # the prompts of the sample sheet's images, in order
-    }
+    caption_similarity = caption_examples = None
     if similarity is not None:
         bar.set_postfix_str("caption images")
         captions = [c[0] for c in backbone.sample_captions(inputs, 1, GenerationConfig(temperature=0.0))]
-        metrics["caption_similarity"] = mean_ci(similarity.similarity(captions, [it.caption for it in items]).numpy())
-        metrics["caption_examples"] = [{"id": it.id, "true": it.caption, "greedy": c} for it, c in zip(items[:8], captions)]
+        caption_similarity = Interval.of(mean_ci(similarity.similarity(captions, [it.caption for it in items]).numpy()))
+        caption_examples = [{"id": it.id, "true": it.caption, "greedy": c} for it, c in zip(items[:8], captions)]
         bar.update()
     bar.close()
-    metrics["settings"] = {"steps": sampling.steps, "guidance": sampling.guidance, "temperature": sampling.temperature, "seed": sampling.seed,
-                           "dtype": str(backbone.dtype).removeprefix("torch."), "model_type": backbone.model_type}
-    return metrics, generated
+    result = Evaluation(
+        n_examples=n, n_questions=len(qas),
+        judges={"understanding": "answers vs truth", "generation": judge.name if judge is not None else "self"},
+        understanding_score=Interval.of(cluster_mean_ci(und_c, counts)),
+        generation_score=Interval.of(cluster_mean_ci(gen_c, counts)),
+        gap=Interval.of(cluster_mean_ci(und_c - gen_c, counts)),
+        understanding_prior=float(np.mean(prior_correct)),
+        understanding_score_per_image=Interval.of(mean_ci(und)),
+        generation_score_per_image=Interval.of(mean_ci(gen)),
+        gap_per_image=Interval.of(mean_ci(und - gen)),
+        understanding_prior_per_image=float(prior.mean()),
+        understanding_by_type=_by_type(und_correct, types),
+        generation_by_type=_by_type(gen_correct, types),
+        understanding_prior_by_type=_by_type(prior_correct, types),
+        per_example=PerExample(ids=[it.id for it in items], understanding=und.tolist(), generation=gen.tolist(),
+                               questions=counts.astype(int).tolist(), understanding_correct=und_c.astype(int).tolist(),
+                               generation_correct=gen_c.astype(int).tolist()),
+        sample_prompts=[it.caption for it in items[:32]],
+        settings={"steps": sampling.steps, "guidance": sampling.guidance, "temperature": sampling.temperature, "seed": sampling.seed,
+                  "dtype": str(backbone.dtype).removeprefix("torch."), "model_type": backbone.model_type},
+        caption_similarity=caption_similarity, caption_examples=caption_examples)
+    return result, generated
 
 
-def format_table(metrics: dict) -> str:
-    """The metrics as a small text table for the terminal."""
+def format_table(result: Evaluation) -> str:
+    """An evaluation as a small text table for the terminal."""
 
-    def ci(m: dict) -> str:
-        return f"{m['mean']:.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+    def ci(m: Interval | None) -> str:
+        return "-" if m is None else f"{m.mean:.3f}  [{m.ci95[0]:.3f}, {m.ci95[1]:.3f}]"
 
     lines = [
-        f"{'generation judge':<22}{metrics['judges']['generation']}",
-        f"{'understanding_score':<22}{ci(metrics['understanding_score'])}",
-        f"{'generation_score':<22}{ci(metrics['generation_score'])}",
-        f"{'gap':<22}{ci(metrics['gap'])}",
-        f"{'understanding_prior':<22}{metrics['understanding_prior']:.3f}",
+        f"{'generation judge':<22}{result.judges['generation']}",
+        f"{'understanding_score':<22}{ci(result.understanding_score)}",
+        f"{'generation_score':<22}{ci(result.generation_score)}",
+        f"{'gap':<22}{ci(result.gap)}",
+        f"{'understanding_prior':<22}{result.understanding_prior:.3f}",
     ]
-    if "prompt_holdout" in metrics:  # the world: prompts held out from post-training, scored apart
-        for part in ("unseen", "seen"):
-            for key in ("understanding_score", "generation_score"):
-                value = metrics[f"{key}_{part}"]
-                lines.append(f"{key.removesuffix('_score') + '_' + part:<22}{ci(value) if value else '-'}")
-        lines.append(f"{'unseen prompts':<22}{metrics['n_examples_unseen']} of {metrics['n_examples']} "
-                     f"({', '.join(metrics['unseen_categories']) or 'none'}; "
-                     f"{', '.join(metrics['prompt_holdout']['always_seen'])} are always seen)")
-    lines.append(f"{'per image':<22}understanding {metrics['understanding_score_per_image']['mean']:.3f}, "
-                 f"generation {metrics['generation_score_per_image']['mean']:.3f}, "
-                 f"prior {metrics['understanding_prior_per_image']:.3f}")
-    if "caption_similarity" in metrics:
-        lines.append(f"{'caption_similarity':<22}{ci(metrics['caption_similarity'])}")
+    if result.prompt_holdout is not None:  # the world: prompts held out from post-training, scored apart
+        for name, part in (("unseen", result.unseen), ("seen", result.seen)):
+            lines.append(f"{'understanding_' + name:<22}{ci(part.understanding_score)}")
+            lines.append(f"{'generation_' + name:<22}{ci(part.generation_score)}")
+        lines.append(f"{'unseen prompts':<22}{result.unseen.n_examples} of {result.n_examples} "
+                     f"({', '.join(result.unseen_categories) or 'none'}; "
+                     f"{', '.join(result.prompt_holdout['always_seen'])} are always seen)")
+    if result.understanding_score_per_image is not None:
+        lines.append(f"{'per image':<22}understanding {result.understanding_score_per_image.mean:.3f}, "
+                     f"generation {result.generation_score_per_image.mean:.3f}, "
+                     f"prior {result.understanding_prior_per_image:.3f}")
+    if result.caption_similarity is not None:
+        lines.append(f"{'caption_similarity':<22}{ci(result.caption_similarity)}")
     lines.append("by question type       understanding  generation  prior")
-    for t, v in metrics["understanding_by_type"].items():
-        lines.append(f"  {t:<21}{v:>13.3f}{metrics['generation_by_type'].get(t, float('nan')):>12.3f}"
-                     f"{metrics['understanding_prior_by_type'].get(t, float('nan')):>7.3f}")
-    if metrics.get("geneval"):
+    for t, v in result.understanding_by_type.items():
+        lines.append(f"  {t:<21}{v:>13.3f}{result.generation_by_type.get(t, float('nan')):>12.3f}"
+                     f"{result.understanding_prior_by_type.get(t, float('nan')):>7.3f}")
+    if result.geneval:
         lines.append("geneval")
-        lines += [f"  {k:<21}{v:.3f}" for k, v in metrics["geneval"].items()]
-    if metrics.get("geneval_unseen"):
+        lines += [f"  {k:<21}{v:.3f}" for k, v in result.geneval.items()]
+    if result.unseen is not None and result.unseen.geneval:
         lines.append("geneval, unseen prompts")
-        lines += [f"  {k:<21}{v:.3f}" for k, v in metrics["geneval_unseen"].items()]
+        lines += [f"  {k:<21}{v:.3f}" for k, v in result.unseen.geneval.items()]
     return "\n".join(lines)

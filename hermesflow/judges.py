@@ -28,6 +28,7 @@ from PIL import Image
 from hermesflow.api import BadReply, ChatClient, ReplyCache, api_client, cache_key, in_order, parse_json_object
 from hermesflow.options import ApiOptions
 from hermesflow.prefs import ImagePair
+from hermesflow.results import Evaluation
 from hermesflow.stats import mean_by, wilson
 
 NOT_SELF_CURATED = "NOT self-curated: images ranked by the world's exact oracle (a control)"
@@ -116,7 +117,7 @@ class World(Protocol):
 
     def questions(self, record, seed: int = 0) -> list | None: ...
 
-    def metrics(self, items: list, generated: np.ndarray, metrics: dict) -> dict: ...
+    def metrics(self, items: list, generated: np.ndarray, result: Evaluation) -> Evaluation: ...  # with its own numbers
 
 
 PROMPT_VERSION = "judge-1"

@@ -34,6 +34,7 @@ from hermesflow.judges import World, self_judge_agreement  # noqa: E402
 from hermesflow.options import DataOptions  # noqa: E402
 from hermesflow.prefs import read_prefs  # noqa: E402
 from hermesflow.records import GENEVAL_CATEGORIES as CATEGORIES  # noqa: E402
+from hermesflow.results import Evaluation, Interval  # noqa: E402
 from hermesflow.stats import paired_difference, wilson  # noqa: E402
 
 SECTIONS = ("Scores per round", "Change from the base model", "GenEval categories", "Training", "Self-judge agreement",
@@ -60,31 +61,31 @@ def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _ci(m: dict) -> str:
-    return f"{m['mean']:.3f} <span class=ci>[{m['ci95'][0]:.3f},&nbsp;{m['ci95'][1]:.3f}]</span>"
+def _ci(m: Interval | None) -> str:
+    return "–" if m is None else f"{m.mean:.3f} <span class=ci>[{m.ci95[0]:.3f},&nbsp;{m.ci95[1]:.3f}]</span>"
 
 
-def paired_change(base: dict, other: dict, key: str) -> dict | None:
+def paired_change(base: Evaluation, other: Evaluation, key: str) -> dict | None:
     """Mean change of a score from the base on the same eval items, with its 95% paired interval
     (per question, clustered by item: `stats.paired_difference`); for metrics that predate
     per-question counts, the change of per-image means. None when the items differ, or when there is
     nothing to compare (no per-example scores, or no unseen prompts for `generation_unseen`)."""
-    a, b = base.get("per_example"), other.get("per_example")
-    if not a or not b or sorted(a["ids"]) != sorted(b["ids"]):
+    a, b = base.per_example, other.per_example
+    if sorted(a.ids) != sorted(b.ids):
         return None
-    if "questions" in a and "questions" in b:
+    if a.questions is not None and b.questions is not None:
         try:
-            c = paired_difference(base, other, key)
+            c = paired_difference(a, b, key)
         except UsageError:
             return None
         return {"mean": c["mean"], "ci95": c["ci95"], "n": c["n_items"]}
-    if key not in ("understanding", "generation", "gap") or a["ids"] != b["ids"]:
+    if key not in ("understanding", "generation", "gap") or a.ids != b.ids:
         return None
     if key == "gap":
-        before = np.subtract(a["understanding"], a["generation"])
-        after = np.subtract(b["understanding"], b["generation"])
+        before = np.subtract(a.understanding, a.generation)
+        after = np.subtract(b.understanding, b.generation)
     else:
-        before, after = np.asarray(a[key]), np.asarray(b[key])
+        before, after = np.asarray(getattr(a, key)), np.asarray(getattr(b, key))
     d = after - before
     half = 1.96 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
     return {"mean": float(d.mean()), "ci95": [float(d.mean()) - half, float(d.mean()) + half], "n": len(d)}
@@ -98,15 +99,15 @@ def _change_cell(c: dict | None, fallback: float) -> str:
     return f"{c['mean']:+.3f} <span class=ci>[{lo:+.3f},&nbsp;{hi:+.3f}]</span>{mark}"
 
 
-def _plot_scores(names: list[str], metrics: list[dict], path: Path) -> None:
+def _plot_scores(names: list[str], results: list[Evaluation], path: Path) -> None:
     """Scores and gap per round, the axis zoomed to the intervals (a 0-1 axis flattens every change)."""
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), dpi=110, gridspec_kw={"width_ratios": [2, 1]})
     x = np.arange(len(names))
     for ax, keys in zip(axes, ((("understanding_score", "understanding"), ("generation_score", "generation")), (("gap", "gap"),))):
         lows, highs = [], []
         for key, label in keys:
-            means = np.array([m[key]["mean"] for m in metrics])
-            lo, hi = np.array([m[key]["ci95"][0] for m in metrics]), np.array([m[key]["ci95"][1] for m in metrics])
+            means = np.array([getattr(e, key).mean for e in results])
+            lo, hi = np.array([getattr(e, key).ci95[0] for e in results]), np.array([getattr(e, key).ci95[1] for e in results])
             ax.errorbar(x, means, yerr=[means - lo, hi - means], marker="o", capsize=4, label=label,
                         color="C2" if key == "gap" else None)
             lows.append(np.nanmin(lo))
@@ -124,14 +125,13 @@ def _plot_scores(names: list[str], metrics: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_geneval(names: list[str], metrics: list[dict], path: Path) -> None:
-    """GenEval categories per round; Wilson 95% intervals where the counts are known."""
+def _plot_geneval(names: list[str], scores: list[dict], counted: list[dict], path: Path) -> None:
+    """GenEval categories per round (or arm); Wilson 95% intervals where the counts are known."""
     fig, ax = plt.subplots(figsize=(7.6, 3.4), dpi=110)
-    cats = [c for c in CATEGORIES + ("overall",) if any(c in m["geneval"] for m in metrics)]
+    cats = [c for c in CATEGORIES + ("overall",) if any(c in geneval for geneval in scores)]
     width = 0.8 / len(names)
-    for i, (name, m) in enumerate(zip(names, metrics)):
-        values = np.array([m["geneval"].get(c, np.nan) for c in cats])
-        counts = m.get("geneval_counts", {})
+    for i, (name, geneval, counts) in enumerate(zip(names, scores, counted)):
+        values = np.array([geneval.get(c, np.nan) for c in cats])
         # reshape: data without GenEval categories (not the world's) has none, and an empty plot
         bounds = np.array([wilson(*counts[c]) if c in counts else (v, v) for c, v in zip(cats, values)]).reshape(len(cats), 2)
         err = np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))
@@ -292,42 +292,42 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     out = run / "report"
     (out / "gallery").mkdir(parents=True, exist_ok=True)
     names = [name for name, _ in rounds]
-    metrics = [_read_json(folder / "eval" / "metrics.json") for _, folder in rounds]
+    results = [Evaluation.read(folder / "eval" / "metrics.json") for _, folder in rounds]
     manifests = {name: _read_json(folder / "manifest.json") for name, folder in rounds if (folder / "manifest.json").exists()}
     config_path = run / "run_config.yaml"
     run_config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
 
     score_rows = []
-    for name, m in zip(names, metrics):
+    for name, e in zip(names, results):
         kept = manifests.get(name, {}).get("counts", {}).get("both_kept")
-        unseen = m.get("generation_score_unseen")
-        score_rows.append([name, _ci(m["understanding_score"]), _ci(m["generation_score"]), _ci(unseen) if unseen else "–", _ci(m["gap"]),
-                           f"{m['understanding_prior']:.3f}", f"{m['geneval'].get('overall', float('nan')):.3f}",
-                           _ci(m["caption_similarity"]) if "caption_similarity" in m else "–", "–" if kept is None else str(kept)])
-    _plot_scores(names, metrics, out / "scores.png")
+        score_rows.append([name, _ci(e.understanding_score), _ci(e.generation_score), _ci(e.generation_unseen), _ci(e.gap),
+                           f"{e.understanding_prior:.3f}", f"{e.geneval.get('overall', float('nan')):.3f}",
+                           _ci(e.caption_similarity), "–" if kept is None else str(kept)])
+    _plot_scores(names, results, out / "scores.png")
     change_rows = []
     if names[0] == "base":
-        for name, m in zip(names[1:], metrics[1:]):
-            cells = [_change_cell(paired_change(metrics[0], m, key), m[score]["mean"] - metrics[0][score]["mean"])
-                     if m.get(score) and metrics[0].get(score) else "–"
-                     for key, score in (("understanding", "understanding_score"), ("generation", "generation_score"),
-                                        ("generation_unseen", "generation_score_unseen"), ("gap", "gap"))]
-            c = paired_change(metrics[0], m, "understanding")
+        base = results[0]
+        scores = {"understanding": lambda e: e.understanding_score, "generation": lambda e: e.generation_score,
+                  "generation_unseen": lambda e: e.generation_unseen, "gap": lambda e: e.gap}
+        for name, e in zip(names[1:], results[1:]):
+            cells = [_change_cell(paired_change(base, e, key), score(e).mean - score(base).mean)
+                     if score(e) and score(base) else "–" for key, score in scores.items()]
+            c = paired_change(base, e, "understanding")
             change_rows.append([name, *cells, str(c["n"]) if c else "–"])
 
-    _plot_geneval(names, metrics, out / "geneval.png")
-    cats = [c for c in CATEGORIES + ("overall",) if c in metrics[0]["geneval"]]
+    _plot_geneval(names, [e.geneval for e in results], [e.geneval_counts for e in results], out / "geneval.png")
+    cats = [c for c in CATEGORIES + ("overall",) if c in results[0].geneval]
 
-    def geneval_cell(m: dict, c: str) -> str:
-        if c not in m["geneval"]:
+    def geneval_cell(e: Evaluation, c: str) -> str:
+        if c not in e.geneval:
             return "–"
-        if c not in m.get("geneval_counts", {}):
-            return f"{m['geneval'][c]:.3f}"
-        hits, n = m["geneval_counts"][c]
+        if c not in e.geneval_counts:
+            return f"{e.geneval[c]:.3f}"
+        hits, n = e.geneval_counts[c]
         lo, hi = wilson(hits, n)
-        return f"{m['geneval'][c]:.3f} <span class=ci>{hits}/{n} [{lo:.2f},&nbsp;{hi:.2f}]</span>"
+        return f"{e.geneval[c]:.3f} <span class=ci>{hits}/{n} [{lo:.2f},&nbsp;{hi:.2f}]</span>"
 
-    geneval_rows = [[name] + [geneval_cell(m, c) for c in cats] for name, m in zip(names, metrics)]
+    geneval_rows = [[name] + [geneval_cell(e, c) for c in cats] for name, e in zip(names, results)]
 
     curves = {}
     for name, folder in rounds:
@@ -353,7 +353,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     pairs = (_gallery(run, last, out, gallery_size, _base_model(config_path), int(run_config.get("seed") or 0), world)
              if last is not None else None)
     samples = []
-    for (name, folder), m in zip(rounds, metrics):
+    for name, folder in rounds:
         if (folder / "eval" / "generated.png").exists() and (name == "base" or folder == rounds[-1][1]):
             shutil.copyfile(folder / "eval" / "generated.png", out / f"samples-{folder.name}.png")
             samples.append({"name": name, "file": f"samples-{folder.name}.png"})
@@ -362,7 +362,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
         name=run.name, sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
         geneval_head=[c.replace("_", " ") for c in cats], geneval_rows=geneval_rows, curves=bool(curves),
         judge_rows=judge_rows, drop_rows=drop_rows, last_round=last.name.replace("-", " ") if last else "-", pairs=pairs,
-        samples=samples, prompts=metrics[-1].get("sample_prompts"),
+        samples=samples, prompts=results[-1].sample_prompts,
         provenance=[[html.escape(k), html.escape(str(v))] for k, v in provenance.items()], timings=_timings_rows(run),
         config_text=config_path.read_text() if config_path.exists() else "(no run_config.yaml)")
     atomic_write_text(out / "index.html", page)
@@ -438,8 +438,8 @@ def build_ablation_report(folder: str | Path, gallery_size: int = 8, world: Worl
     out = folder / "report"
     (out / "gallery").mkdir(parents=True, exist_ok=True)
     _plot_arms(summary, out / "arms.png")
-    geneval_means = [{"geneval": {c: summary[arm][f"geneval/{c}"]["mean"] for c in CATEGORIES + ("overall",)}} for arm in summary]
-    _plot_geneval(list(summary), geneval_means, out / "geneval.png")
+    geneval_means = [{c: summary[arm][f"geneval/{c}"]["mean"] for c in CATEGORIES + ("overall",)} for arm in summary]
+    _plot_geneval(list(summary), geneval_means, [{}] * len(summary), out / "geneval.png")
     curves = {}
     for arm in summary:
         path = folder / arm / "seed-0" / "train" / "metrics.jsonl"

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from hermesflow.errors import UsageError
+from hermesflow.results import PerExample
 
 
 def mean_by(rows, values, n: int) -> np.ndarray:
@@ -54,36 +55,33 @@ def cluster_mean_ci(totals: np.ndarray, counts: np.ndarray) -> dict:
     return {"mean": r, "ci95": [r - half, r + half]}
 
 
-# What paired_difference compares: per item, the right answers of each evaluation (a function of
-# per_example), and the items it keeps (all, or the prompts held out from post-training).
+# What paired_difference compares: per item, the right answers of each evaluation (a function of its
+# per-example record), and the items it keeps (all, or the prompts held out from post-training).
 DIFFERENCE_KEYS = {
-    "understanding": (lambda e: np.asarray(e["understanding_correct"], dtype=np.float64), False),
-    "generation": (lambda e: np.asarray(e["generation_correct"], dtype=np.float64), False),
-    "generation_unseen": (lambda e: np.asarray(e["generation_correct"], dtype=np.float64), True),
-    "gap": (lambda e: np.subtract(e["understanding_correct"], e["generation_correct"], dtype=np.float64), False),
+    "understanding": (lambda e: np.asarray(e.understanding_correct, dtype=np.float64), False),
+    "generation": (lambda e: np.asarray(e.generation_correct, dtype=np.float64), False),
+    "generation_unseen": (lambda e: np.asarray(e.generation_correct, dtype=np.float64), True),
+    "gap": (lambda e: np.subtract(e.understanding_correct, e.generation_correct, dtype=np.float64), False),
 }
 
 
-def _aligned(base: dict, other: dict, what: str) -> tuple[dict, np.ndarray]:
-    """`other`'s per_example reordered to `base`'s item order; refused unless both hold the same items
-    with the same question counts (a paired difference needs the same eval items)."""
-    a, b = base.get("per_example"), other.get("per_example")
-    if not a or not b or "questions" not in a or "questions" not in b:
+def _aligned(base: PerExample, other: PerExample, what: str) -> tuple[PerExample, np.ndarray]:
+    """`other` reordered to `base`'s item order; refused unless both hold the same items with the same
+    question counts (a paired difference needs the same eval items)."""
+    if base.questions is None or other.questions is None:
         raise UsageError(f"{what}: metrics without per-question counts (made before they were recorded); evaluate again")
-    if sorted(a["ids"]) != sorted(b["ids"]):
-        raise UsageError(f"{what}: the two evaluations are of different items ({len(a['ids'])} and {len(b['ids'])}); "
+    if sorted(base.ids) != sorted(other.ids):
+        raise UsageError(f"{what}: the two evaluations are of different items ({len(base.ids)} and {len(other.ids)}); "
                          "paired differences need the same eval items and seed")
-    where = {item: i for i, item in enumerate(b["ids"])}
-    order = np.array([where[item] for item in a["ids"]])
-    b = {k: (np.asarray(v)[order].tolist() if isinstance(v, list) and len(v) == len(order) else v) for k, v in b.items()}
-    if b["questions"] != a["questions"]:
+    other = other.reordered(base.ids)
+    if other.questions != base.questions:
         raise UsageError(f"{what}: the same items hold different numbers of questions; paired differences need the same questions")
-    return b, np.asarray(a["questions"], dtype=np.float64)
+    return other, np.asarray(base.questions, dtype=np.float64)
 
 
-def pooled_paired_difference(base: dict, others: list[dict], key: str) -> dict:
+def pooled_paired_difference(base: PerExample, others: list[PerExample], key: str) -> dict:
     """Mean and 95% interval of other − base, per question, over several evaluations `others` (one
-    per training seed) each paired with the same `base` evaluation by item id.
+    per training seed; their `per_example`) each paired with the same `base` evaluation by item id.
 
     Each item's difference is averaged over the seeds and the items are the clusters of
     `cluster_mean_ci`: the interval covers the choice of eval items (the arm's seed-average being
@@ -97,22 +95,21 @@ def pooled_paired_difference(base: dict, others: list[dict], key: str) -> dict:
     diffs = []
     for i, other in enumerate(others):
         aligned, counts = _aligned(base, other, f"evaluation {i + 1} of {len(others)} against the base")
-        diffs.append(score(aligned) - score(base["per_example"]))
+        diffs.append(score(aligned) - score(base))
     keep = np.ones(len(counts), dtype=bool)
     if unseen_only:
-        flags = base["per_example"].get("unseen")
-        if flags is None or None in flags:
+        if base.unseen is None or None in base.unseen:
             raise UsageError("generation_unseen needs world prompts: these items are not all world captions")
-        keep = np.asarray(flags, dtype=bool)
+        keep = np.asarray(base.unseen, dtype=bool)
         if not keep.any():
             raise UsageError("generation_unseen: none of these items has a held-out prompt")
     result = cluster_mean_ci(np.mean(diffs, axis=0)[keep], counts[keep])
     return {**result, "n_items": int(keep.sum()), "n_questions": int(counts[keep].sum()), "seeds": len(others)}
 
 
-def paired_difference(base: dict, other: dict, key: str) -> dict:
+def paired_difference(base: PerExample, other: PerExample, key: str) -> dict:
     """Mean and 95% interval of other − base, per question, clustered and paired by item: two
-    evaluations (metrics.json dicts) of the same items with the same sampling seed. See
+    evaluations (their `per_example`) of the same items with the same sampling seed. See
     `pooled_paired_difference` for several seeds."""
     return pooled_paired_difference(base, [other], key)
 

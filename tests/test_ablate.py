@@ -106,12 +106,20 @@ def test_a_tiny_ablation_from_a_yaml_file(tmp_path):
 
 def test_summary_pools_paired_differences_and_leaves_unmeasured_scores_null():
     from hermesflow.recipes.ablate import summarise
+    from hermesflow.results import Evaluation
 
-    def metrics(und: list[int], gen: list[int], unseen) -> dict:
-        return {"understanding_score": {"mean": sum(und) / 6}, "generation_score": {"mean": sum(gen) / 6},
-                "gap": {"mean": (sum(und) - sum(gen)) / 6}, "geneval": {},
-                "per_example": {"ids": ["a", "b"], "questions": [2, 4], "understanding_correct": und, "generation_correct": gen,
-                                "unseen": unseen}}
+    def metrics(und: list[int], gen: list[int], unseen) -> Evaluation:
+        def score(mean: float) -> dict:
+            return {"mean": mean, "ci95": [mean, mean]}
+
+        return Evaluation.from_json({
+            "n_examples": 2, "n_questions": 6, "judges": {"understanding": "answers vs truth", "generation": "self"},
+            "understanding_score": score(sum(und) / 6), "generation_score": score(sum(gen) / 6),
+            "gap": score((sum(und) - sum(gen)) / 6), "understanding_prior": 0.5, "understanding_by_type": {},
+            "generation_by_type": {}, "understanding_prior_by_type": {}, "geneval": {},
+            "per_example": {"ids": ["a", "b"], "understanding": [u / q for u, q in zip(und, (2, 4))],
+                            "generation": [g / q for g, q in zip(gen, (2, 4))], "questions": [2, 4],
+                            "understanding_correct": und, "generation_correct": gen, "unseen": unseen}})
 
     base = metrics([1, 3], [1, 2], [None, None])  # not world prompts: no unseen part
     seeds = [metrics([2, 3], [1, 4], [None, None]), metrics([1, 3], [2, 2], [None, None])]

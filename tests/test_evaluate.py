@@ -3,6 +3,7 @@ differences (alone and pooled over seeds), and seen/unseen prompts scored apart.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,8 +12,10 @@ import torch
 
 from hermesflow.backbones import GenerationConfig
 from hermesflow.errors import UsageError
+from hermesflow.evaluate import format_table
 from hermesflow.recipes.run import judged_evaluation
 from hermesflow.records import QA, EvalItem
+from hermesflow.results import Evaluation, PerExample
 from hermesflow.stats import cluster_mean_ci, paired_difference, pooled_paired_difference
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.prompts import PromptSpec, phrase
@@ -34,8 +37,8 @@ def test_cluster_mean_is_per_question_with_the_ratio_estimators_interval():
 
 def per_example(ids, questions, und, gen, unseen=None):
     n = len(ids)
-    return {"per_example": {"ids": ids, "questions": questions, "understanding_correct": und, "generation_correct": gen,
-                            "unseen": unseen if unseen is not None else [False] * n}}
+    return PerExample(ids, [u / q for u, q in zip(und, questions)], [g / q for g, q in zip(gen, questions)], questions, und, gen,
+                      unseen if unseen is not None else [False] * n)
 
 
 BASE = per_example(["a", "b", "c", "d"], [2, 4, 3, 1], und=[1, 3, 3, 0], gen=[0, 2, 1, 1], unseen=[True, False, True, False])
@@ -83,7 +86,7 @@ def test_paired_difference_refuses_other_items_or_questions():
     with pytest.raises(UsageError, match="unknown difference"):
         paired_difference(BASE, BASE, "caption")
     with pytest.raises(UsageError, match="per-question counts"):
-        paired_difference({"per_example": {"ids": ["a"], "understanding": [1.0]}}, BASE, "generation")
+        paired_difference(PerExample(["a"], [1.0], [0.0]), BASE, "generation")  # metrics from before per-question counts
 
 
 class ScriptedModel:
@@ -121,16 +124,39 @@ def test_evaluate_scores_per_question_and_scores_unseen_prompts_apart():
     # understanding: item s 1/1, item u 1/3 (only the triangle question)  -> per question 2/4, per image (1 + 1/3) / 2
     # generation: item s drawn (1/1), item u blank (only "no triangle" right: 1/3)
     model = ScriptedModel(right={ask_object("circle"), ask_object("triangle")}, drawn={0}, scenes=scenes)
-    metrics, _ = judged_evaluation(model, items, GenerationConfig(seed=0), None)  # the oracle judges, the world adds its numbers
-    assert metrics["understanding_score"]["mean"] == pytest.approx(2 / 4)
-    assert metrics["understanding_score_per_image"]["mean"] == pytest.approx((1 + 1 / 3) / 2)
-    assert metrics["generation_score"]["mean"] == pytest.approx(2 / 4)
-    assert metrics["understanding_prior"] == pytest.approx(2 / 4)  # the blank image: the same scripted answers
-    assert metrics["generation_score_unseen"]["mean"] == pytest.approx(1 / 3)
-    assert metrics["generation_score_seen"]["mean"] == pytest.approx(1.0)
-    assert metrics["unseen_categories"] == ["colors"] and metrics["n_examples_unseen"] == 1
-    assert metrics["geneval_unseen"] == {"colors": 0.0, "overall": 0.0}
-    assert metrics["geneval_seen"]["single_object"] == 1.0
-    assert "single_object" in metrics["prompt_holdout"]["always_seen"]
-    assert metrics["per_example"]["questions"] == [1, 3] and metrics["per_example"]["unseen"] == [False, True]
-    assert metrics["per_example"]["generation_correct"] == [1, 1]
+    result, _ = judged_evaluation(model, items, GenerationConfig(seed=0), None)  # the oracle judges, the world adds its numbers
+    assert result.understanding_score.mean == pytest.approx(2 / 4)
+    assert result.understanding_score_per_image.mean == pytest.approx((1 + 1 / 3) / 2)
+    assert result.generation_score.mean == pytest.approx(2 / 4)
+    assert result.understanding_prior == pytest.approx(2 / 4)  # the blank image: the same scripted answers
+    assert result.generation_unseen.mean == pytest.approx(1 / 3) and result.unseen.generation_score.mean == pytest.approx(1 / 3)
+    assert result.seen.generation_score.mean == pytest.approx(1.0)
+    assert result.unseen_categories == ["colors"] and result.unseen.n_examples == 1
+    assert result.unseen.geneval == {"colors": 0.0, "overall": 0.0}
+    assert result.seen.geneval["single_object"] == 1.0
+    assert "single_object" in result.prompt_holdout["always_seen"]
+    assert result.per_example.questions == [1, 3] and result.per_example.unseen == [False, True]
+    assert result.per_example.generation_correct == [1, 1]
+    # metrics.json keeps its keys (files written before the type read back unchanged) and reads back as the same result
+    metrics = result.to_json()
+    assert metrics["generation_score_unseen"]["mean"] == pytest.approx(1 / 3) and metrics["n_examples_unseen"] == 1
+    assert metrics["geneval_unseen"] == {"colors": 0.0, "overall": 0.0} and metrics["judges"]["generation"] == "oracle"
+    assert metrics["per_example"]["unseen"] == [False, True] and metrics["understanding_score_per_image"]["mean"] == pytest.approx((1 + 1 / 3) / 2)
+    assert json.dumps(Evaluation.from_json(json.loads(json.dumps(metrics))).to_json()) == json.dumps(metrics)  # one item: NaN intervals
+
+
+def test_metrics_from_before_per_question_scores_still_read_and_a_foreign_file_is_refused(tmp_path):
+    old = {"n_examples": 2, "n_questions": 3, "judges": {"understanding": "answers vs truth", "generation": "oracle"},
+           "understanding_score": {"mean": 0.5, "ci95": [0.1, 0.9]}, "generation_score": {"mean": 0.25, "ci95": [0.0, 0.6]},
+           "gap": {"mean": 0.25, "ci95": [-0.2, 0.7]}, "understanding_prior": 0.3, "understanding_by_type": {"object": 0.5},
+           "generation_by_type": {"object": 0.25}, "understanding_prior_by_type": {"object": 0.3},
+           "per_example": {"ids": ["a", "b"], "understanding": [1.0, 0.0], "generation": [0.5, 0.0]},
+           "sample_prompts": ["a circle", "a square"], "geneval": {}, "geneval_counts": {}}  # as written on 2026-11-27
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(old))
+    result = Evaluation.read(path)
+    assert result.per_example.questions is None and result.understanding_score_per_image is None
+    assert "per image" not in format_table(result) and "0.500  [0.100, 0.900]" in format_table(result)
+    path.write_text(json.dumps({"step": 1, "loss": 0.5}))
+    with pytest.raises(UsageError, match=r"metrics.json: no 'n_examples'"):
+        Evaluation.read(path)

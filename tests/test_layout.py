@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hermesflow"
 
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = {
-    "base": ("__init__", "errors", "io", "config", "options", "stages", "accel", "api", "stats"),
+    "base": ("__init__", "errors", "io", "config", "options", "stages", "accel", "api", "results", "stats"),
     "records": ("records", "sources", "data", "tifa", "importer", "prefs"),
     "backbones": ("backbones",),
     "method": ("losses", "selfplay", "scorers", "judges", "loop"),
@@ -34,11 +34,7 @@ TESTBED = ("testbed",)
 RUN_CONFIGURATION = "settings"
 MAY_IMPORT_WORLD = ("recipes", "cli", "testbed", "world")
 
-KNOWN = {
-    # a record's scene graph is parsed by the world's reader as the data is read, so that a bad scene (an
-    # unknown shape, a cell off the grid) is refused up front with its line and id
-    "data imports world",
-}
+KNOWN: set[str] = set()
 
 
 def module_name(path: Path) -> str:

@@ -43,6 +43,7 @@ from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import self_judge_agreement
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.prefs import read_prefs
+from hermesflow.results import Evaluation, Interval
 from hermesflow.recipes.run import Timings, claim_folder, curate_round, evaluate_into, train_data, train_round
 from hermesflow.report import ablation_tables
 from hermesflow.settings import AblateConfig, RunConfig
@@ -162,12 +163,12 @@ def ablate(cfg: AblateConfig) -> dict:
     similarity = SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling)
     timings = Timings(out / "timings.json", state.is_main_process)
 
-    def evaluated(model, folder: Path) -> dict:  # the same items, sampling settings, seed and precision for every arm
+    def evaluated(model, folder: Path) -> Evaluation:  # the same items, sampling settings, seed and precision for every arm
         if cfg.dtype == "bf16":
             model = model.bfloat16()  # trained over fp32 weights; sampled and scored in bf16, as the base
         return evaluate_into(model.eval(), folder / "eval", base_cfg, similarity, cfg.seed)
 
-    runs: dict[str, list[dict]] = {"base": [evaluated(base, out / "base")]}
+    runs: dict[str, list[Evaluation]] = {"base": [evaluated(base, out / "base")]}
     curated: dict[str, list[Path]] = {}  # the round folders each row trained on
     round0 = out / "round-0"
     curate_round(base, similarity, data, round0, base_cfg, 0, None, state)
@@ -237,7 +238,7 @@ def self_judge(rounds: list[Path]) -> dict | None:
     return judged if judged["pairs"] else None
 
 
-def summarise(runs: list[dict], base: dict | None = None) -> dict:
+def summarise(runs: list[Evaluation], base: Evaluation | None = None) -> dict:
     """Mean and standard deviation over seeds of every reported score, and (given the base's
     evaluation) the paired difference to it pooled over seeds."""
     def stats(values: list) -> dict:
@@ -245,25 +246,25 @@ def summarise(runs: list[dict], base: dict | None = None) -> dict:
             return {"mean": None, "std": None}
         return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
-    def score(m: dict, key: str) -> float | None:
-        return (m.get(key) or {}).get("mean")
+    def mean(score: Interval | None) -> float | None:
+        return None if score is None else score.mean
 
     keys = {
-        "understanding": lambda m: score(m, "understanding_score"),
-        "generation": lambda m: score(m, "generation_score"),
-        "generation_unseen": lambda m: score(m, "generation_score_unseen"),
-        "gap": lambda m: score(m, "gap"),
-        "caption_similarity": lambda m: score(m, "caption_similarity"),
-        **{f"geneval/{c}": (lambda m, c=c: m["geneval"].get(c)) for c in CATEGORIES + ("overall",)},
-        **{f"geneval_unseen/{c}": (lambda m, c=c: m.get("geneval_unseen", {}).get(c))
+        "understanding": lambda e: e.understanding_score.mean,
+        "generation": lambda e: e.generation_score.mean,
+        "generation_unseen": lambda e: mean(e.generation_unseen),
+        "gap": lambda e: e.gap.mean,
+        "caption_similarity": lambda e: mean(e.caption_similarity),
+        **{f"geneval/{c}": (lambda e, c=c: e.geneval.get(c)) for c in CATEGORIES + ("overall",)},
+        **{f"geneval_unseen/{c}": (lambda e, c=c: ((e.unseen and e.unseen.geneval) or {}).get(c))
            for c in CATEGORIES + ("overall",) if c not in ALWAYS_SEEN},
     }
-    result = {"seeds": len(runs), **{k: stats([f(m) for m in runs]) for k, f in keys.items()}}
+    result = {"seeds": len(runs), **{k: stats([f(e) for e in runs]) for k, f in keys.items()}}
     if base is not None:
         result["change"] = {}
         for key in DIFFERENCES:
             try:
-                result["change"][key] = pooled_paired_difference(base, runs, key)
+                result["change"][key] = pooled_paired_difference(base.per_example, [e.per_example for e in runs], key)
             except UsageError as e:  # e.g. not world prompts: no unseen items; said in the table
                 result["change"][key] = {"error": str(e)}
     return result

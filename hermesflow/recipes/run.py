@@ -23,13 +23,15 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, Backbone, GenerationConfig, load_backbone
 from hermesflow.curate import MANIFEST, CurationSettings, check_curation_data, curate, merge
-from hermesflow.data import check_fit, read_data, read_homologous
+from hermesflow.data import check_fit, read_homologous
 from hermesflow.errors import DataError
 from hermesflow.evaluate import data_eval_items, evaluate
 from hermesflow.grpo import grpo_settings, train_grpo
@@ -38,11 +40,12 @@ from hermesflow.judges import judge_setting, vlm_judge
 from hermesflow.options import ApiOptions
 from hermesflow.prefs import PREFS, read_prefs
 from hermesflow.records import EvalItem, HomologousData
+from hermesflow.results import Evaluation
 from hermesflow.settings import RunConfig
 from hermesflow.stages import claim, clear, differences, file_digest, refusal, say
 from hermesflow.train import examples_from, train
 from hermesflow.world.build import world_eval_items, write_world
-from hermesflow.world.judge import WORLD
+from hermesflow.world.judge import WORLD, read_scenes, read_world_data
 from hermesflow.world.render import save_sample_sheet
 
 
@@ -149,7 +152,7 @@ def sampler_of(curation) -> GenerationConfig:
 def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
     """The user's held-out data (--eval-data), or the world's eval split at the backbone's resolution."""
     if cfg.eval.eval_data:
-        data = read_data(cfg.eval.eval_data, cfg.reading)
+        data = read_world_data(cfg.eval.eval_data, cfg.reading)
         check_fit(backbone, data)
         return data_eval_items(data, cfg.eval.eval_n)
     return world_eval_items(cfg.eval.eval_n, seed, backbone.image_size)
@@ -175,7 +178,7 @@ def eval_settings(cfg: RunConfig, seed: int) -> dict:
                                cfg.curation.pooling, cfg.dtype, cfg.eval.judge, cfg.api, cfg.reading.questions)
 
 
-def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> dict:
+def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> Evaluation:
     """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
     seed = cfg.seed if seed is None else seed
     return evaluation_stage(backbone, folder, lambda: eval_items(backbone, cfg, seed), eval_sampler(cfg, seed), similarity,
@@ -183,7 +186,7 @@ def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, 
 
 
 def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationConfig, similarity, vlm, settings: dict,
-                     overwrite: bool, outputs: tuple[str, ...] = EVAL_OUTPUTS) -> dict:
+                     overwrite: bool, outputs: tuple[str, ...] = EVAL_OUTPUTS) -> Evaluation:
     """An evaluation as a resumable stage (`hermesflow run`'s and `hermesflow eval`'s): `folder` records
     the model and `settings`; a finished one with the same is reused, one with others refused unless
     `overwrite`. `items()` and `vlm()` give the eval items and the VLM judge (or None) when there is work."""
@@ -191,39 +194,39 @@ def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationCon
     stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, **settings}
     if claim(folder, "eval", "an evaluation", stage, outputs, overwrite) and path.exists():
         say(f"reusing the evaluation {path}")
-        return json.loads(path.read_text())
-    metrics, generated = judged_evaluation(backbone, items(), gen, similarity, vlm())
+        return Evaluation.read(path)
+    result, generated = judged_evaluation(backbone, items(), gen, similarity, vlm())
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
-    atomic_write_json(path, metrics)
-    return metrics
+    atomic_write_json(path, result.to_json())
+    return result
 
 
 def judged_evaluation(backbone: Backbone, items: list[EvalItem], gen: GenerationConfig, similarity,
-                      vlm=None) -> tuple[dict, object]:
+                      vlm=None) -> tuple[Evaluation, np.ndarray]:
     """`evaluate` with its judge chosen (the VLM if given; else the world's oracle when every item has
     a world scene; else the model itself) and the world's own numbers added (prompts held out of
-    post-training scored apart, GenEval-style categories); returns the metrics and the images."""
+    post-training scored apart, GenEval-style categories); returns the evaluation and the images."""
     judge = vlm if vlm is not None else WORLD if all(WORLD.knows(it) for it in items) else None
-    metrics, generated = evaluate(backbone, items, gen, similarity, judge)
-    metrics.update(WORLD.metrics(items, generated, metrics))
+    result, generated = evaluate(backbone, items, gen, similarity, judge)
+    result = WORLD.metrics(items, generated, result)
     if vlm is not None:  # what the judge cost
-        metrics["judge_api"] = vars(vlm.client.usage)
-    return metrics, generated
+        result = replace(result, extra={**result.extra, "judge_api": vars(vlm.client.usage)})
+    return result, generated
 
 
-def summary_row(name: str, metrics: dict, manifest: dict | None) -> dict:
+def summary_row(name: str, result: Evaluation, manifest: dict | None) -> dict:
     return {
         "round": name,
-        "understanding": metrics["understanding_score"]["mean"],
-        "understanding_ci95": metrics["understanding_score"]["ci95"],
-        "generation": metrics["generation_score"]["mean"],
-        "generation_ci95": metrics["generation_score"]["ci95"],
+        "understanding": result.understanding_score.mean,
+        "understanding_ci95": list(result.understanding_score.ci95),
+        "generation": result.generation_score.mean,
+        "generation_ci95": list(result.generation_score.ci95),
         # on the eval prompts held out of post-training (world only): where claims about generation are read
-        "generation_unseen": (metrics.get("generation_score_unseen") or {}).get("mean"),
-        "gap": metrics["gap"]["mean"],
-        "geneval_overall": metrics["geneval"].get("overall"),
-        "caption_similarity": metrics.get("caption_similarity", {}).get("mean"),
+        "generation_unseen": result.generation_unseen.mean if result.generation_unseen else None,
+        "gap": result.gap.mean,
+        "geneval_overall": result.geneval.get("overall"),
+        "caption_similarity": result.caption_similarity.mean if result.caption_similarity else None,
         "pairs_kept": manifest["counts"]["both_kept"] if manifest else None,
     }
 
@@ -246,14 +249,14 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
     resolution without the prompts held out for generation (`world.holdout`), so generation can be
     measured on unseen prompts; checked to fit the backbone before any work."""
     if cfg.data:
-        data = require_qa(read_data(cfg.data, cfg.reading))
+        data = require_qa(read_world_data(cfg.data, cfg.reading))
     else:
         data_dir = out / "data"
         if state.is_main_process and not (data_dir / "data.jsonl").exists():
             write_world(data_dir, cfg.n_train, seed=cfg.seed + 1, split="train", image_size=max(32, backbone.image_size // 32 * 32),
                         prompts="seen")
         state.wait_for_everyone()
-        data = read_homologous(data_dir)
+        data = read_scenes(read_homologous(data_dir))
     check_fit(backbone, data)
     check_curation_data(data, cfg.curation, WORLD)  # an oracle or perturbed pair source on data it cannot serve: refused before any work
     return data
@@ -360,8 +363,8 @@ def run(cfg: RunConfig) -> list[dict]:
             backbone = backbone.bfloat16()  # trained over fp32 weights; sampled and scored in bf16
         if state.is_main_process:
             with timings.stage(f"round-{r}/eval", round_dir / "eval" / "metrics.json"):
-                metrics = evaluate_into(backbone, round_dir / "eval", cfg, similarity)
-            rows.append(summary_row(str(r), metrics, manifest))
+                result = evaluate_into(backbone, round_dir / "eval", cfg, similarity)
+            rows.append(summary_row(str(r), result, manifest))
             print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
         state.wait_for_everyone()
         previous = round_dir

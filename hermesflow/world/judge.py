@@ -8,11 +8,18 @@ scenes or prompt specs, so a data set with its own judge could take the world's 
 from __future__ import annotations
 
 import random
+import sys
 import zlib
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from hermesflow.records import QA, EvalItem, Record
+from hermesflow.data import read_data
+from hermesflow.errors import DataError
+from hermesflow.options import DataOptions
+from hermesflow.records import QA, EvalItem, HomologousData, Record
+from hermesflow.results import Evaluation, Interval, Part
 from hermesflow.stats import cluster_mean_ci, mean_by
 from hermesflow.world.holdout import describe as describe_holdout
 from hermesflow.world.holdout import is_held_out
@@ -73,45 +80,77 @@ class ShapesWorld:
             return None
         return questions_for(spec, scene_of(record), random.Random(zlib.crc32(f"{seed}:{record.id}".encode())))
 
-    def metrics(self, items: list[EvalItem], generated: np.ndarray, metrics: dict) -> dict:
-        """The world's numbers for an evaluation (`evaluate.evaluate`'s metrics of `items`, whose
-        images were `generated`): which prompts post-training held out, scored apart (`*_unseen`,
-        `*_seen`; on world captions only), and GenEval-style categories where the oracle judged the
-        images. Returned as keys to add, with `per_example` completed by `unseen` and `category`."""
-        per = metrics["per_example"]
+    def metrics(self, items: list[EvalItem], generated: np.ndarray, result: Evaluation) -> Evaluation:
+        """`result` (`evaluate.evaluate`'s evaluation of `items`, whose images were `generated`) with the
+        world's numbers added: which prompts post-training held out, scored apart (`unseen`, `seen`; on
+        world captions only), GenEval-style categories where the oracle judged the images, and the
+        per-example record completed by `unseen` and `category`."""
+        per = result.per_example
         n = len(items)
         specs = [parse_prompt(it.caption) for it in items]
         world = all(spec is not None for spec in specs)  # the hold-out is defined over world prompts only
         unseen = np.array([world and is_held_out(spec) for spec in specs], dtype=bool)
-        out: dict = {"per_example": {**per, "unseen": unseen.tolist() if world else [None] * n,
-                                     "category": [spec.category if spec else None for spec in specs]}}
-        counts = np.asarray(per["questions"], dtype=np.float64)
-        und_c = np.asarray(per["understanding_correct"], dtype=np.float64)
-        gen_c = np.asarray(per["generation_correct"], dtype=np.float64)
-        if world:
-            out["prompt_holdout"] = describe_holdout()
-            out["unseen_categories"] = sorted({s.category for s, u in zip(specs, unseen) if u}, key=CATEGORIES.index)
-            for part, keep in (("unseen", unseen), ("seen", ~unseen)):
-                out[f"n_examples_{part}"] = int(keep.sum())
-                for key, totals in (("understanding_score", und_c), ("generation_score", gen_c), ("gap", und_c - gen_c)):
-                    out[f"{key}_{part}"] = cluster_mean_ci(totals[keep], counts[keep]) if keep.any() else None
-        geneval, geneval_counts = {}, {}
-        if metrics["judges"]["generation"] == self.name:
+        per = replace(per, unseen=unseen.tolist() if world else [None] * n, category=[spec.category if spec else None for spec in specs])
+        counts = np.asarray(per.questions, dtype=np.float64)
+        und_c = np.asarray(per.understanding_correct, dtype=np.float64)
+        gen_c = np.asarray(per.generation_correct, dtype=np.float64)
+        hits = categories = None
+        if result.judges["generation"] == self.name:
             scenes = parse_batch(generated)
             hits = np.array([spec is not None and satisfied_by(scene, spec) for scene, spec in zip(scenes, specs)])
             categories = np.array([spec.category if spec else "" for spec in specs])
-            geneval, geneval_counts = geneval_scores(hits, categories)
-            if world:
-                for part, keep in (("unseen", unseen), ("seen", ~unseen)):
-                    out[f"geneval_{part}"], out[f"geneval_counts_{part}"] = geneval_scores(hits[keep], categories[keep])
-        out["geneval"] = geneval
-        out["geneval_counts"] = geneval_counts  # [prompts satisfied, prompts] per category
-        return out
+        geneval, geneval_counts = geneval_scores(hits, categories) if hits is not None else ({}, {})
+        result = replace(result, per_example=per, geneval=geneval, geneval_counts=geneval_counts)
+        if not world:
+            return result
+
+        def part(keep: np.ndarray) -> Part:
+            scores = [cluster_mean_ci(totals[keep], counts[keep]) if keep.any() else None for totals in (und_c, gen_c, und_c - gen_c)]
+            return Part(int(keep.sum()), *map(Interval.of, scores),
+                        *(geneval_scores(hits[keep], categories[keep]) if hits is not None else (None, None)))
+
+        return replace(result, prompt_holdout=describe_holdout(), unseen=part(unseen), seen=part(~unseen),
+                       unseen_categories=sorted({s.category for s, u in zip(specs, unseen) if u}, key=CATEGORIES.index))
 
 
 def scene_of(record: Record | EvalItem) -> Scene:
-    """A record's scene graph, as the data reader parsed it (records keep it opaque)."""
-    return record.scene
+    """A record's scene graph (records keep it opaque: as `read_scenes` parsed it, or as the file held it)."""
+    return record.scene if isinstance(record.scene, Scene) else read_scene(record.scene)
+
+
+def read_scene(items: list[dict]) -> Scene:
+    """A scene graph from its JSON (a list of {shape, color, row, col}), checked: known shapes and
+    colours, cells on the grid, one object per cell."""
+    try:
+        return Scene.from_json(items)
+    except KeyError as e:
+        raise ValueError(f'field "scene" is not a valid scene (an object has no {e})') from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'field "scene" is not a valid scene ({e})') from None
+
+
+def read_scenes(data: HomologousData, skip_bad: bool = False) -> HomologousData:
+    """`data` with every record's scene read by the world (`read_scene`), so a bad one is refused
+    before any work with its line and id, or with `skip_bad` left out and listed."""
+    records, problems = [], []
+    for record in data.records:
+        try:
+            records.append(record if record.scene is None else replace(record, scene=scene_of(record)))
+        except ValueError as e:
+            problems.append(f"{data.where(record)}: {e}")
+    if problems and not skip_bad:
+        raise DataError(problems)
+    if not records:
+        raise DataError([*problems, f"{data.path}: no usable records"])
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    return replace(data, records=records, skipped=data.skipped + problems)
+
+
+def read_world_data(path: str | Path, options: DataOptions, **kwargs) -> HomologousData:
+    """`data.read_data` with the scenes read by the world (`read_scenes`): how the CLI and the recipes
+    read a user's data."""
+    return read_scenes(read_data(path, options, **kwargs), kwargs.get("skip_bad", options.skip_bad))
 
 
 def geneval_scores(hits: np.ndarray, categories: np.ndarray) -> tuple[dict, dict]:

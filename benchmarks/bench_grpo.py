@@ -73,7 +73,7 @@ def grpo_step_fn(model, records, cfg):
     from hermesflow.recipes.run import sampler_of
 
     accelerator = make_accelerator(cfg.dtype)
-    sampler = sampler_of(cfg.curation)
+    sampler = sampler_of(cfg.curation, model)
     policy = ImageLogps(model, grpo_estimator(model, cfg.grpo, cfg.training, sampler)).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
     step_index = [0]

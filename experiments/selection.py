@@ -38,8 +38,8 @@ from hermesflow.world.judge import WORLD
 
 def score_images(model: Path, data_path: Path, out: Path, batch: int, seed: int) -> list[dict]:
     """Every record's images judged by the model (hard, graded) and the oracle; one row per record."""
-    s = CurationOptions()
     backbone = load_backbone(model).eval()
+    s = CurationOptions(guidance=backbone.default_guidance)
     records = read_homologous(data_path).records
     rows = []
     with torch.no_grad():
@@ -145,7 +145,7 @@ def main() -> None:
         write_world(args.out / "data", args.n, args.seed, "train")
     start = time.time()
     rows = score_images(args.model, data, args.out, args.batch, args.seed)
-    s = CurationOptions()
+    s = CurationOptions(guidance=load_backbone(args.model).default_guidance)
     result = {"command": f"python experiments/selection.py --n {args.n} --seed {args.seed} --out {args.out}",
               "model": str(args.model), "guidance": s.guidance, "steps": s.steps, "temperature": s.image_temperature,
               "threshold": s.min_chosen_accuracy, "seconds": round(time.time() - start, 1),

@@ -68,7 +68,7 @@ def _jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
 
 def _check_prompts(backbone: Backbone, prompts: list[tuple[str, str]]) -> None:
     """Refuse, before drawing anything, prompts the model cannot read (`where`, prompt)."""
-    problems = [f"{where}: {p}" for where, prompt in prompts for p in backbone.fit_problems(None, [prompt])]
+    problems = [f"{where}: {p}" for where, prompt in prompts for p in backbone.prompt_problems([prompt])]
     if problems:
         raise DataError([f"{len(problems)} prompts the {backbone.model_type} model cannot read (nothing was drawn)",
                          *problems[:20]])
@@ -104,7 +104,8 @@ def export_geneval(backbone: Backbone, metadata_file: Path, out: Path, n: int, g
             atomic_write_bytes(path, _png(image))
         atomic_write_text(folder / "metadata.jsonl", json.dumps(metadata))  # their json.dump: one line
         drawn += 1
-    return {"prompts": len(metadatas), "drawn": drawn, "images_per_prompt": n, "out": str(out)}
+    return {"prompts": len(metadatas), "drawn": drawn, "images_per_prompt": n, "out": str(out),
+            "truncated_prompts": sum(backbone.prompt_cut(m["prompt"]) > 0 for m in metadatas)}
 
 
 def read_dpg_prompts(folder: Path) -> list[tuple[str, str]]:
@@ -146,6 +147,7 @@ def export_dpg(backbone: Backbone, prompts_dir: Path, out: Path, n: int, gen: Ge
         atomic_write_bytes(path, _png(dpg_grid(_draw(backbone, prompt, n, gen, gen.seed + index))))
         drawn += 1
     return {"prompts": len(prompts), "drawn": drawn, "out": str(out),
+            "truncated_prompts": sum(backbone.prompt_cut(prompt) > 0 for _, prompt in prompts),
             "evaluate_with": f"--image-root-path {out} --resolution {backbone.image_size} --pic-num {n}"}
 
 

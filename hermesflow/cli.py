@@ -18,7 +18,6 @@ from typing import Callable
 
 from hermesflow import __version__, config
 from hermesflow.data import read_homologous
-from hermesflow.world.judge import read_world_data
 from hermesflow.errors import HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json
 from hermesflow.settings import (
@@ -37,6 +36,7 @@ from hermesflow.settings import (
     ValidateConfig,
     WorldConfig,
 )
+from hermesflow.world.judge import read_world_data
 
 
 def run_world(cfg: WorldConfig) -> int:
@@ -75,11 +75,12 @@ def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.data import check_fit
     from hermesflow.evaluate import data_eval_items, format_table
     from hermesflow.judges import vlm_judge
-    from hermesflow.recipes.run import evaluation_settings, evaluation_stage
+    from hermesflow.recipes.run import evaluation_settings, evaluation_stage, settle
     from hermesflow.scorers.similarity import SentenceSimilarity
     from hermesflow.world.build import world_eval_items
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
+    cfg = settle(cfg, backbone)
     if cfg.data:
         data = read_world_data(cfg.data, cfg.reading)
         check_fit(backbone, data)  # before any work: a refused record writes nothing
@@ -104,12 +105,13 @@ def run_curate(cfg: CurateConfig) -> int:
     from hermesflow.accel import partial_state
     from hermesflow.backbones import load_backbone
     from hermesflow.data import check_fit
-    from hermesflow.recipes.run import curate_round, require_qa
+    from hermesflow.recipes.run import curate_round, require_qa, settle
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     data = require_qa(read_world_data(cfg.data, cfg.reading))
     state = partial_state()
     backbone = load_backbone(cfg.model, cfg.dtype).to(state.device).eval()
+    cfg = settle(cfg, backbone)
     check_fit(backbone, data)
     manifest = curate_round(backbone, SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling), data, cfg.out, cfg, cfg.round - 1,
                             cfg.previous, state)
@@ -122,10 +124,11 @@ def run_curate(cfg: CurateConfig) -> int:
 def run_train(cfg: TrainConfig) -> int:
     from hermesflow.accel import partial_state
     from hermesflow.backbones import load_backbone
-    from hermesflow.recipes.run import train_round
+    from hermesflow.recipes.run import settle, train_round
 
     data = read_world_data(cfg.data, cfg.reading)
     backbone = load_backbone(cfg.model)
+    cfg = settle(cfg, backbone)  # GRPO samples with the curation's guidance
     state = partial_state()
     train_round(backbone, data, cfg.prefs, cfg, state, out=cfg.out)
     if state.is_main_process:
@@ -136,9 +139,11 @@ def run_train(cfg: TrainConfig) -> int:
 
 
 def run_convert_showo(cfg: ConvertShowoConfig) -> int:
-    from hermesflow.convert_showo import convert_showo
+    from hermesflow.convert_showo import convert_showo, read_magvit_config
 
-    out = convert_showo(cfg.src, cfg.dst, magvit=cfg.magvit, tokenizer=cfg.tokenizer, max_seq_length=cfg.max_seq_length)
+    sizes = read_magvit_config(cfg.magvit_config) if cfg.magvit_config else None
+    out = convert_showo(cfg.src, cfg.dst, magvit=cfg.magvit, tokenizer=cfg.tokenizer, max_seq_length=cfg.max_seq_length,
+                        magvit_config=sizes)
     print(f"Show-o model written to {out}")
     return 0
 
@@ -189,8 +194,10 @@ def run_questions(cfg: QuestionsConfig) -> int:
 def run_export(cfg: ExportConfig) -> int:
     from hermesflow.backbones import GenerationConfig, load_backbone
     from hermesflow.benchmarks import export_dpg, export_geneval
+    from hermesflow.recipes.run import settle
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
+    cfg = settle(cfg, backbone)
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
     export = export_geneval if cfg.benchmark == "geneval" else export_dpg
     print_summary(export(backbone, cfg.prompts, cfg.out, cfg.n, gen))

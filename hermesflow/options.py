@@ -43,6 +43,13 @@ class ApiOptions:
     api_cache: Path = option(None, "JSON Lines cache of accepted replies (default: beside the output); a rerun asks nothing twice", changes_results=False)
 
 
+GUIDANCE_HELP = ("classifier-free guidance w, (1 + w)·cond − w·uncond on the logits; default: the backbone's own "
+                 "(built-in 2; Janus 4, which is Janus's scale 5; Show-o 5)")
+LONG_TEXT_HELP = ("a generation prompt longer than the model's text slot (Show-o: max_seq_length - 2 tokens): truncate it there, "
+                  "as Show-o's own pipeline does (counted), or refuse the data. Results never depend on it: refuse finishes only "
+                  "when nothing is cut")
+
+
 @dataclass
 class CurationOptions:
     """How the model samples and judges its own candidates (paper §3.1)."""
@@ -52,7 +59,7 @@ class CurationOptions:
     caption_top_k: int = option(0, "top-k for caption sampling; 0 = off", minimum=0)
     n_images: int = option(16, "images generated per caption (official code: 16)", minimum=1)
     steps: int = option(10, "MaskGIT decoding steps", minimum=1)
-    guidance: float = option(2.0, "classifier-free guidance w for generation, (1 + w) cond - w uncond", minimum=0.0)
+    guidance: float | None = option(None, GUIDANCE_HELP, minimum=0.0)
     image_temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
     min_chosen_accuracy: float = option(0.6, "a generated winner is kept only if its self-VQA accuracy is above this", minimum=0.0, maximum=1.0)
     image_score: str = option("hard", "how the model ranks its images: hard (self-VQA accuracy, ties at the top are common) or graded "
@@ -158,6 +165,6 @@ class EvalOptions:
 
     eval_n: int = option(500, "eval split examples per evaluation", minimum=1)
     eval_data: Path = option(None, "held-out homologous data with qa to evaluate on instead of the world's eval split")
-    eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
+    eval_guidance: float | None = option(None, "guidance w when evaluating generation; default: the backbone's own, as --guidance", minimum=0.0)
     judge: str = option("auto", "who answers the questions about generated images when evaluating: auto (the world oracle "
                         "when every record has a scene, else the model itself); vlm (a VLM behind --endpoint)", choices=("auto", "vlm"))

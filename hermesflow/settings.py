@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hermesflow.config import group, option, preset_names
-from hermesflow.options import ApiOptions, CurationOptions, DataOptions, EvalOptions, GRPOOptions, TrainingOptions
+from hermesflow.options import (
+    GUIDANCE_HELP,
+    LONG_TEXT_HELP,
+    ApiOptions,
+    CurationOptions,
+    DataOptions,
+    EvalOptions,
+    GRPOOptions,
+    TrainingOptions,
+)
 from hermesflow.testbed.options import PretrainConfig  # noqa: F401 (the pretrain verb's settings, listed with the others)
 
 DTYPE_HELP = "precision of sampling and scoring (weights), and of training (bf16 = mixed precision over fp32 weights)"
@@ -58,8 +67,9 @@ class EvalConfig:
     data: Path = option(None, "homologous data with qa to evaluate on instead of the world's eval split")
     seed: int = option(0, "seed of the eval split and of sampling")
     steps: int = option(10, "MaskGIT decoding steps", minimum=1)
-    guidance: float = option(2.0, "classifier-free guidance scale w in (1 + w) cond - w uncond", minimum=0.0)
+    guidance: float | None = option(None, GUIDANCE_HELP, minimum=0.0)
     temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
+    long_text: str = option("truncate", LONG_TEXT_HELP, choices=("truncate", "refuse"), changes_results=False)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     dtype: str = option("fp32", "precision of the model's weights while evaluating", choices=("fp32", "bf16"))
     overwrite: bool = option(False, OVERWRITE_HELP, changes_results=False)
@@ -79,6 +89,7 @@ class CurateConfig:
                         "later rounds update the --previous round's pairs (Eq. 10)", minimum=1)
     seed: int = option(0, "seed of sampling")
     dtype: str = option("fp32", DTYPE_HELP, choices=("fp32", "bf16"))
+    long_text: str = option("truncate", LONG_TEXT_HELP, choices=("truncate", "refuse"), changes_results=False)
     overwrite: bool = option(False, OVERWRITE_HELP, changes_results=False)
     curation: CurationOptions = group(CurationOptions, "curation")
     reading: DataOptions = group(DataOptions, "data reading")
@@ -104,7 +115,7 @@ class RunConfig:
     """`hermesflow run` / `iterate`: evaluate the base model, then R self-play rounds of curate, train, evaluate."""
 
     PRESETS = "run"
-    SECTIONS = {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model", "dtype"), "data": ("data", "n_train")}
+    SECTIONS = {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model", "dtype", "long_text"), "data": ("data", "n_train")}
 
     out: Path = option(None, "run folder", required=True, changes_results=False)
     preset: str = option("default", "default: the built-in model's recipe; paper: the paper's Show-o recipe (AdamW lr 2e-5, "
@@ -116,6 +127,7 @@ class RunConfig:
     n_train: int = option(400, "world train records to curate from when --data is not given", minimum=1)
     seed: int = option(0, "seed of everything")
     dtype: str = option("fp32", DTYPE_HELP, choices=("fp32", "bf16"))
+    long_text: str = option("truncate", LONG_TEXT_HELP, choices=("truncate", "refuse"), changes_results=False)
     overwrite: bool = option(False, OVERWRITE_HELP, changes_results=False)
     curation: CurationOptions = group(CurationOptions, "curation")
     training: TrainingOptions = group(TrainingOptions, "training")
@@ -139,7 +151,7 @@ class AblateConfig:
     arms (one-branch DPO, Pair-DPO sum and product, rounds 2-3), or the arms of a YAML file (--arms)."""
 
     PRESETS = "ablate"
-    SECTIONS = {"ablation": ("out", "arms", "preset", "seeds", "seed", "overwrite"), "model": ("model", "dtype"),
+    SECTIONS = {"ablation": ("out", "arms", "preset", "seeds", "seed", "overwrite"), "model": ("model", "dtype", "long_text"),
                 "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance")}
 
     out: Path = option(None, "ablation folder", required=True, changes_results=False)
@@ -151,9 +163,10 @@ class AblateConfig:
     seeds: int = option(0, "seeds per arm; 0 takes the preset's", minimum=0, unset=0)
     n_train: int = option(0, "world train records to curate; 0 takes the preset's", minimum=0, unset=0)
     eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's", minimum=0, unset=0)
-    eval_guidance: float = option(2.0, "guidance used when evaluating generation", minimum=0.0)
+    eval_guidance: float | None = option(None, "guidance w when evaluating generation; default: the backbone's own, as --guidance", minimum=0.0)
     seed: int = option(0, "seed of the data and of round-0 curation")
     dtype: str = option("fp32", DTYPE_HELP, choices=("fp32", "bf16"))
+    long_text: str = option("truncate", LONG_TEXT_HELP, choices=("truncate", "refuse"), changes_results=False)
     overwrite: bool = option(False, OVERWRITE_HELP, changes_results=False)
     curation: CurationOptions = group(CurationOptions, "curation")
     training: TrainingOptions = group(TrainingOptions, "training")
@@ -185,8 +198,9 @@ class ExportConfig:
     n: int = option(4, "images per prompt (GenEval's default 4; DPG-Bench 4 as a 2x2 grid, or 1)", minimum=1)
     seed: int = option(0, "seed; prompt i is drawn with seed + i")
     steps: int = option(10, "MaskGIT decoding steps (autoregressive backbones ignore it)", minimum=1)
-    guidance: float = option(2.0, "classifier-free guidance w in (1 + w) cond - w uncond", minimum=0.0)
+    guidance: float | None = option(None, GUIDANCE_HELP, minimum=0.0)
     temperature: float = option(1.0, "sampling temperature", minimum=0.0)
+    long_text: str = option("truncate", LONG_TEXT_HELP, choices=("truncate", "refuse"), changes_results=False)
     dtype: str = option("fp32", "precision of the model's weights", choices=("fp32", "bf16"))
 
 
@@ -222,4 +236,6 @@ class ConvertShowoConfig:
     magvit: Path = option(None, "the magvitv2 folder (default: SRC/magvitv2 or a magvitv2 folder beside SRC)")
     tokenizer: Path = option(None, "Phi-1.5's tokenizer folder (default: SRC if it holds one, else a phi-1_5 folder beside SRC)")
     max_seq_length: int = option(128, "the text slot of text-to-image sequences the checkpoint was trained with", minimum=1)
+    magvit_config: Path = option(None, "the image tokenizer's sizes as JSON (ch, encoder_ch_mult, encoder_res_blocks, "
+                                 "decoder_ch_mult, decoder_res_blocks, bits); default: read from its weights' shapes")
 

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from hermesflow import config
+from hermesflow.backbones import load_backbone
 from hermesflow.errors import UsageError
 from hermesflow.options import CurationOptions, TrainingOptions
-from hermesflow.recipes.run import claim_run, curation_settings, eval_settings
+from hermesflow.recipes.run import claim_run, curation_settings, eval_settings, settle
 from hermesflow.settings import AblateConfig, RunConfig
 from hermesflow.testbed.options import PretrainConfig
 
@@ -72,7 +73,8 @@ def test_a_saved_config_loads_back_equal_and_groups_its_settings(tmp_path: Path)
 def test_whether_a_setting_changes_results_is_metadata_on_its_field():
     free = set(config.flat(config.build(RunConfig, out=Path("x")))) - set(config.results_settings(config.build(RunConfig, out=Path("x"))))
     assert free == {"out", "rounds", "preset", "overwrite", "report_to", "save_every", "max_nonfinite", "log_branch_grad_norms",
-                    "endpoint", "api_key_env", "timeout", "retries", "backoff", "workers", "api_cache", "json_schema"}
+                    "endpoint", "api_key_env", "timeout", "retries", "backoff", "workers", "api_cache", "json_schema",
+                    "long_text"}  # refuse finishes only where truncate would cut nothing
 
 
 def test_presets_are_yaml_files_in_the_package_loaded_like_config_files():
@@ -108,7 +110,7 @@ def test_an_installed_package_carries_its_presets_and_report_templates(tmp_path:
 def test_a_run_folder_made_before_the_grouping_resumes_with_the_same_settings(tmp_path: Path, capsys):
     run = tmp_path / "run"
     shutil.copytree(OLD_RUN, run)
-    cfg = config.build(RunConfig, out=run)
+    cfg = settle(config.build(RunConfig, out=run), load_backbone())  # as `run` completes it
     claim_run(cfg)  # the defaults, as then: same settings, so it resumes
     assert "resuming the run" in capsys.readouterr().err
     # each stage's recorded settings are what today's code records, so finished stages are reused

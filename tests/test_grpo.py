@@ -186,7 +186,7 @@ def test_trajectory_refuses_inconsistent_inputs():
 def test_the_trajectory_estimator_is_refused_for_a_backbone_that_does_not_record_its_decoding(tmp_path):
 
     class Autoregressive:
-        model_type = "janus"
+        model_type, default_guidance = "janus", 4.0
 
     with pytest.raises(UsageError, match="--grpo-estimator random_mask"):
         estimator_for(Autoregressive(), grpo_config(tmp_path))
@@ -210,11 +210,11 @@ def grpo_config(out: Path, **changes) -> RunConfig:
 
 
 def estimator_for(backbone, cfg: RunConfig):
-    return grpo_estimator(backbone, cfg.grpo, cfg.training, sampler_of(cfg.curation))
+    return grpo_estimator(backbone, cfg.grpo, cfg.training, sampler_of(cfg.curation, backbone))
 
 
 def run_grpo(backbone, records, cfg: RunConfig, out: Path):
-    return train_grpo(backbone, records, cfg.grpo, cfg.training, sampler_of(cfg.curation), cfg.seed, cfg.dtype, out)
+    return train_grpo(backbone, records, cfg.grpo, cfg.training, sampler_of(cfg.curation, backbone), cfg.seed, cfg.dtype, out)
 
 
 @pytest.mark.parametrize("estimator, beta_kl", [("trajectory", 0.0), ("random_mask", 0.1)])

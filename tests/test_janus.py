@@ -4,14 +4,16 @@ saving, dtypes, devices, LoRA and bad input."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import make_tiny_janus
-from transformers import AutoProcessor, JanusForConditionalGeneration
+from tiny_models import JANUS_CHAT_TEMPLATE, make_tiny_janus, tiny_janus_bpe_tokenizer
+from tokenizers import decoders
+from transformers import AutoProcessor, JanusForConditionalGeneration, JanusProcessor
 
 from hermesflow.backbones import ExactEstimator, GenerationConfig, MaskedEstimator, load_backbone
 from hermesflow.backbones.janus import CAPTION_QUESTION, JanusBackbone, sample_token
@@ -50,10 +52,19 @@ def special(b: JanusBackbone, name: str) -> int:
     return b.tokenizer.convert_tokens_to_ids(getattr(b.tokenizer, name))
 
 
+# The official understanding prompt (deepseek-ai/Janus: conversation.py's "deepseek" template, with
+# processing_vlm.py's default system prompt), written out here rather than taken from the adapter.
+OFFICIAL_SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
+                          "the user provides, and assist the user with a variety of tasks using natural language.")
+
+
+def official_understanding_text(question: str, system: bool = True) -> str:
+    return (f"{OFFICIAL_SYSTEM_PROMPT}\n\n" if system else "") + f"<|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>:"
+
+
 def understanding_ids(b: JanusBackbone, question: str) -> list[int]:
     tok = b.tokenizer
-    text = f"<|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>:"
-    ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
+    ids = [tok.bos_token_id] + tok.encode(official_understanding_text(question), add_special_tokens=False)
     at = ids.index(special(b, "image_token"))
     block = [special(b, "boi_token")] + [special(b, "image_token")] * N_IMAGE_TOKENS + [special(b, "eoi_token")]
     return ids[:at] + block + ids[at + 1 :]
@@ -137,6 +148,71 @@ def test_tiny_folder_loads_through_the_registry_and_as_plain_janus(folder, backb
     plain = JanusForConditionalGeneration.from_pretrained(folder, local_files_only=True)
     assert isinstance(plain, JanusForConditionalGeneration)
     assert AutoProcessor.from_pretrained(folder, local_files_only=True).num_image_tokens == N_IMAGE_TOKENS
+
+
+@pytest.fixture(scope="module")
+def bpe_folder(tmp_path_factory) -> Path:
+    """A tiny Janus whose tokenizer is byte-level BPE with Janus-Pro's special tokens, as the real one."""
+    return make_tiny_janus(tmp_path_factory.mktemp("janus-bpe") / "tiny", tokenizer=tiny_janus_bpe_tokenizer())
+
+
+def test_prompts_equal_the_official_format_and_transformers_processor_token_for_token(bpe_folder, world):
+    backbone = load_backbone(bpe_folder)
+    processor = JanusProcessor.from_pretrained(bpe_folder, local_files_only=True)
+    assert processor.use_default_system_prompt and processor.chat_template == JANUS_CHAT_TEMPLATE
+    records, images = world
+    tok = backbone.tokenizer
+    for record, image in zip(records, images):
+        question = record["qa"][0]["question"]
+        for text in (question, CAPTION_QUESTION):
+            turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            ids = processor(text=processor.apply_chat_template(turn, add_generation_prompt=True), images=[image])["input_ids"][0]
+            assert backbone._understanding_ids(text) == ids.tolist()
+            official = tok.encode(official_understanding_text(text))  # <bos> added by the tokenizer, as Janus-Pro's
+            block = [backbone.tokens.boi] + [backbone.tokens.image] * N_IMAGE_TOKENS + [backbone.tokens.eoi]
+            at = official.index(backbone.tokens.image)
+            assert backbone._understanding_ids(text) == official[:at] + block + official[at + 1 :]
+        turn = [{"role": "user", "content": [{"type": "text", "text": record["caption"]}]}]
+        ids = processor(text=processor.apply_chat_template(turn, add_generation_prompt=True), generation_mode="image")["input_ids"][0]
+        assert backbone._generation_ids(record["caption"]) == ids.tolist()  # no system prompt for generation
+
+
+def test_a_folder_that_turns_the_system_prompt_off_is_followed(tmp_path):
+    folder = make_tiny_janus(tmp_path / "plain", tokenizer=tiny_janus_bpe_tokenizer(), system_prompt=False)
+    backbone = load_backbone(folder)
+    expected = backbone.tokenizer.encode(official_understanding_text("what is it?", system=False))
+    assert len(backbone._understanding_ids("what is it?")) == len(expected) - 1 + N_IMAGE_TOKENS + 2
+    assert "helpful" not in backbone.tokenizer.decode(backbone._understanding_ids("what is it?"))
+
+
+def test_a_saved_round_keeps_the_folders_prompt_format(bpe_folder, tmp_path):
+    backbone = load_backbone(bpe_folder)
+    backbone.save_pretrained(tmp_path / "saved")
+    processor = JanusProcessor.from_pretrained(tmp_path / "saved", local_files_only=True)
+    assert processor.use_default_system_prompt and processor.chat_template == JANUS_CHAT_TEMPLATE
+    assert load_backbone(tmp_path / "saved")._understanding_ids("what is it?") == backbone._understanding_ids("what is it?")
+
+
+def test_a_tokenizer_that_runs_words_together_is_refused_in_one_line(tmp_path):
+    broken = tiny_janus_bpe_tokenizer()
+    broken.backend_tokenizer.decoder = decoders.Fuse()  # what a misread byte-level tokenizer does to spaces
+    folder = make_tiny_janus(tmp_path / "broken", tokenizer=broken)
+    with pytest.raises(UsageError, match=r"its tokenizer decodes 'a b\\n\\nc' as .*install transformers>=5.25"):
+        load_backbone(folder)
+
+
+def test_untied_weights_stay_untied_when_the_config_does_not_say(folder, tmp_path):
+    shutil.copytree(folder, tmp_path / "untold")
+    path = tmp_path / "untold" / "config.json"
+    config = json.loads(path.read_text())
+    config.pop("tie_word_embeddings", None)
+    config["text_config"].pop("tie_word_embeddings", None)
+    path.write_text(json.dumps(config))
+    backbone = load_backbone(tmp_path / "untold")
+    head = backbone.model.lm_head.weight.detach().clone()
+    assert not torch.equal(head, backbone.model.get_input_embeddings().weight)
+    backbone.model.tie_weights()  # e.g. PEFT or accelerate calls it; it must not copy the embedding over lm_head
+    assert torch.equal(backbone.model.lm_head.weight, head)
 
 
 def test_prepare_images_takes_any_size_and_matches_janus_image_processor(backbone):
@@ -464,3 +540,13 @@ def test_answering_runs_each_prompt_once_and_scores_every_choice_as_teacher_forc
         alone = backbone._answer_logps(features[owners], [questions[i] for i in owners], [c for o in choices for c in o])
     torch.testing.assert_close(shared.total, alone.total, atol=1e-4, rtol=1e-5)
     assert torch.equal(shared.count, alone.count)
+
+
+def test_guidance_defaults_to_janus_scale_5_unless_given(backbone):
+    from hermesflow import config
+    from hermesflow.recipes.run import settle
+    from hermesflow.settings import RunConfig
+
+    cfg = settle(config.build(RunConfig, out=Path("x")), backbone)
+    assert cfg.curation.guidance == cfg.eval.eval_guidance == 4.0  # (1 + w)·cond − w·uncond: Janus's cfg_weight 5
+    assert settle(config.build(RunConfig, out=Path("x"), guidance=1.0), backbone).curation.guidance == 1.0

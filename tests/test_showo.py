@@ -7,12 +7,15 @@ outputs (codes, masks, sampled tokens) agree exactly."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_showo import TINY_MAGVIT, make_tiny_showo, tiny_phi_tokenizer
 
 from hermesflow.backbones.base import ExactEstimator, GenerationConfig, MaskedEstimator
@@ -27,7 +30,7 @@ from hermesflow.backbones.showo import (
     official_masks,
     sample_token,
 )
-from hermesflow.convert_showo import convert_showo, lfq_tables
+from hermesflow.convert_showo import convert_showo, lfq_tables, read_magvit_config
 from hermesflow.errors import UsageError
 from hermesflow.world.build import world_records
 
@@ -380,8 +383,13 @@ def test_fit_problems_name_what_does_not_fit(model, world):
     too_long = " ".join(["red"] * (model.cfg.max_seq_length - 1))
     problems = model.fit_problems(np.zeros((8, 8), dtype=np.uint8), [too_long, "a zebra", "", "a <|soi|> circle"])
     assert any("(H, W, 3) uint8" in p for p in problems)
-    assert any("text-to-image prompt holds 30" in p for p in problems)
+    assert not any(too_long[:20] in p for p in problems) and model.prompt_cut(too_long) == 1  # cut as a prompt, fits as a caption
     assert any("does not know" in p for p in problems)
+    try:
+        model.long_text = "refuse"
+        assert any("text-to-image prompt holds 30" in p for p in model.fit_problems(None, [too_long]))
+    finally:
+        model.long_text = "truncate"
     assert any("is empty" in p for p in problems)
     assert any("special tokens" in p for p in problems)
 
@@ -405,24 +413,84 @@ def test_images_of_any_size_read_as_codes_and_generated_codes_pass_through(model
 # ----- the converter ----------------------------------------------------------------------------------
 
 
-def write_official_folders(model: ShowoBackbone, root: Path) -> Path:
-    """The tiny model in the official layout: show-o (config.json, pytorch_model.bin of showo.*),
-    magvitv2 (pytorch_model.bin with encoder, decoder and the LFQ tables) and phi-1_5 (tokenizer, config)."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    (root / "show-o").mkdir(parents=True)
-    torch.save({k: v for k, v in state.items() if k.startswith("showo.")}, root / "show-o" / "pytorch_model.bin")
+# How showlab/show-o, show-o-512x512 and magvitv2 have published their weights: today one
+# pytorch_model.safetensors each (magvitv2's pytorch_model.bin was deleted in a later commit); before,
+# pytorch_model.bin; transformers' shard indexes for large checkpoints.
+LAYOUTS = ("hub-safetensors", "bin", "safetensors-shards", "bin-shards")
+
+
+def save_weights(state: dict[str, torch.Tensor], folder: Path, layout: str) -> None:
+    folder.mkdir(parents=True)
+    if layout == "hub-safetensors":
+        save_file(state, folder / "pytorch_model.safetensors")
+    elif layout == "bin":
+        torch.save(state, folder / "pytorch_model.bin")
+    else:  # two shards and transformers' index naming them
+        suffix = "safetensors" if layout == "safetensors-shards" else "bin"
+        prefix = "model" if suffix == "safetensors" else "pytorch_model"
+        names = sorted(state)
+        weight_map = {}
+        for i, part in enumerate((names[::2], names[1::2])):
+            shard = f"{prefix}-{i + 1:05d}-of-00002.{suffix}"
+            (save_file if suffix == "safetensors" else torch.save)({k: state[k] for k in part}, folder / shard)
+            weight_map |= {k: shard for k in part}
+        (folder / f"{prefix}.{suffix}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def write_official_folders(model: ShowoBackbone, root: Path, layout: str = "bin") -> Path:
+    """The tiny model in the official layout: show-o (config.json with the published keys, the `showo.*`
+    weights), magvitv2 (config.json exactly as published, which records no sizes; encoder, decoder and
+    the LFQ tables) and phi-1_5 (tokenizer, config), the weights saved as `layout` says."""
+    state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
     cfg = model.cfg
+    save_weights({k: v for k, v in state.items() if k.startswith("showo.")}, root / "show-o", layout)
     (root / "show-o" / "config.json").write_text(json.dumps({
-        "_class_name": "Showo", "w_clip_vit": False, "vocab_size": cfg.vocab_size, "llm_vocab_size": cfg.llm_vocab_size,
-        "llm_model_path": "microsoft/phi-1_5", "codebook_size": cfg.codebook_size, "num_vq_tokens": cfg.num_vq_tokens,
-        "load_from_showo": False, "mask_token_id": cfg.mask_id}))
-    (root / "magvitv2").mkdir()
+        "_class_name": "Showo", "_diffusers_version": "0.30.1", "codebook_size": cfg.codebook_size,
+        "llm_model_path": "microsoft/phi-1_5", "llm_vocab_size": cfg.llm_vocab_size, "load_from_showo": False,
+        "mask_token_id": cfg.mask_id, "num_vq_tokens": cfg.num_vq_tokens, "vocab_size": cfg.vocab_size, "w_clip_vit": False}))
     vq = {k.removeprefix("vq_model."): v for k, v in state.items() if k.startswith("vq_model.")}
-    torch.save({**vq, **lfq_tables(model.vq_model.cfg.bits)}, root / "magvitv2" / "pytorch_model.bin")
-    (root / "magvitv2" / "config.json").write_text(json.dumps({"_class_name": "MAGVITv2"}))
+    save_weights({**vq, **lfq_tables(model.vq_model.cfg.bits)}, root / "magvitv2", layout)
+    (root / "magvitv2" / "config.json").write_text(json.dumps({"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"}))
     tiny_phi_tokenizer().save_pretrained(root / "phi-1_5")
     (root / "phi-1_5" / "config.json").write_text(json.dumps(model.showo.config.to_dict()))
     return root / "show-o"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_published_layout_converts_from_the_command_line(model, tmp_path, layout):
+    src = write_official_folders(model, tmp_path / "official", layout)
+    result = subprocess.run([sys.executable, "-m", "hermesflow", "convert-showo", str(src), str(tmp_path / "converted"),
+                             "--max-seq-length", str(model.cfg.max_seq_length)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    converted = ShowoBackbone.from_pretrained(tmp_path / "converted")
+    assert converted.fingerprint() == model.fingerprint()
+    assert converted.cfg == model.cfg  # the image tokenizer's sizes read from its weights
+    assert converted.tokenizer.encode("a red circle <|soi|>") == model.tokenizer.encode("a red circle <|soi|>")
+
+
+def test_magvit_sizes_are_read_from_the_weights_shapes(full_size):
+    # the real showlab/magvitv2's tensor shapes, as the reference code built them
+    real = {name: torch.empty(shape, device="meta") for name, shape in full_size["magvitv2"]["parameters"].items()}
+    assert MagvitConfig.from_weights(real, "magvitv2") == MagvitConfig()
+    variant = MagvitConfig(ch=32, encoder_ch_mult=[1, 2, 2], encoder_res_blocks=[2, 0, 1], decoder_ch_mult=[1, 2, 2],
+                           decoder_res_blocks=[1, 1, 0], bits=5)  # 32 codes, levels without blocks
+    with torch.device("meta"):
+        state = MagvitV2(variant).state_dict()
+    assert MagvitConfig.from_weights(state, "v") == variant
+    del state["encoder.conv_out.weight"]
+    with pytest.raises(ValueError, match="v: no encoder.conv_out.weight"):
+        MagvitConfig.from_weights(state, "v")
+
+
+def test_magvit_sizes_the_shapes_cannot_tell_are_named_in_a_file(model, tmp_path):
+    src = write_official_folders(model, tmp_path / "official")
+    sizes = tmp_path / "magvit.json"
+    sizes.write_text(json.dumps(TINY_MAGVIT.to_dict()))
+    out = convert_showo(src, tmp_path / "converted", max_seq_length=model.cfg.max_seq_length, magvit_config=read_magvit_config(sizes))
+    assert ShowoBackbone.from_pretrained(out).cfg == model.cfg
+    sizes.write_text(json.dumps({**TINY_MAGVIT.to_dict(), "channels": 3}))
+    with pytest.raises(UsageError, match=r"magvit.json: unknown keys \['channels'\]"):
+        read_magvit_config(sizes)
 
 
 def test_converting_the_official_layout_gives_the_same_model(model, tmp_path):
@@ -451,4 +519,83 @@ def test_the_converter_names_missing_unexpected_and_misshapen_weights(model, tmp
     (tmp_path / "official" / "magvitv2").rename(tmp_path / "official" / "elsewhere")
     with pytest.raises(UsageError, match="no magvitv2 folder found"):
         convert_showo(src, tmp_path / "out", magvit_config=TINY_MAGVIT)
+    # a magvitv2 folder without weights, or a Show-o folder without: the cause, and what was looked for
+    (tmp_path / "official" / "magvitv2").mkdir()
+    with pytest.raises(UsageError, match=r"magvitv2 folder .*magvitv2: no weights \(looked for pytorch_model.safetensors, "):
+        convert_showo(src, tmp_path / "out")
+    (tmp_path / "official" / "magvitv2").rmdir()
+    (tmp_path / "official" / "elsewhere").rename(tmp_path / "official" / "magvitv2")
+    (src / "pytorch_model.bin").rename(src / "weights.bin")
+    with pytest.raises(UsageError, match=r"Show-o folder .*show-o: no weights \(looked for pytorch_model.safetensors, "):
+        convert_showo(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written on an error
+
+
+# ----- prompts longer than the text slot ---------------------------------------------------------------
+
+
+def dpg_length_prompt(words: int = 130) -> str:
+    """A DPG-Bench-length prompt (its prompts run 37-130 words) in words the tiny tokenizer knows."""
+    scene = "a red circle above a blue square and a green triangle to the left of a yellow circle".split()
+    return " ".join((scene * (words // len(scene) + 1))[:words])
+
+
+def test_a_long_prompt_is_cut_to_the_text_slot_as_the_reference_pipeline_cuts_it(model):
+    ids = model.tokenizer.encode(dpg_length_prompt(), add_special_tokens=False)
+    assert len(ids) == 130 > model.text_slot
+    t2i, bos, eos = model.cfg.special_id("<|t2i|>"), model.cfg.bos_id, model.cfg.eos_id
+    # Show-o's UniversalPrompting.t2i_gen_prompt: ([<|t2i|>, <bos>] + text + [<eos>])[:max_text_len - 1] + [<eos>]
+    assert model.t2i_prefix(ids) == ([t2i, bos] + ids + [eos])[: model.prefix_len - 1] + [eos]
+    assert model.prompt_cut(dpg_length_prompt()) == 130 - model.text_slot and model.prompt_cut("a red circle") == 0
+    try:
+        model.long_text = "refuse"
+        assert model.prompt_cut(dpg_length_prompt()) == 0
+        (problem,) = model.prompt_problems([dpg_length_prompt(), "a red circle"])
+        assert "is 130 tokens" in problem and "--long-text truncate" in problem
+        with pytest.raises(UsageError, match="does not fit Show-o's text slot"):
+            model.t2i_prefix(ids)
+    finally:
+        model.long_text = "truncate"
+
+
+def test_dpg_export_cuts_and_counts_long_prompts_or_refuses_them(folder, tmp_path, capsys):
+    from hermesflow.cli import main
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "long.txt").write_text(dpg_length_prompt())
+    (prompts / "short.txt").write_text("a red circle")
+    args = ["export", "dpg", "--model", str(folder), "--prompts", str(prompts), "--n", "1", "--steps", "2"]
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 0
+    assert re.search(r"truncated_prompts\s+1\n", capsys.readouterr().out)
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["long.png", "short.png"]
+    assert main([*args, "--out", str(tmp_path / "refused"), "--long-text", "refuse"]) == 2
+    assert "long.txt: text" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_curation_cuts_and_counts_long_captions_or_refuses_them(tmp_path):
+    from hermesflow import config
+    from hermesflow.accel import partial_state
+    from hermesflow.data import read_homologous
+    from hermesflow.errors import DataError
+    from hermesflow.recipes.run import curate_round, settle, train_data
+    from hermesflow.scorers.similarity import SentenceSimilarity
+    from hermesflow.settings import RunConfig
+    from hermesflow.world.build import write_world
+
+    roomy = ShowoBackbone.from_pretrained(make_tiny_showo(tmp_path / "showo", context=256))  # room to caption a long text
+    write_world(tmp_path / "data", 2, seed=0, split="train")
+    lines = (tmp_path / "data" / "data.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    lines[0] = json.dumps({**first, "caption": dpg_length_prompt()})
+    (tmp_path / "data" / "data.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = config.build(RunConfig, out=tmp_path / "run", data=tmp_path / "data", n_captions=2, n_images=2, steps=2,
+                       min_chosen_accuracy=0.0)
+    state = partial_state()
+    data = train_data(roomy, settle(cfg, roomy), tmp_path / "run", state)
+    manifest = curate_round(roomy, SentenceSimilarity(), data, tmp_path / "run" / "round-1", cfg, 0, None, state)
+    assert manifest["truncated_prompts"] == 1 and manifest["counts"]["records"] == 2
+    refusing = config.replace(cfg, long_text="refuse", out=tmp_path / "refused")
+    with pytest.raises(DataError, match="is 130 tokens"):
+        train_data(roomy, settle(refusing, roomy), tmp_path / "refused", state)
+    assert read_homologous(tmp_path / "data").records[0].caption == dpg_length_prompt()

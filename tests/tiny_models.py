@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     JanusConfig,
     JanusForConditionalGeneration,
@@ -19,7 +19,7 @@ from transformers import (
 from transformers.models.janus.configuration_janus import JanusVisionConfig, JanusVQVAEConfig
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
-from hermesflow.backbones.janus import CAPTION_QUESTION, GENERATION_TEMPLATE, UNDERSTANDING_TEMPLATE
+from hermesflow.backbones.janus import CAPTION_QUESTION, GENERATION_TEMPLATE, SYSTEM_PROMPT, UNDERSTANDING_TEMPLATE
 from hermesflow.testbed.tokenizers import world_words
 
 # Janus-Pro's own special-token strings, so the adapter meets the names it will meet in real folders.
@@ -33,11 +33,13 @@ JANUS_SPECIALS = {
     "eoi_token": "<end_of_image>",
 }
 JANUS_ROLES = ("<|User|>", "<|Assistant|>")
+# the chat template transformers' converter writes into Janus-Pro folders (fixtures/janus/README.md)
+JANUS_CHAT_TEMPLATE = (Path(__file__).parent / "fixtures" / "janus" / "chat_template.jinja").read_text(encoding="utf-8")
 
 
 def tiny_janus_words() -> list[str]:
     """The shapes world's words plus those of the adapter's prompt templates."""
-    templates = f"{CAPTION_QUESTION} {UNDERSTANDING_TEMPLATE} {GENERATION_TEMPLATE}"
+    templates = f"{SYSTEM_PROMPT} {CAPTION_QUESTION} {UNDERSTANDING_TEMPLATE} {GENERATION_TEMPLATE}"
     templates = re.sub(r"<\|\w+\|>|\{\w+\}", " ", templates)
     template_words = re.findall(r"\w+|[^\w\s]+", templates.lower())  # what the Whitespace pre-tokenizer splits
     return sorted(set(world_words()) | set(template_words))
@@ -52,6 +54,24 @@ def tiny_janus_tokenizer() -> PreTrainedTokenizerFast:
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    named = {k: v for k, v in JANUS_SPECIALS.items() if k in ("unk_token", "bos_token", "eos_token", "pad_token")}
+    extra = {k: v for k, v in JANUS_SPECIALS.items() if k not in named}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, extra_special_tokens=extra, **named)
+
+
+def tiny_janus_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer as Janus-Pro's is (spaces and newlines kept as bytes, <bos> added in
+    front when asked for special tokens), trained here on the shapes world's words and the prompts,
+    with Janus-Pro's special tokens first."""
+    specials = list(JANUS_SPECIALS.values()) + list(JANUS_ROLES)
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = [SYSTEM_PROMPT, CAPTION_QUESTION, UNDERSTANDING_TEMPLATE, GENERATION_TEMPLATE, " ".join(world_words())]
+    backend.train_from_iterator(corpus * 4, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
+                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = JANUS_SPECIALS["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, backend.token_to_id(bos))])
     named = {k: v for k, v in JANUS_SPECIALS.items() if k in ("unk_token", "bos_token", "eos_token", "pad_token")}
     extra = {k: v for k, v in JANUS_SPECIALS.items() if k not in named}
     return PreTrainedTokenizerFast(tokenizer_object=backend, extra_special_tokens=extra, **named)
@@ -76,11 +96,13 @@ def tiny_janus_config(vocab_size: int, image_size: int = 64, image_token_id: int
                        tie_word_embeddings=False)
 
 
-def make_tiny_janus(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
-    """Write a random tiny Janus folder (weights, config, tokenizer, processor config) in transformers'
+def make_tiny_janus(folder: Path, image_size: int = 64, seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None,
+                    system_prompt: bool = True) -> Path:
+    """Write a random tiny Janus folder (weights, config, tokenizer, processor config with the converter's
+    chat template and, as converted Janus-Pro folders say, `use_default_system_prompt`) in transformers'
     format, loadable by `load_backbone` and by `JanusForConditionalGeneration.from_pretrained`."""
     folder = Path(folder)
-    tokenizer = tiny_janus_tokenizer()
+    tokenizer = tokenizer or tiny_janus_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids(JANUS_SPECIALS["image_token"])
     config = tiny_janus_config(len(tokenizer), image_size, image_token_id)
     torch.manual_seed(seed)
@@ -89,6 +111,7 @@ def make_tiny_janus(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
     image_processor = JanusImageProcessorPil(size={"height": image_size, "width": image_size},
                                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     processor = JanusProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               num_image_tokens=config.vision_config.num_image_tokens)
+                               num_image_tokens=config.vision_config.num_image_tokens, chat_template=JANUS_CHAT_TEMPLATE,
+                               use_default_system_prompt=system_prompt)
     processor.save_pretrained(folder)
     return folder

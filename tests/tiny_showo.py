@@ -54,21 +54,22 @@ def tiny_showo_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_showo_config(text_vocab: int, image_size: int = 32) -> ShowoConfig:
-    """32 px (16 tokens, the default, fast) or Show-o's 256 px (256 tokens)."""
+def tiny_showo_config(text_vocab: int, image_size: int = 32, context: int | None = None) -> ShowoConfig:
+    """32 px (16 tokens, the default, fast) or Show-o's 256 px (256 tokens); `context` positions (default:
+    64 more than the image's tokens)."""
     magvit = {32: TINY_MAGVIT, 256: TINY_MAGVIT_256}[image_size]
     tokens = (image_size // magvit.downsample) ** 2
-    return ShowoConfig(phi={**TINY_PHI, "max_position_embeddings": 64 + tokens}, magvit=magvit.to_dict(),
+    return ShowoConfig(phi={**TINY_PHI, "max_position_embeddings": context or 64 + tokens}, magvit=magvit.to_dict(),
                        llm_vocab_size=text_vocab, num_vq_tokens=tokens, image_size=image_size, max_seq_length=32,
                        bos_id=0, eos_id=0)
 
 
-def make_tiny_showo(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+def make_tiny_showo(folder: str | Path, seed: int = 0, image_size: int = 32, context: int | None = None) -> Path:
     """Write a tiny random Show-o folder (config.json, model.safetensors, tokenizer) and return it."""
     folder = Path(folder)
     tokenizer = tiny_showo_tokenizer()
     torch.manual_seed(seed)
-    model = ShowoBackbone(tiny_showo_config(len(tokenizer) - 1 - len(SPECIAL_TOKENS), image_size), tokenizer)
+    model = ShowoBackbone(tiny_showo_config(len(tokenizer) - 1 - len(SPECIAL_TOKENS), image_size, context), tokenizer)
     with torch.no_grad():  # Phi's 0.02-std init gives near-uniform outputs; wider weights make tests sharper
         for name, p in model.showo.named_parameters():
             if p.ndim == 2:

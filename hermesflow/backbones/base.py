@@ -105,6 +105,7 @@ class Backbone(Protocol):
     """A unified model as HermesFlow sees it (see the module docstring for the conventions)."""
 
     model_type: ClassVar[str]
+    default_guidance: ClassVar[float]  # guidance w of its published inference: --guidance when not given
     image_size: int  # the side in pixels of the images it reads and draws
 
     @property
@@ -119,6 +120,13 @@ class Backbone(Protocol):
     def fit_problems(self, image: np.ndarray | None, texts: Sequence[str]) -> list[str]:
         """Why this image and these texts (caption, questions, choices) cannot be represented by the
         model, one reason per problem; empty when they fit. Called on the data before any work."""
+
+    def prompt_problems(self, prompts: Sequence[str]) -> list[str]:
+        """`fit_problems` for texts used only as image-generation prompts (benchmark exports)."""
+
+    def prompt_cut(self, prompt: str) -> int:
+        """How many tokens of a generation prompt its text slot cuts off (0: it fits, or no slot);
+        nonzero only when `long_text` is "truncate" (else such a prompt is a fit problem)."""
 
     def prepare_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Understanding inputs, one row per image (any size; converted and resized here)."""
@@ -242,6 +250,18 @@ class BackboneBase(nn.Module):
 
     model_type: ClassVar[str] = ""
     lora_targets: ClassVar[tuple[str, ...]] = ()
+    # the classifier-free guidance w, in (1 + w)·cond − w·uncond, of the model's published inference:
+    # what --guidance means when it is not given
+    default_guidance: ClassVar[float] = 2.0
+    # a generation prompt longer than the model's text slot (Show-o's): "truncate" it as the reference
+    # pipeline does, or "refuse" it as a fit problem
+    long_text: str = "truncate"
+
+    def prompt_problems(self, prompts: Sequence[str]) -> list[str]:
+        return self.fit_problems(None, prompts)
+
+    def prompt_cut(self, prompt: str) -> int:
+        return 0
 
     @property
     def device(self) -> torch.device:

@@ -5,13 +5,21 @@ images through a SigLIP encoder and an aligner (understanding), and writes them 
 predicted one by one through a separate embedding and head (generation). Both directions are
 autoregressive, so image log-probs are exact (`ExactEstimator`).
 
-Sequences follow Janus's "deepseek" SFT format with an empty system prompt, as the official
-inference code builds them (janus/models/conversation.py):
+Sequences follow Janus's "deepseek" SFT format as the official code builds them
+(janus/models/processing_vlm.py, conversation.py, generation_inference.py) and transformers'
+converted processor does (its chat template, `use_default_system_prompt`):
 
-    understanding  <bos><|User|>: <begin_of_image><image_placeholder>×N<end_of_image>\\n{question}\\n\\n
+    understanding  <bos>{system}<|User|>: <begin_of_image><image_placeholder>×N<end_of_image>\\n{question}\\n\\n
                    <|Assistant|>: {answer}<eos>
     generation     <bos><|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>{image tokens}
     unconditional  the generation prompt with every token between <bos> and <begin_of_image> made <pad>
+
+{system} is Janus's default system prompt followed by a blank line (`SYSTEM_PROMPT`) when the
+folder's processor says `use_default_system_prompt` (transformers' converted Janus and Janus-Pro
+folders do, as the official processor always adds it to understanding prompts), or when the folder
+has no processor config; empty when it says false. Generation prompts never carry it (the official
+generation code passes an empty one). Where the folder has a chat template, the user turn is rendered
+by it; otherwise by the format above, which is what the converter's template renders.
 
 The N placeholders are replaced by the aligned SigLIP features of the image. A caption is the answer
 to `CAPTION_QUESTION`; a multiple-choice answer is the answer to its question. The unconditional
@@ -36,6 +44,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import transformers
 from transformers import (
     AutoTokenizer,
     DynamicCache,
@@ -45,6 +54,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
 from hermesflow.backbones.base import (
     BackboneBase,
@@ -63,6 +73,7 @@ from hermesflow.backbones.base import (
 from hermesflow.errors import UsageError
 
 CAPTION_QUESTION = "Describe this image in one sentence."
+SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT  # "You are a helpful language and vision assistant. ...\n\n"
 UNDERSTANDING_TEMPLATE = "<|User|>: {image}\n{question}\n\n<|Assistant|>:"
 GENERATION_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Janus's image processor config; used when a folder has none
@@ -115,14 +126,16 @@ class JanusBackbone(BackboneBase):
     """Janus / Janus-Pro through `JanusForConditionalGeneration` (see the module docstring)."""
 
     model_type: ClassVar[str] = "janus"
+    default_guidance: ClassVar[float] = 4.0  # Janus's cfg_weight 5 is 1 + w (generation_inference.py)
     caption_max_tokens: ClassVar[int] = 64  # sampled captions stop here if no <eos> came first
 
     def __init__(self, model: JanusForConditionalGeneration, tokenizer: PreTrainedTokenizerBase,
-                 image_processor: JanusImageProcessorPil):
+                 image_processor: JanusImageProcessorPil, prompts: PromptFormat | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.prompts = prompts or PromptFormat()
         config = model.config
         self.tokens = SpecialTokens.of(tokenizer, config)
         self.image_size: int = config.vision_config.image_size
@@ -150,7 +163,12 @@ class JanusBackbone(BackboneBase):
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as e:
             raise UsageError(f"model folder {directory}: cannot load it as Janus ({e})") from None
-        return cls(model, tokenizer, _image_processor(directory, model.config)).eval()
+        _check_round_trip(tokenizer, directory)
+        # a config without tie_word_embeddings reads as tied; say what the weights are, so that no later
+        # tie_weights() copies the input embedding over a trained lm_head
+        tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        model.config.tie_word_embeddings = model.config.text_config.tie_word_embeddings = tied
+        return cls(model, tokenizer, _image_processor(directory, model.config), PromptFormat.of(directory)).eval()
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Weights, config, tokenizer and processor config: a plain Janus folder (loads with
@@ -161,8 +179,9 @@ class JanusBackbone(BackboneBase):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
-        JanusProcessor(image_processor=self.image_processor, tokenizer=self.tokenizer,
-                       num_image_tokens=self.n_understanding_tokens).save_pretrained(directory)
+        JanusProcessor(image_processor=self.image_processor, tokenizer=self.tokenizer, num_image_tokens=self.n_understanding_tokens,
+                       chat_template=self.prompts.chat_template,
+                       use_default_system_prompt=self.prompts.system_prompt).save_pretrained(directory)
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
@@ -177,7 +196,10 @@ class JanusBackbone(BackboneBase):
 
     # ----- what the model can represent -----------------------------------------------------------
 
-    def fit_problems(self, image: np.ndarray | None, texts: Sequence[str]) -> list[str]:
+    def prompt_problems(self, prompts: Sequence[str]) -> list[str]:
+        return self.fit_problems(None, prompts, understanding=False)
+
+    def fit_problems(self, image: np.ndarray | None, texts: Sequence[str], understanding: bool = True) -> list[str]:
         problems = []
         if image is not None:
             problems += rgb_problems(np.asarray(image))
@@ -191,8 +213,9 @@ class JanusBackbone(BackboneBase):
             else:
                 # The positions the text needs in its longest use: a caption or answer after the
                 # caption prompt, a question before a one-token answer, an image prompt before the image.
-                need = max(caption_prompt + len(self._answer_ids(text)), len(self._understanding_ids(text)) + 1,
-                           len(self._generation_ids(text)) + self.n_image_tokens - 1)
+                need = len(self._generation_ids(text)) + self.n_image_tokens - 1
+                if understanding:
+                    need = max(need, caption_prompt + len(self._answer_ids(text)), len(self._understanding_ids(text)) + 1)
                 if need > self.context:
                     problems.append(f"text {short(text)} is {len(ids)} tokens and needs {need} positions; the Janus "
                                     f"model's context is {self.context}")
@@ -364,7 +387,7 @@ class JanusBackbone(BackboneBase):
     def _understanding_ids(self, question: str) -> list[int]:
         """<bos> and the prompt, its one image placeholder expanded to <boi> <image>×N <eoi>."""
         placeholder = self.tokenizer.convert_ids_to_tokens(self.tokens.image)
-        ids = [self.tokens.bos] + self._encode(UNDERSTANDING_TEMPLATE.format(image=placeholder, question=question))
+        ids = [self.tokens.bos] + self._encode(self.prompts.understanding(self.tokenizer, placeholder, question))
         at = ids.index(self.tokens.image)
         block = [self.tokens.boi] + [self.tokens.image] * self.n_understanding_tokens + [self.tokens.eoi]
         return ids[:at] + block + ids[at + 1 :]
@@ -375,7 +398,7 @@ class JanusBackbone(BackboneBase):
 
     def _generation_ids(self, prompt: str) -> list[int]:
         """The image-generation prompt; "" is the unconditional one."""
-        ids = [self.tokens.bos] + self._encode(GENERATION_TEMPLATE.format(prompt=prompt)) + [self.tokens.boi]
+        ids = [self.tokens.bos] + self._encode(self.prompts.generation(self.tokenizer, prompt)) + [self.tokens.boi]
         return self._unconditional(ids) if prompt == "" else ids
 
     def _unconditional(self, ids: list[int]) -> list[int]:
@@ -459,6 +482,64 @@ class JanusBackbone(BackboneBase):
         logps = self.model.lm_head(hidden).float().log_softmax(-1).gather(-1, target[..., None])[..., 0]
         logps = torch.where(valid, logps, 0.0)
         return LogProbs(logps.sum(-1), valid.sum(-1).float())
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a folder's processor builds prompts: whether understanding prompts begin with Janus's
+    default system prompt, and the chat template that renders a user turn (None: `UNDERSTANDING_TEMPLATE`
+    and `GENERATION_TEMPLATE`, what the converter's template renders)."""
+
+    system_prompt: bool = True
+    chat_template: str | None = None
+
+    @classmethod
+    def of(cls, directory: Path) -> PromptFormat:
+        """The folder's processor settings (processor_config.json, chat_template.jinja or .json); a folder
+        without a processor config gets the official format, system prompt included."""
+        config = _json(directory / "processor_config.json")
+        template = (directory / "chat_template.jinja").read_text("utf-8") if (directory / "chat_template.jinja").is_file() \
+            else _json(directory / "chat_template.json").get("chat_template") or config.get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise UsageError(f"model folder {directory}: only a single chat template is supported, got {type(template).__name__}")
+        return cls(bool(config.get("use_default_system_prompt", not config)), template)
+
+    def understanding(self, tokenizer: PreTrainedTokenizerBase, placeholder: str, question: str) -> str:
+        system = SYSTEM_PROMPT if self.system_prompt else ""
+        if self.chat_template is None:
+            return system + UNDERSTANDING_TEMPLATE.format(image=placeholder, question=question)
+        return system + self._render(tokenizer, [{"type": "image"}, {"type": "text", "text": question}])
+
+    def generation(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+        if self.chat_template is None:
+            return GENERATION_TEMPLATE.format(prompt=prompt)
+        return self._render(tokenizer, [{"type": "text", "text": prompt}])
+
+    def _render(self, tokenizer: PreTrainedTokenizerBase, content: list[dict]) -> str:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], chat_template=self.chat_template,
+                                             tokenize=False, add_generation_prompt=True)
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: not a JSON object")
+    return raw
+
+
+def _check_round_trip(tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Refuse a tokenizer that loses the spaces between words: transformers before 5.25 loads Janus's
+    byte-level tokenizer.json, labelled LlamaTokenizer, with a Metaspace pre-tokenizer that drops them."""
+    text = "a b\n\nc"
+    decoded = tokenizer.decode(tokenizer.encode(text, add_special_tokens=False))
+    if len(decoded.split()) != len(text.split()):  # three words apart (a word-level test tokenizer may not know them)
+        raise UsageError(f"model folder {directory}: its tokenizer decodes {text!r} as {decoded!r} (words lost or run "
+                         f"together); transformers {transformers.__version__} misreads it: install transformers>=5.25")
 
 
 def _image_processor(directory: Path, config: JanusConfig) -> JanusImageProcessorPil:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -56,6 +57,52 @@ class MagvitConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_weights(cls, state: dict[str, torch.Tensor], where: str) -> MagvitConfig:
+        """The sizes a MAGVIT-v2 state dict (`encoder.*`, `decoder.*`, as showlab/magvitv2 saves it)
+        was built with, read from its tensors' shapes: showlab/magvitv2's config.json records none
+        of them. A level without residual blocks has no width of its own; it keeps its input's, which
+        builds the same tensors. Raises ValueError naming the tensor that is missing or odd."""
+        def shape(name: str) -> tuple[int, ...]:
+            if name not in state:
+                raise ValueError(f"{where}: no {name}; not MAGVIT-v2 weights as showlab/magvitv2 saves them")
+            return tuple(state[name].shape)
+
+        def blocks(prefix: str) -> list[int]:  # residual blocks per level, levels counted by their resampling convs
+            resample = "downsample" if prefix == "encoder.down" else "upsample"
+            n = 1 + sum(1 for k in state if re.fullmatch(rf"{re.escape(prefix)}\.\d+\.{resample}\.conv\.weight", k))
+            return [len({k.split(".")[4] for k in state if k.startswith(f"{prefix}.{i}.block.")}) for i in range(n)]
+
+        def multiple(width: int, name: str) -> int:
+            if width % ch:
+                raise ValueError(f"{where}: {name} is {width} wide, not a multiple of the first level's {ch} channels")
+            return width // ch
+
+        ch, bits = shape("encoder.conv_in.weight")[0], shape("encoder.conv_out.weight")[0]
+        enc_blocks, dec_blocks = blocks("encoder.down"), blocks("decoder.up")
+        if len(enc_blocks) != len(dec_blocks):
+            raise ValueError(f"{where}: the encoder has {len(enc_blocks)} levels and the decoder {len(dec_blocks)}")
+        enc_mult, width = [], ch
+        for i, n in enumerate(enc_blocks):
+            name = f"encoder.down.{i}.block.0.conv1.weight"
+            following = f"encoder.down.{i + 1}.block.0.conv1.weight"
+            if n:
+                width = shape(name)[0]
+            elif following in state:  # the next level's blocks start from this level's nominal width
+                width = shape(following)[1]
+            enc_mult.append(multiple(width, name if n else following))
+        dec_mult = [0] * len(dec_blocks)
+        width = shape("decoder.conv_in.weight")[0]
+        for i in reversed(range(len(dec_blocks))):
+            name = f"decoder.up.{i}.block.0.conv1.weight"
+            if dec_blocks[i]:
+                width = shape(name)[0]
+            dec_mult[i] = multiple(width, name)
+        if not dec_blocks[-1]:  # the decoder starts from ch * mult[-1]
+            dec_mult[-1] = multiple(shape("decoder.conv_in.weight")[0], "decoder.conv_in.weight")
+        return cls(ch=ch, encoder_ch_mult=enc_mult, encoder_res_blocks=enc_blocks, decoder_ch_mult=dec_mult,
+                   decoder_res_blocks=dec_blocks, bits=bits)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:

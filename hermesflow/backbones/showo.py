@@ -240,6 +240,7 @@ class ShowoBackbone(BackboneBase):
     """Show-o behind the backbone protocol (see the module docstring)."""
 
     model_type: ClassVar[str] = MODEL_TYPE
+    default_guidance: ClassVar[float] = 5.0  # the official inference's guidance_scale=5, in the same convention
     lora_targets: ClassVar[tuple[str, ...]] = PHI_PROJECTIONS  # MAGVIT's attention convs are q, k, v: no clash
     caption_max_tokens: ClassVar[int] = 64  # sampled captions stop here if no <eos> came first
 
@@ -348,9 +349,20 @@ class ShowoBackbone(BackboneBase):
 
     # ----- what the model can represent -----------------------------------------------------------
 
-    def fit_problems(self, image: np.ndarray | None, texts: Sequence[str]) -> list[str]:
+    @property
+    def text_slot(self) -> int:
+        """Prompt tokens the text-to-image slot holds: <|t2i|> <bos> prompt <eos>, left-padded to max_seq_length + 1."""
+        return self.cfg.max_seq_length - 2
+
+    def prompt_cut(self, prompt: str) -> int:
+        return max(0, len(self._encode(prompt)) - self.text_slot) if self.long_text == "truncate" else 0
+
+    def prompt_problems(self, prompts: Sequence[str]) -> list[str]:
+        return self.fit_problems(None, prompts, understanding=False)
+
+    def fit_problems(self, image: np.ndarray | None, texts: Sequence[str], understanding: bool = True) -> list[str]:
         problems = rgb_problems(np.asarray(image)) if image is not None else []
-        slot = self.cfg.max_seq_length - 2  # the t2i slot holds <|t2i|> <bos> prompt <eos> left-padded
+        slot = self.text_slot
         context = self.showo.config.max_position_embeddings
         specials = set(range(self.cfg.pad_id, self.cfg.image_offset))
         caption_prefix = 4 + self.n_image_tokens + len(self._encode(self.cfg.caption_prompt))
@@ -359,10 +371,11 @@ class ShowoBackbone(BackboneBase):
             problem = token_problem(text, ids, specials, self.tokenizer.unk_token_id, "Show-o")
             if problem:
                 problems.append(problem)
-            elif len(ids) > slot:
+            elif len(ids) > slot and self.long_text == "refuse":
                 problems.append(f"text {short(text)} is {len(ids)} tokens; Show-o's text-to-image prompt holds "
-                                f"{slot} (max_seq_length {self.cfg.max_seq_length} with <|t2i|> <bos> ... <eos>)")
-            else:
+                                f"{slot} (max_seq_length {self.cfg.max_seq_length} with <|t2i|> <bos> ... <eos>); "
+                                "--long-text truncate cuts it there, as Show-o's own pipeline does")
+            elif understanding:
                 question = 4 + self.n_image_tokens + len(self._encode(self.cfg.question_template.format(question=text)))
                 need = max(caption_prefix + len(self._answer_ids(text)), question + 2)
                 if need > context:
@@ -383,10 +396,12 @@ class ShowoBackbone(BackboneBase):
 
     def t2i_prefix(self, text_ids: list[int]) -> list[int]:
         """[PAD]... <|t2i|> <bos> text <eos>, left-padded to max_seq_length + 1 ([] is unconditional)."""
+        if len(text_ids) > self.text_slot and self.long_text == "truncate":  # as UniversalPrompting cuts it
+            text_ids = text_ids[: self.text_slot]
         row = [self.cfg.special_id("<|t2i|>"), self.cfg.bos_id, *text_ids, self.cfg.eos_id]
         if len(row) > self.prefix_len:
             raise UsageError(f"a text-to-image prompt of {len(text_ids)} tokens does not fit Show-o's text slot of "
-                             f"{self.prefix_len - 3} (check fit_problems first)")
+                             f"{self.text_slot} (check fit_problems first, or use --long-text truncate)")
         return [self.cfg.pad_id] * (self.prefix_len - len(row)) + row
 
     def t2i_ids(self, prompts: list[list[int]], codes: torch.Tensor) -> torch.Tensor:

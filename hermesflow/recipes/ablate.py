@@ -43,9 +43,9 @@ from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import self_judge_agreement
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.prefs import read_prefs
-from hermesflow.results import Evaluation, Interval
-from hermesflow.recipes.run import Timings, claim_folder, curate_round, evaluate_into, train_data, train_round
+from hermesflow.recipes.run import Timings, claim_folder, curate_round, evaluate_into, settle, train_data, train_round
 from hermesflow.report import ablation_tables
+from hermesflow.results import Evaluation, Interval
 from hermesflow.settings import AblateConfig, RunConfig
 from hermesflow.stats import pooled_paired_difference
 from hermesflow.world.holdout import ALWAYS_SEEN
@@ -151,14 +151,15 @@ def ablate(cfg: AblateConfig) -> dict:
     preset = {"seeds": cfg.seeds, "n_train": cfg.n_train, "eval_n": cfg.eval_n}
     state = partial_state()
     out = Path(cfg.out)
+    base_dir = Path(cfg.model) if cfg.model else BASE_MODEL
+    base = load_backbone(base_dir, cfg.dtype).eval()  # a bad --model writes nothing
+    cfg = settle(cfg, base)
     if state.is_main_process:
         claim_folder(cfg, "ablate_config.yaml", "an ablation")  # never rewritten over results it did not make
         if cfg.arms:
             atomic_write_text(out / "arms.yaml", Path(cfg.arms).read_text(encoding="utf-8"))  # what was compared, beside the results
     state.wait_for_everyone()
     base_cfg = _run_config(cfg, preset)
-    base_dir = Path(cfg.model) if cfg.model else BASE_MODEL
-    base = load_backbone(base_dir, cfg.dtype).eval()
     data = train_data(base, base_cfg, out, state)
     similarity = SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling)
     timings = Timings(out / "timings.json", state.is_main_process)

@@ -66,7 +66,7 @@ def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir
     """Curate (sharded over processes) and merge one round; returns its manifest. The round folder
     records what made it (model, data, previous round, options): a rerun with the same resumes, with
     others is refused unless `cfg.overwrite`."""
-    settings = curation_settings(cfg, round_index)
+    settings = curation_settings(settle(cfg, backbone), round_index)
     fingerprint = backbone.fingerprint()
     stage = {**config.to_dict(settings), "model": fingerprint, "model_type": backbone.model_type,
              "data": file_digest(data.path), "previous": file_digest(Path(previous_dir) / PREFS) if previous_dir else None}
@@ -89,6 +89,8 @@ def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir
             "data": str(data.path.resolve()),
             "previous": str(previous_dir) if previous_dir else None,
             "settings": config.to_dict(settings),
+            # captions longer than the model's text slot, cut there as generation prompts (--long-text truncate)
+            "truncated_prompts": sum(backbone.prompt_cut(r.caption) > 0 for r in data.records),
         })
     state.wait_for_everyone()
     return json.loads((round_dir / MANIFEST).read_text())
@@ -99,6 +101,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
     model to `out/model` (default: the round folder), with LoRA also its adapter to `out/adapter`,
     and returns it. A finished round is loaded instead of trained again."""
     out = Path(out) if out is not None else round_dir
+    cfg = settle(cfg, backbone)
     training, grpo = cfg.training, cfg.grpo if isinstance(cfg, RunConfig) else None  # `hermesflow train` has no GRPO
     stage = {**config.results_settings(training), "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(),
              "model_type": backbone.model_type, "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path),
@@ -119,7 +122,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
             return backbone
     examples = examples_from(list(read_prefs(round_dir).values()), data, training.loss_type, cfg.seed, training.pair_rows)
     if grpo is not None and grpo.recipe == "grpo":  # online GRPO on fresh samples: the curated pairs are not used
-        trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation), cfg.seed, cfg.dtype, out / "train")
+        trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation, backbone), cfg.seed, cfg.dtype, out / "train")
     else:
         trained = train(backbone, examples, training, out / "train", cfg.seed, cfg.dtype)
     if state.is_main_process:
@@ -144,9 +147,11 @@ def require_qa(data: HomologousData) -> HomologousData:
     return data
 
 
-def sampler_of(curation) -> GenerationConfig:
-    """The image sampler of the curation options (what GRPO samples with); its seed is set per step."""
-    return GenerationConfig(guidance=curation.guidance, temperature=curation.image_temperature, steps=curation.steps)
+def sampler_of(curation, backbone: Backbone) -> GenerationConfig:
+    """The image sampler of the curation options (what GRPO samples with; guidance unset: the backbone's
+    own); its seed is set per step."""
+    guidance = backbone.default_guidance if curation.guidance is None else curation.guidance
+    return GenerationConfig(guidance=guidance, temperature=curation.image_temperature, steps=curation.steps)
 
 
 def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
@@ -181,6 +186,7 @@ def eval_settings(cfg: RunConfig, seed: int) -> dict:
 def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> Evaluation:
     """Evaluate into `folder` unless done; `seed` (default cfg.seed) picks the eval scenes and sampling."""
     seed = cfg.seed if seed is None else seed
+    cfg = settle(cfg, backbone)
     return evaluation_stage(backbone, folder, lambda: eval_items(backbone, cfg, seed), eval_sampler(cfg, seed), similarity,
                             lambda: vlm_judge(cfg.eval.judge, cfg.api, folder), eval_settings(cfg, seed), cfg.overwrite)
 
@@ -303,6 +309,20 @@ def provenance(cfg: RunConfig, out: Path) -> dict:
             "out": resolved(out)}
 
 
+GUIDANCE_SETTINGS = ("guidance", "eval_guidance")
+
+
+def settle(cfg, backbone: Backbone):
+    """`cfg` with what its verb leaves to the backbone settled before anything records the settings:
+    each guidance setting left unset takes the backbone's own (`default_guidance`); and the backbone
+    is told how to treat prompts longer than its text slot (`long_text`)."""
+    values = config.flat(cfg)
+    if "long_text" in values:
+        backbone.long_text = values["long_text"]
+    unset = {name: backbone.default_guidance for name in GUIDANCE_SETTINGS if name in values and values[name] is None}
+    return config.replace(cfg, **unset) if unset else cfg
+
+
 def claim_run(cfg: RunConfig) -> None:
     """`run_config.yaml` records the settings that made a run folder's results. A rerun whose settings
     differ (other than those that do not change results, such as more --rounds) is refused, naming the keys, unless
@@ -333,10 +353,11 @@ def run(cfg: RunConfig) -> list[dict]:
 
     state = partial_state()
     out = Path(cfg.out)
+    backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()  # a bad --model writes nothing
+    cfg = settle(cfg, backbone)
     if state.is_main_process:
         claim_run(cfg)
     state.wait_for_everyone()
-    backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()
     data = train_data(backbone, cfg, out, state)
     similarity = SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling)
 

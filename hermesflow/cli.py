@@ -77,7 +77,7 @@ def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.judges import vlm_judge
     from hermesflow.recipes.run import evaluation_settings, evaluation_stage, settle
     from hermesflow.scorers.similarity import SentenceSimilarity
-    from hermesflow.world.build import world_eval_items
+    from hermesflow.world.build import draw_seed, world_eval_items
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
     cfg = settle(cfg, backbone)
@@ -86,9 +86,11 @@ def run_eval(cfg: EvalConfig) -> int:
         check_fit(backbone, data)  # before any work: a refused record writes nothing
         items = data_eval_items(data, cfg.n)
     else:
-        items = world_eval_items(cfg.n, cfg.seed, backbone.image_size)
-    gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=cfg.seed)
-    settings = evaluation_settings(cfg.n, cfg.data, gen, cfg.encoder, "mean", cfg.dtype, cfg.judge, cfg.api, cfg.reading.questions)
+        items = world_eval_items(cfg.n, cfg.seed, backbone.image_size, cfg.draw)
+    seed = cfg.seed if cfg.data else draw_seed(cfg.seed, cfg.draw)
+    gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=seed)
+    settings = evaluation_settings(cfg.n, cfg.data, gen, cfg.encoder, "mean", cfg.dtype, cfg.judge, cfg.api, cfg.reading.questions,
+                                   None if cfg.data else cfg.draw)
     judge = vlm_judge(cfg.judge, cfg.api, cfg.out)
     result = evaluation_stage(backbone, cfg.out, lambda: items, gen, SentenceSimilarity(cfg.encoder), lambda: judge, settings,
                               cfg.overwrite, ("metrics.json", "generated.png", "eval_config.yaml"))

@@ -14,12 +14,15 @@ For each homologous record (image x, caption y, questions):
 - two options change where pairs come from. `pair_source="oracle"` ranks the images by the oracle's
   accuracy instead (a control that is NOT self-curated; the pairs and the manifest say so).
   `rejected_from="perturbed"` draws the rejected image for the caption with one attribute swapped
-  (`World.perturbed`), so chosen and rejected differ in what the caption names; it is judged on
+  (`World.perturbed`, never a prompt the world holds out), so chosen and rejected differ in what the
+  caption names; a record whose every swap is held out drops its image pair; it is judged on
   the true caption's questions and pairs with the best sample in every round (see
   `selfplay.contrast_pair`). Both refuse, before any work, data they cannot serve
   (`check_curation_data`): records without scenes, captions the world's prompt parser does not read.
 Sampled captions the model cannot score (`Backbone.fit_problems`) do not compete; a record left with
-none drops its caption pair as "unscorable". From round 1 on, pairs follow the paper's Eq. 10
+none drops its caption pair as "unscorable". Sampled captions that name a prompt the world holds out
+of post-training (`World.holds_out`) are left out everywhere (not paired, not stored, counted), so
+generation on those prompts is measured on text no training data contains. From round 1 on, pairs follow the paper's Eq. 10
 (`hermesflow.selfplay`). Each record becomes one `prefs.Preference`.
 
 Work is split into fixed batches whose seeds depend only on (seed, round, batch index). Rows are
@@ -49,6 +52,8 @@ from hermesflow.stages import say
 
 MANIFEST = "manifest.json"
 UNSCORABLE = "unscorable"  # every sampled caption is one the model cannot score
+HELD_OUT = "held_out_captions"  # every sampled caption names a prompt held out of post-training
+NO_SEEN_PERTURBATION = "no_seen_perturbation"  # every one-attribute swap of the caption is held out
 RANKED_BY = {("self", "hard"): "self_accuracy", ("self", "graded"): "self_graded", ("oracle", "hard"): "oracle"}
 
 
@@ -61,6 +66,9 @@ class CurationSettings(CurationOptions):
     dtype: str = "fp32"
     round: int = 0
     seed: int = 0
+    # sampled and perturbed captions naming held-out prompts are left out (rounds curated before
+    # they were have no such key, so they are redone rather than reused)
+    held_out_filter: bool = True
 
 
 # ----- where pairs come from ----------------------------------------------------------------------
@@ -101,9 +109,10 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     tokens = backbone.generate([r.caption for r in records], s.n_images, image_gen).cpu()
     perturbed = [world.perturbed(r.caption, f"{s.seed}/{s.round}/{r.id}") for r in records] \
         if s.rejected_from == "perturbed" else None
-    if perturbed is not None:  # one image per record for its perturbed caption, on seeds of its own
-        other = backbone.generate(perturbed, 1, GenerationConfig(
-            guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed + 7_919)).cpu()
+    if perturbed is not None:  # one image per record for its perturbed caption (if it has one), on seeds of its own
+        drawn = [i for i, p in enumerate(perturbed) if p is not None]
+        other = dict(zip(drawn, backbone.generate([perturbed[i] for i in drawn], 1, GenerationConfig(
+            guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed + 7_919)).cpu()))
     # Each record's candidates: its n new images, then either the image of its perturbed caption or
     # (from round 1 on) the previous pair, which is judged again by the current model so that
     # Eq. 10 compares scores of one judge.
@@ -111,7 +120,7 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     for i, record in enumerate(records):
         prev = previous.get(record.id)
         if perturbed is not None:
-            extra = [other[i].tolist()]
+            extra = [other[i].tolist()] if i in other else []
         else:
             extra = [list(prev.gen.chosen), list(prev.gen.rejected)] if prev is not None and prev.has("gen") else []
         candidates.append(tokens[i * s.n_images : (i + 1) * s.n_images].tolist() + extra)
@@ -144,18 +153,24 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         own = slice(offset, offset + len(candidates[i]))
         offset += len(candidates[i])
         prev = previous.get(record.id)
-        # a caption the model cannot score (no words, too long) does not compete
-        mine = captions[i]
-        und_samples = [Sample(c, float(x)) for c, x in zip(mine, cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
-                       if c.strip() and not backbone.fit_problems(None, [c])]
-        if und_samples:
+        # a caption naming a held-out prompt is left out; one the model cannot score (no words, too long) does not compete
+        scored = list(zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions]))
+        held = sum(world is not None and world.holds_out(c) for c, _ in scored)
+        scored = [(c, x) for c, x in scored if world is None or not world.holds_out(c)]
+        mine = [c for c, _ in scored]
+        und_samples = [Sample(c, float(x)) for c, x in scored if c.strip() and not backbone.fit_problems(None, [c])]
+        if not scored:
+            und_pair, und_reason = None, HELD_OUT
+        elif und_samples:
             prev_und = Pair(Sample(prev.und.chosen, prev.und.chosen_score), Sample(prev.und.rejected, prev.und.rejected_score)) \
                 if prev is not None and prev.has("und") else None
             und_pair, und_reason = _choose(prev_und, und_samples, None, s.round)
         else:
             und_pair, und_reason = None, UNSCORABLE
         new_samples = [sample(j, own) for j in range(n)]
-        if perturbed is not None:
+        if perturbed is not None and perturbed[i] is None:
+            gen_pair, gen_reason = None, NO_SEEN_PERTURBATION
+        elif perturbed is not None:
             gen_pair, gen_reason = contrast_pair(new_samples, sample(n, own), s.min_chosen_accuracy)
         else:
             gen_prev = Pair(sample(n, own), sample(n + 1, own)) if len(candidates[i]) > n else None
@@ -172,7 +187,7 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
                             graded[c], graded[r], ranked_by, perturbed[i] if perturbed is not None else None)
         first = slice(own.start, own.start + n)
         out.append(Preference(record.id, s.round, record.caption, und, gen, tuple(mine), tuple(self_acc[first]),
-                              tuple(true_acc[first]) if judged else None, tuple(graded[first])))
+                              tuple(true_acc[first]) if judged else None, tuple(graded[first]), held_out_samples=held))
     return out
 
 
@@ -226,6 +241,7 @@ def merge(out: Path, data: HomologousData, processes: int, extra_manifest: dict)
     for b in ("und", "gen"):
         counts[f"{b}_kept"] = sum(p.has(b) for p in prefs)
     counts["both_kept"] = sum(p.has("und") and p.has("gen") for p in prefs)
+    counts["held_out_captions"] = sum(p.held_out_samples for p in prefs)  # sampled, named a held-out prompt, left out
     for b in ("und", "gen"):
         counts[f"{b}_dropped"] = dict(Counter(getattr(p, b).reason for p in prefs if not p.has(b)))
     for b in ("und", "gen"):

@@ -111,7 +111,9 @@ class World(Protocol):
 
     def reads(self, caption: str) -> bool: ...  # whether its prompt grammar reads the caption
 
-    def perturbed(self, caption: str, key: str) -> str | None: ...  # one attribute swapped, drawn from key
+    def perturbed(self, caption: str, key: str) -> str | None: ...  # one attribute swapped, drawn from key; never held out
+
+    def holds_out(self, caption: str) -> bool: ...  # a prompt kept out of post-training, to measure generation on
 
     def true_of(self, caption: str, record) -> bool | None: ...
 

@@ -43,6 +43,8 @@ class ApiOptions:
     api_cache: Path = option(None, "JSON Lines cache of accepted replies (default: beside the output); a rerun asks nothing twice", changes_results=False)
 
 
+DRAW_HELP = ("which draw of the world's eval split: test (report results on it) or selection (compare settings and choose "
+             "on it); the two share no scene and no sampling seed")
 GUIDANCE_HELP = ("classifier-free guidance w, (1 + w)·cond − w·uncond on the logits; default: the backbone's own "
                  "(built-in 2; Janus 4, which is Janus's scale 5; Show-o 5)")
 LONG_TEXT_HELP = ("a generation prompt longer than the model's text slot (Show-o: max_seq_length - 2 tokens): truncate it there, "
@@ -165,6 +167,7 @@ class EvalOptions:
 
     eval_n: int = option(500, "eval split examples per evaluation", minimum=1)
     eval_data: Path = option(None, "held-out homologous data with qa to evaluate on instead of the world's eval split")
+    eval_draw: str = option("test", DRAW_HELP, choices=("selection", "test"))
     eval_guidance: float | None = option(None, "guidance w when evaluating generation; default: the backbone's own, as --guidance", minimum=0.0)
     judge: str = option("auto", "who answers the questions about generated images when evaluating: auto (the world oracle "
                         "when every record has a scene, else the model itself); vlm (a VLM behind --endpoint)", choices=("auto", "vlm"))

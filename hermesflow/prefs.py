@@ -92,6 +92,7 @@ class Preference:
     self_scores: tuple[float, ...] = ()
     oracle_scores: tuple[float, ...] | None = None
     graded_scores: tuple[float, ...] | None = None
+    held_out_samples: int = 0  # sampled captions left out because they name a prompt held out of post-training
     extra: dict = field(default_factory=dict, compare=False)  # fields of other writers, kept on rewrite
 
     def has(self, branch: str) -> bool:
@@ -110,6 +111,8 @@ class Preference:
                 if getattr(self.gen, name) is not None:
                     gen[name] = getattr(self.gen, name)
         und["samples"] = list(self.caption_samples)
+        if self.held_out_samples:
+            und["held_out_samples"] = self.held_out_samples
         gen["self_scores"] = list(self.self_scores)
         if self.graded_scores is not None:
             gen["graded_scores"] = list(self.graded_scores)
@@ -141,7 +144,7 @@ class Preference:
                    tuple(str(c) for c in und.get("samples", ())), tuple(float(x) for x in gen.get("self_scores", ())),
                    None if oracle is None else tuple(float(x) for x in oracle),
                    None if graded is None else tuple(float(x) for x in graded),
-                   {k: v for k, v in obj.items() if k not in known})
+                   int(und.get("held_out_samples", 0)), {k: v for k, v in obj.items() if k not in known})
 
 
 def _maybe_float(value) -> float | None:

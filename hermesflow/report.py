@@ -281,6 +281,8 @@ def _drop_rows(label: str, counts: dict) -> list[list[str]]:
             for reason, k in sorted(counts.get(f"{branch}_{outcome}", {}).items()):
                 rows.append([label, name, outcome.replace("_by", ""), html.escape(reason.replace("_", " ")), str(k),
                              f"{k / counts['records']:.0%}"])
+    if counts.get("held_out_captions"):  # sampled captions, not records: no share of records
+        rows.append([label, "caption", "left out", "sampled captions naming a held-out prompt", str(counts["held_out_captions"]), "–"])
     return rows
 
 
@@ -300,18 +302,26 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     score_rows = []
     for name, e in zip(names, results):
         kept = manifests.get(name, {}).get("counts", {}).get("both_kept")
-        score_rows.append([name, _ci(e.understanding_score), _ci(e.generation_score), _ci(e.generation_unseen), _ci(e.gap),
+        unseen_geneval = (e.unseen.geneval or {}).get("overall") if e.unseen else None
+        score_rows.append([name, _ci(e.understanding_score), _ci(e.unseen.understanding_score if e.unseen else None),
+                           _ci(e.generation_score), _ci(e.generation_unseen), _ci(e.gap),
                            f"{e.understanding_prior:.3f}", f"{e.geneval.get('overall', float('nan')):.3f}",
+                           "–" if unseen_geneval is None else f"{unseen_geneval:.3f}",
                            _ci(e.caption_similarity), "–" if kept is None else str(kept)])
     _plot_scores(names, results, out / "scores.png")
     change_rows = []
     if names[0] == "base":
         base = results[0]
-        scores = {"understanding": lambda e: e.understanding_score, "generation": lambda e: e.generation_score,
-                  "generation_unseen": lambda e: e.generation_unseen, "gap": lambda e: e.gap}
+        scores = {"understanding": lambda e: e.understanding_score,
+                  "understanding_unseen": lambda e: e.unseen.understanding_score if e.unseen else None,
+                  "generation": lambda e: e.generation_score, "generation_unseen": lambda e: e.generation_unseen,
+                  "gap": lambda e: e.gap}
         for name, e in zip(names[1:], results[1:]):
             cells = [_change_cell(paired_change(base, e, key), score(e).mean - score(base).mean)
                      if score(e) and score(base) else "–" for key, score in scores.items()]
+            # the gap's change is understanding's minus generation's: say which moved
+            parts = [e.understanding_score.mean - base.understanding_score.mean, e.generation_score.mean - base.generation_score.mean]
+            cells[-1] += f"<br><span class=ci>= {parts[0]:+.3f} understanding − ({parts[1]:+.3f}) generation</span>"
             c = paired_change(base, e, "understanding")
             change_rows.append([name, *cells, str(c["n"]) if c else "–"])
 
@@ -369,14 +379,15 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     return out / "index.html"
 
 
-def ablation_tables(summary: dict) -> tuple[tuple[list[str], list[list[str]]], tuple[list[str], list[list[str]]]]:
-    """The ablation's Table 5 analog (scores per arm, mean ± std over seeds) and Table 4 analog (each
-    score with its paired change from the base), as (header, rows) of plain text, from ablation.json."""
+def ablation_tables(summary: dict) -> tuple:
+    """The ablation's Table 5 analog (scores per arm, mean ± std over seeds), Table 4 analog (each
+    score with its paired change from the base) and, where there is a control arm, each arm against
+    it (None otherwise), as (header, rows) of plain text, from ablation.json."""
     def cell(s: dict) -> str:
         return "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
-    def change(s: dict, key: str) -> str:
-        c = s.get("change", {}).get(key)
+    def change(s: dict, key: str, against: str = "change") -> str:
+        c = (s.get(against) or {}).get(key)
         if not c or "error" in c:
             return "–"
         lo, hi = c["ci95"]
@@ -396,16 +407,28 @@ def ablation_tables(summary: dict) -> tuple[tuple[list[str], list[list[str]]], t
         return "–" if s.get("train_seconds_per_step") is None else f"{s['train_seconds_per_step']:.2f}"
 
     head5 = (["arm", "curation", "understanding", "caption sim.", "generation", "generation unseen"]
-             + [c.replace("_", " ") for c in CATEGORIES] + ["GenEval overall", "gap", "self-judge agreement", "train s/step"])
+             + [c.replace("_", " ") for c in CATEGORIES] + ["GenEval overall", "GenEval unseen", "gap", "self-judge agreement",
+                                                             "train s/step"])
     rows5 = [[arm, s["curation"], cell(s["understanding"]), cell(s["caption_similarity"]), cell(s["generation"]),
               cell(s["generation_unseen"]), *(cell(s[f"geneval/{c}"]) for c in CATEGORIES), cell(s["geneval/overall"]),
-              cell(s["gap"]), judge(s), cost(s)] for arm, s in summary.items()]
-    head4 = ["arm", "understanding", "Δ understanding", "generation", "Δ generation", "generation unseen",
-             "Δ generation unseen", "gap", "Δ gap"]
-    rows4 = [[arm, cell(s["understanding"]), change(s, "understanding"), cell(s["generation"]), change(s, "generation"),
-              cell(s["generation_unseen"]), change(s, "generation_unseen"), cell(s["gap"]), change(s, "gap")]
+              cell(s.get("geneval_unseen/overall", {"mean": None})), cell(s["gap"]), judge(s), cost(s)] for arm, s in summary.items()]
+    def gap_parts(s: dict) -> str:  # the gap's change is understanding's minus generation's: say which moved
+        und, gen = (s.get("change", {}).get(k) or {} for k in ("understanding", "generation"))
+        return "–" if "mean" not in und or "mean" not in gen else f"{und['mean']:+.3f} − ({gen['mean']:+.3f})"
+
+    head4 = ["arm", "understanding", "Δ understanding", "Δ understanding unseen", "Δ understanding seen", "generation",
+             "Δ generation", "generation unseen", "Δ generation unseen", "gap", "Δ gap", "Δ gap = Δ und − Δ gen"]
+    rows4 = [[arm, cell(s["understanding"]), change(s, "understanding"), change(s, "understanding_unseen"),
+              change(s, "understanding_seen"), cell(s["generation"]), change(s, "generation"), cell(s["generation_unseen"]),
+              change(s, "generation_unseen"), cell(s["gap"]), change(s, "gap"), gap_parts(s)]
              for arm, s in summary.items()]
-    return (head5, rows5), (head4, rows4)
+    compared = {arm: s for arm, s in summary.items() if s.get("vs_control")}
+    if not compared:
+        return (head5, rows5), (head4, rows4), None
+    control = next(iter(compared.values()))["vs_control"]["control"]
+    keys = ("understanding", "understanding_unseen", "generation", "generation_unseen", "gap")
+    head = ["arm", *(f"Δ {k.replace('_', ' ')} vs {control}" for k in keys)]
+    return (head5, rows5), (head4, rows4), (head, [[arm, *(change(s, k, "vs_control") for k in keys)] for arm, s in compared.items()])
 
 
 ABLATION_SECTIONS = ("Table 5 analog", "Table 4 analog", "Scores per arm", "Training", "Self-judge agreement", "Preference pairs", "Config")
@@ -433,7 +456,7 @@ def build_ablation_report(folder: str | Path, gallery_size: int = 8, world: Worl
     """Write FOLDER/report/index.html for a `hermesflow ablate` folder (`world` as in `build_report`)."""
     folder = Path(folder)
     summary = _read_json(folder / "ablation.json")
-    table5, table4 = ablation_tables(summary)
+    table5, table4, versus = ablation_tables(summary)
     seeds = sorted({s["seeds"] for arm, s in summary.items() if arm != "base"})
     out = folder / "report"
     (out / "gallery").mkdir(parents=True, exist_ok=True)
@@ -460,7 +483,7 @@ def build_ablation_report(folder: str | Path, gallery_size: int = 8, world: Worl
     escaped = lambda table: (table[0], [[html.escape(c) for c in row] for row in table[1]])  # noqa: E731
     page = TEMPLATES.get_template("ablation_report.html").render(
         name=folder.name, folder=str(folder), seeds=" or ".join(map(str, seeds)), sections=ABLATION_SECTIONS,
-        table5=escaped(table5), table4=escaped(table4), curves=bool(curves), judge_rows=judge_rows,
+        table5=escaped(table5), table4=escaped(table4), versus=escaped(versus) if versus else None, curves=bool(curves), judge_rows=judge_rows,
         pairs=_gallery(folder, folder / "round-0", out, gallery_size, _base_model(folder / "ablate_config.yaml"), world=world),
         config_text=(folder / "ablate_config.yaml").read_text())
     atomic_write_text(out / "index.html", page)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hermesflow.config import group, option, preset_names
 from hermesflow.options import (
+    DRAW_HELP,
     GUIDANCE_HELP,
     LONG_TEXT_HELP,
     ApiOptions,
@@ -64,6 +65,7 @@ class EvalConfig:
     model: Path = option(None, "model folder (save_pretrained format)", required=True)
     out: Path = option(None, "output folder for metrics.json and a sample sheet", required=True)
     n: int = option(1000, "eval examples (world eval split scenes, or the first n records of --data)", minimum=1)
+    draw: str = option("test", DRAW_HELP, choices=("selection", "test"))
     data: Path = option(None, "homologous data with qa to evaluate on instead of the world's eval split")
     seed: int = option(0, "seed of the eval split and of sampling")
     steps: int = option(10, "MaskGIT decoding steps", minimum=1)
@@ -151,12 +153,15 @@ class AblateConfig:
     arms (one-branch DPO, Pair-DPO sum and product, rounds 2-3), or the arms of a YAML file (--arms)."""
 
     PRESETS = "ablate"
-    SECTIONS = {"ablation": ("out", "arms", "preset", "seeds", "seed", "overwrite"), "model": ("model", "dtype", "long_text"),
-                "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance")}
+    SECTIONS = {"ablation": ("out", "arms", "control", "preset", "seeds", "seed", "overwrite"), "model": ("model", "dtype", "long_text"),
+                "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance", "eval_draw")}
 
     out: Path = option(None, "ablation folder", required=True, changes_results=False)
     arms: Path = option(None, "YAML file of arms: name: {setting: value, ..., rounds: N} (settings of the training and curation "
                         "options; e.g. experiments/recipes.yaml); none: the paper's Table 5 arms")
+    control: str = option(None, "the arm every other arm is compared with, seed by seed on the same items (their paired "
+                          "difference, not overlapping intervals); default: an arm that changes no setting (the default recipe), "
+                          "if the arms have one", changes_results=False)
     preset: str = option("quick", "quick: 3 seeds, 200 records, 500 eval scenes; full: 5 seeds, 400 records, 1000 scenes "
                          "(hermesflow/presets/ablate/)", choices=preset_names("ablate"), changes_results=False)
     model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
@@ -164,6 +169,7 @@ class AblateConfig:
     n_train: int = option(0, "world train records to curate; 0 takes the preset's", minimum=0, unset=0)
     eval_n: int = option(0, "eval scenes per evaluation; 0 takes the preset's", minimum=0, unset=0)
     eval_guidance: float | None = option(None, "guidance w when evaluating generation; default: the backbone's own, as --guidance", minimum=0.0)
+    eval_draw: str = option("selection", DRAW_HELP + "; an ablation compares, so selection", choices=("selection", "test"))
     seed: int = option(0, "seed of the data and of round-0 curation")
     dtype: str = option("fp32", DTYPE_HELP, choices=("fp32", "bf16"))
     long_text: str = option("truncate", LONG_TEXT_HELP, choices=("truncate", "refuse"), changes_results=False)

@@ -79,9 +79,15 @@ def test_a_tiny_ablation_from_a_yaml_file(tmp_path):
     # self-play rounds of an arm (rounds: N) run in tests/test_pipeline.py's ablation (pair_sum with rounds 2 and 3)
     arms = arms_file(tmp_path, "und:\n  loss_type: und\nmore_images:\n  loss_type: und\n  n_images: 3\n")
     out = tmp_path / "ablate"
-    assert main(["ablate", "--arms", str(arms), "--model", str(tmp_path / "model"), "--out", str(out), *TINY]) == 0
+    assert main(["ablate", "--arms", str(arms), "--model", str(tmp_path / "model"), "--out", str(out), *TINY, "--control", "und"]) == 0
     summary = json.loads((out / "ablation.json").read_text())
     assert list(summary) == ["base", "und", "more_images"]
+    # arms compared with the control seed by seed on the same items; an ablation evaluates on the selection draw
+    versus = summary["more_images"]["vs_control"]
+    assert versus["control"] == "und" and versus["generation"]["seeds"] == 2 and "vs_control" not in summary["und"]
+    assert versus["generation"]["ci95"][0] <= versus["generation"]["mean"] <= versus["generation"]["ci95"][1]
+    assert "Each arm against the control" in (out / "ablation.md").read_text()
+    assert json.loads((out / "base" / "eval" / "metrics.json").read_text())["per_example"]["ids"][0].startswith("selection-")
     assert all(summary[a]["seeds"] == 2 for a in ("und", "more_images"))
     assert summary["und"]["curation"] == "shared round 0" and summary["more_images"]["curation"] == "own round 0 (n_images)"
     assert (out / "more_images" / "round-0" / "manifest.json").exists()
@@ -129,3 +135,13 @@ def test_summary_pools_paired_differences_and_leaves_unmeasured_scores_null():
     assert s["change"]["understanding"]["mean"] == pytest.approx(1 / 2 / 6)
     assert "error" in s["change"]["generation_unseen"]
     assert s["generation_unseen"] == {"mean": None, "std": None} and s["geneval/overall"]["mean"] is None
+
+
+def test_the_control_is_the_arm_named_or_the_one_that_changes_nothing():
+    from hermesflow.recipes.ablate import Arm, control_of
+
+    arms = [Arm("default"), Arm("und", {"loss_type": "und"}), Arm("sum_r3", {}, rounds=3)]
+    assert control_of(None, arms) == "default" and control_of("und", arms) == "und"
+    assert control_of(None, arms[1:]) is None  # no arm is the default recipe: no control unless named
+    with pytest.raises(UsageError, match=r"--control 'dpo' is not one of the arms \['default', 'und', 'sum_r3'\]"):
+        control_of("dpo", arms)

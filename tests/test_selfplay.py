@@ -327,3 +327,73 @@ def test_perturbed_rejections_record_their_caption(tiny):
         assert len(changed_attributes(parse_prompt(p.caption), parse_prompt(p.gen.rejected_caption))) == 1
         assert p.gen.chosen_graded == max(p.graded_scores) > p.gen.rejected_graded
     assert all(p.gen.reason in ("rejected_not_worse", "below_threshold") for p in prefs.values() if not p.has("gen"))
+
+
+# ----- the hold-out: no prompt kept out of post-training reaches the pairs ---------------------------
+
+def test_a_perturbation_is_never_a_held_out_prompt_and_none_only_when_every_swap_is():
+    from hermesflow.world.holdout import is_held_out
+
+    rng = random.Random(0)
+    nones = 0
+    for i in range(400):
+        _, spec = sample_scene(CATEGORIES[i % len(CATEGORIES)], rng)
+        swapped = WORLD.perturbed(phrase(spec), f"k{i}")
+        reachable = {perturbed_spec(spec, random.Random(j)) for j in range(200)}  # every swap, drawn without the filter
+        if swapped is None:
+            nones += 1
+            assert all(is_held_out(s) for s in reachable)
+        else:
+            assert not WORLD.holds_out(swapped) and parse_prompt(swapped) in reachable
+    # a sampled caption may name what no world prompt does ("a circle to the left of a circle"): parsed, never held out
+    assert not WORLD.holds_out(phrase(PromptSpec("position", (("circle", None), ("circle", None)), relation="left of")))
+    assert nones == 0  # under the parity rules every world prompt has a seen swap; were none seen, it would be None:
+    assert perturbed_spec(spec, random.Random(0), keep=lambda s: False) is None
+
+
+@pytest.fixture(scope="module")
+def base_and_world_data(tmp_path_factory):
+    from hermesflow.backbones import load_backbone
+    from hermesflow.data import read_homologous
+    from hermesflow.world.build import write_world
+
+    root = tmp_path_factory.mktemp("holdout")
+    return root, load_backbone().eval(), read_homologous(write_world(root / "data", n=16, seed=1, split="train", prompts="seen"))
+
+
+@pytest.mark.parametrize("options", [{}, {"pair_source": "oracle"}, {"rejected_from": "perturbed"}],
+                         ids=["self-curated", "oracle-ranked", "perturbed-rejections"])
+def test_no_held_out_prompt_reaches_the_preferences_in_any_field(base_and_world_data, options):
+    from hermesflow.curate import CurationSettings, curate, merge
+
+    root, base, data = base_and_world_data
+    out = root / "-".join(options.values() or ["self"])
+    s = CurationSettings(n_captions=8, n_images=2, steps=2, curate_batch_size=16, min_chosen_accuracy=0.0, **options)
+    with torch.no_grad():
+        curate(base, LengthSimilarity(), data, out, s, {}, world=WORLD)
+    manifest = merge(out, data, 1, {})
+    texts = []
+    for line in (out / "prefs.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        texts += [row["caption"], *row["und"].get("samples", []), row["und"].get("chosen", ""), row["und"].get("rejected", ""),
+                  row["gen"].get("rejected_caption") or ""]
+    assert not [t for t in texts if WORLD.holds_out(t)]
+    # the shipped model does sample held-out prompts (about one caption in four): they were left out, and counted
+    assert manifest["counts"]["held_out_captions"] > 0
+    assert manifest["counts"]["held_out_captions"] == sum(8 - len(json.loads(line)["und"]["samples"])
+                                                         for line in (out / "prefs.jsonl").read_text().splitlines())
+
+
+def test_training_data_naming_a_held_out_prompt_is_refused_when_the_world_measures_generation(base_and_world_data, tmp_path):
+    from hermesflow import config
+    from hermesflow.accel import partial_state
+    from hermesflow.recipes.run import settle, train_data
+    from hermesflow.settings import RunConfig
+    from hermesflow.world.build import write_world
+
+    root, base, _ = base_and_world_data
+    write_world(tmp_path / "all", n=40, seed=3, split="train", prompts="all")  # about half the specs are held out
+    cfg = settle(config.build(RunConfig, out=tmp_path / "run", data=tmp_path / "all"), base)
+    with pytest.raises(DataError, match=r"records name prompts the world holds out of post-training") as e:
+        train_data(base, cfg, tmp_path / "run", partial_state())
+    assert "data.jsonl line" in "\n".join(e.value.problems)

@@ -232,3 +232,17 @@ def test_the_world_command_leaves_held_out_prompts_out_of_train_data_unless_aske
     assert main(["world", "--out", str(tmp_path / "all"), "--n", "60", "--split", "train", "--prompts", "all"]) == 0
     assert main(["world", "--out", str(tmp_path / "eval"), "--n", "60", "--split", "eval"]) == 0
     assert held_out(tmp_path / "all") > 0 and held_out(tmp_path / "eval") > 0
+
+
+def test_the_selection_and_test_draws_share_no_scene_and_no_sampling_seed():
+    from hermesflow.world.build import draw_seed, world_eval_items
+    from hermesflow.world.scenes import draw_of
+
+    selection = {it.scene.key() for s in range(3) for it in world_eval_items(120, s, draw="selection")}
+    test = {it.scene.key() for s in range(3) for it in world_eval_items(120, s, draw="test")}
+    assert selection and test and not selection & test
+    assert {draw_of(it.scene) for it in world_eval_items(60, 0, draw="test")} == {"test"}
+    assert [draw_seed(s, "test") for s in range(5)] == list(range(5))
+    assert not {draw_seed(s, "selection") for s in range(1000)} & set(range(1000))
+    items = world_eval_items(6, 0, draw="selection")
+    assert items[0].id == "selection-0-000000" and len({it.id for it in items}) == 6

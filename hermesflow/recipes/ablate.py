@@ -63,7 +63,7 @@ SHARED = {
 # model or the evaluation come from.
 ARM_SETTINGS = tuple(f.name for c in (CurationOptions, TrainingOptions, GRPOOptions) for f in dataclasses.fields(c))
 CURATION_SETTINGS = tuple(f.name for f in dataclasses.fields(CurationOptions))
-DIFFERENCES = ("understanding", "generation", "generation_unseen", "gap")
+DIFFERENCES = ("understanding", "understanding_unseen", "understanding_seen", "generation", "generation_unseen", "gap")
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,7 @@ def ablate(cfg: AblateConfig) -> dict:
     from hermesflow.scorers.similarity import SentenceSimilarity
 
     arms = load_arms(cfg.arms) if cfg.arms else list(BUILTIN_ARMS)  # a bad file is refused before any work
+    control = control_of(cfg.control, arms)
     cfg = config.complete(AblateConfig, config.flat(cfg))  # the preset's values in place of zeros
     preset = {"seeds": cfg.seeds, "n_train": cfg.n_train, "eval_n": cfg.eval_n}
     state = partial_state()
@@ -209,6 +210,8 @@ def ablate(cfg: AblateConfig) -> dict:
             "self_judge": self_judge(sorted(set(curated.get(name, [])))) if name != "base" else None,
             "train_seconds_per_step": float(np.mean(seconds)) / train_steps if seconds else None,
         }
+        if control is not None and name not in ("base", control):
+            summary[name]["vs_control"] = against(runs[control], evaluations, control)
     if state.is_main_process:
         atomic_write_json(out / "ablation.json", summary)
         atomic_write_text(out / "ablation.md", format_tables(summary, cfg, preset))
@@ -237,6 +240,29 @@ def self_judge(rounds: list[Path]) -> dict | None:
     their kept image pairs pooled over seeds."""
     judged = self_judge_agreement(p.gen for folder in rounds for p in read_prefs(folder).values() if p.has("gen"))
     return judged if judged["pairs"] else None
+
+
+def control_of(name: str | None, arms: list[Arm]) -> str | None:
+    """The arm the others are compared with: `name` (refused unless it is an arm), else the one arm that
+    changes no setting (the default recipe), else none."""
+    names = [arm.name for arm in arms]
+    if name is not None:
+        if name not in names:
+            raise UsageError(f"--control {name!r} is not one of the arms {names}")
+        return name
+    plain = [arm.name for arm in arms if not arm.settings and arm.rounds == 1]
+    return plain[0] if len(plain) == 1 else None
+
+
+def against(control: list[Evaluation], arm: list[Evaluation], name: str) -> dict:
+    """The arm minus the control, seed by seed on the same items, for each of DIFFERENCES."""
+    result = {"control": name}
+    for key in DIFFERENCES:
+        try:
+            result[key] = pooled_paired_difference([e.per_example for e in control], [e.per_example for e in arm], key)
+        except UsageError as e:  # e.g. other seed counts, or no unseen items: said in the table
+            result[key] = {"error": str(e)}
+    return result
 
 
 def summarise(runs: list[Evaluation], base: Evaluation | None = None) -> dict:
@@ -276,14 +302,17 @@ def format_tables(summary: dict, cfg: AblateConfig, preset: dict) -> str:
     def markdown(head: list[str], rows: list[list[str]]) -> list[str]:
         return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(row) + " |" for row in rows)]
 
-    table5, table4 = ablation_tables(summary)
+    table5, table4, versus = ablation_tables(summary)
     title = (f"Table 5 analog ({cfg.preset}: {preset['seeds']} seeds, {preset['n_train']} curated records, "
-             f"{cfg.training.train_steps} steps per round, {preset['eval_n']} eval scenes; mean ± std over seeds)")
+             f"{cfg.training.train_steps} steps per round, {preset['eval_n']} eval scenes on the {cfg.eval_draw} draw; "
+             "mean ± std over seeds)")
     lines = [title, "", *markdown(*table5), "", "Table 4 analog", "", *markdown(*table4)]
+    if versus is not None:
+        lines += ["", "Each arm against the control (the same items and seeds, paired)", "", *markdown(*versus)]
     notes = (
         ("Scores are per question (shares of answers right). Δ: the arm minus the base on the same eval items and sampling "
-         "seed, each item's difference averaged over the seeds, with a 95% interval clustered by item (it covers the choice "
-         "of eval items; the spread between seeds is the ± above); * marks an interval that excludes zero."),
+         "seed, with a 95% interval over both the eval items (clustered by item) and the training seeds (their spread, "
+         "t quantile; stats.two_level_interval); * marks an interval that excludes zero."),
         ("Generation unseen: eval prompts held out of post-training data (world.holdout); "
          f"{' and '.join(ALWAYS_SEEN)} prompts are always seen, so claims about generation use the unseen columns."),
         ("Self-judge agreement: of the kept image pairs the exact oracle scores differently (count), the share where it "

@@ -44,7 +44,7 @@ from hermesflow.results import Evaluation
 from hermesflow.settings import RunConfig
 from hermesflow.stages import claim, clear, differences, file_digest, refusal, say
 from hermesflow.train import examples_from, train
-from hermesflow.world.build import world_eval_items, write_world
+from hermesflow.world.build import draw_seed, world_eval_items, write_world
 from hermesflow.world.judge import WORLD, read_scenes, read_world_data
 from hermesflow.world.render import save_sample_sheet
 
@@ -160,27 +160,30 @@ def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
         data = read_world_data(cfg.eval.eval_data, cfg.reading)
         check_fit(backbone, data)
         return data_eval_items(data, cfg.eval.eval_n)
-    return world_eval_items(cfg.eval.eval_n, seed, backbone.image_size)
+    return world_eval_items(cfg.eval.eval_n, seed, backbone.image_size, cfg.eval.eval_draw)
 
 
 def evaluation_settings(n: int, data: Path | None, gen: GenerationConfig, encoder: Path | None, pooling: str, dtype: str,
-                        judge: str, api: ApiOptions, questions: Path | None) -> dict:
+                        judge: str, api: ApiOptions, questions: Path | None, draw: str | None) -> dict:
     """What an evaluation's results depend on besides the model (`hermesflow run`'s and `hermesflow
-    eval`'s alike): recorded in its folder."""
+    eval`'s alike): recorded in its folder. `draw`: the world eval split's draw (None on --eval-data)."""
     return {"n": n, "seed": gen.seed, "data": file_digest(data), "guidance": gen.guidance, "temperature": gen.temperature,
-            "steps": gen.steps, "encoder": encoder, "pooling": pooling, "dtype": dtype, **judge_setting(judge, api, questions)}
+            "steps": gen.steps, "encoder": encoder, "pooling": pooling, "dtype": dtype, **judge_setting(judge, api, questions),
+            "draw": draw}
 
 
 def eval_sampler(cfg: RunConfig, seed: int) -> GenerationConfig:
-    """How a run's evaluations draw images: its evaluation guidance, with the curation's sampler."""
+    """How a run's evaluations draw images: its evaluation guidance, with the curation's sampler, on the
+    draw's own seeds (`world.build.draw_seed`)."""
     return GenerationConfig(guidance=cfg.eval.eval_guidance, temperature=cfg.curation.image_temperature,
-                            steps=cfg.curation.steps, seed=seed)
+                            steps=cfg.curation.steps, seed=seed if cfg.eval.eval_data else draw_seed(seed, cfg.eval.eval_draw))
 
 
 def eval_settings(cfg: RunConfig, seed: int) -> dict:
     """`evaluation_settings` of a run's evaluation with `seed`."""
     return evaluation_settings(cfg.eval.eval_n, cfg.eval.eval_data, eval_sampler(cfg, seed), cfg.curation.encoder,
-                               cfg.curation.pooling, cfg.dtype, cfg.eval.judge, cfg.api, cfg.reading.questions)
+                               cfg.curation.pooling, cfg.dtype, cfg.eval.judge, cfg.api, cfg.reading.questions,
+                               None if cfg.eval.eval_data else cfg.eval.eval_draw)
 
 
 def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> Evaluation:
@@ -230,23 +233,30 @@ def summary_row(name: str, result: Evaluation, manifest: dict | None) -> dict:
         "generation_ci95": list(result.generation_score.ci95),
         # on the eval prompts held out of post-training (world only): where claims about generation are read
         "generation_unseen": result.generation_unseen.mean if result.generation_unseen else None,
+        "understanding_unseen": result.unseen.understanding_score.mean if result.unseen and result.unseen.understanding_score else None,
         "gap": result.gap.mean,
         "geneval_overall": result.geneval.get("overall"),
+        "geneval_unseen_overall": (result.unseen.geneval or {}).get("overall") if result.unseen else None,
         "caption_similarity": result.caption_similarity.mean if result.caption_similarity else None,
         "pairs_kept": manifest["counts"]["both_kept"] if manifest else None,
     }
 
 
 def format_summary(rows: list[dict]) -> str:
-    head = f"{'round':<8}{'understanding':>22}{'generation':>22}{'gen_unseen':>11}{'gap':>8}{'geneval':>9}{'cap_sim':>9}{'pairs':>7}"
+    """The terminal's and summary.txt's table; `*_unseen`: on the eval prompts held out of post-training."""
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    head = (f"{'round':<8}{'understanding':>22}{'und_unseen':>11}{'generation':>22}{'gen_unseen':>11}{'gap':>8}{'geneval':>9}"
+            f"{'gev_unseen':>11}{'cap_sim':>9}{'pairs':>7}")
     lines = [head]
     for r in rows:
         und = f"{r['understanding']:.3f} [{r['understanding_ci95'][0]:.3f},{r['understanding_ci95'][1]:.3f}]"
         gen = f"{r['generation']:.3f} [{r['generation_ci95'][0]:.3f},{r['generation_ci95'][1]:.3f}]"
         pairs = "-" if r["pairs_kept"] is None else str(r["pairs_kept"])
-        geneval = "-" if r["geneval_overall"] is None else f"{r['geneval_overall']:.3f}"
-        unseen = "-" if r.get("generation_unseen") is None else f"{r['generation_unseen']:.3f}"
-        lines.append(f"{r['round']:<8}{und:>22}{gen:>22}{unseen:>11}{r['gap']:>8.3f}{geneval:>9}{r['caption_similarity']:>9.3f}{pairs:>7}")
+        lines.append(f"{r['round']:<8}{und:>22}{number(r.get('understanding_unseen')):>11}{gen:>22}{number(r.get('generation_unseen')):>11}"
+                     f"{r['gap']:>8.3f}{number(r['geneval_overall']):>9}{number(r.get('geneval_unseen_overall')):>11}"
+                     f"{number(r['caption_similarity']):>9}{pairs:>7}")
     return "\n".join(lines)
 
 
@@ -265,6 +275,12 @@ def train_data(backbone: Backbone, cfg: RunConfig, out: Path, state) -> Homologo
         data = read_scenes(read_homologous(data_dir))
     check_fit(backbone, data)
     check_curation_data(data, cfg.curation, WORLD)  # an oracle or perturbed pair source on data it cannot serve: refused before any work
+    if not cfg.eval.eval_data:  # generation is measured on the world's held-out prompts: no training record may name one
+        held = [f"{data.where(r)}: caption {r.caption!r}" for r in data.records if WORLD.holds_out(r.caption)]
+        if held:
+            raise DataError([f"{data.path}: {len(held)} records name prompts the world holds out of post-training to measure "
+                             "generation on (world.holdout); write training data with `hermesflow world --prompts seen`, or "
+                             "evaluate on your own held-out data (--eval-data)", *held[:20]])
     return data
 
 

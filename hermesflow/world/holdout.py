@@ -54,6 +54,8 @@ def is_held_out(spec: PromptSpec) -> bool:
         return (shape(spec.objects[0][0]) + spec.count) % 2 == 0
     if spec.category == "position":
         _, s1, s2, rel = spec_key(spec)
+        if s1 == s2:  # "a circle left of a circle": parseable (a sampled caption may say it), never a world prompt
+            return False
         return (_PAIRS.index((shape(s1), shape(s2))) + RELATIONS.index(rel)) % 2 == 0
     if spec.category == "color_attr":
         return sum(shape(s) + color(c) for s, c in spec.objects) % 2 == 0

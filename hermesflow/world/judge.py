@@ -58,14 +58,22 @@ class ShapesWorld:
 
     def perturbed(self, caption: str, key: str) -> str | None:
         """The caption with one attribute swapped (`perturbed_spec`), in the same phrasing; the swap is
-        drawn from `key` (seed, round and record id), so a rerun perturbs alike. None when the world's
-        prompt parser does not read the caption."""
+        drawn from `key` (seed, round and record id), so a rerun perturbs alike, and only among the
+        prompts post-training may see (never a held-out one). None when the world's prompt parser does
+        not read the caption, or when every swap of it is held out."""
         spec = parse_prompt(caption)
         if spec is None:
             return None
         said = " ".join(caption.lower().split())
         variant = next((v for v in range(3) if phrase(spec, v) == said), 0)
-        return phrase(perturbed_spec(spec, random.Random(f"hermesflow-perturb/{key}")), variant)
+        swapped = perturbed_spec(spec, random.Random(f"hermesflow-perturb/{key}"), keep=lambda s: not is_held_out(s))
+        return None if swapped is None else phrase(swapped, variant)
+
+    def holds_out(self, caption: str) -> bool:
+        """Whether the caption names a prompt the world keeps out of post-training (`world.holdout`), so
+        that generation can be measured on prompts no training data contains."""
+        spec = parse_prompt(caption)
+        return spec is not None and is_held_out(spec)
 
     def true_of(self, caption: str, record: Record) -> bool | None:
         """Whether a caption in the world's phrasing holds for the record's scene (None: not a world

@@ -156,10 +156,11 @@ def sample_scene(category: str, rng: random.Random) -> tuple[Scene, PromptSpec]:
     raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
 
 
-def perturbed_spec(spec: PromptSpec, rng: random.Random) -> PromptSpec:
+def perturbed_spec(spec: PromptSpec, rng: random.Random, keep=None) -> PromptSpec | None:
     """`spec` with exactly one attribute swapped: an attribute slot (an object's shape, a named
     colour, the count, the relation) is drawn uniformly, then a new value for it. Named objects keep
-    distinct shapes (and distinct named colours), as the world's prompts do, and counts stay in 2-4."""
+    distinct shapes (and distinct named colours), as the world's prompts do, and counts stay in 2-4.
+    With `keep`, only the specs it accepts are drawn from; None when it accepts none."""
     slots: list[list[PromptSpec]] = []
     for i, (shape, color) in enumerate(spec.objects):
         others = [o for j, o in enumerate(spec.objects) if j != i]
@@ -174,5 +175,7 @@ def perturbed_spec(spec: PromptSpec, rng: random.Random) -> PromptSpec:
         slots.append([replace(spec, count=n) for n in (2, 3, 4) if n != spec.count])
     if spec.relation is not None:
         slots.append([replace(spec, relation=r) for r in RELATIONS if r != spec.relation])
+    if keep is not None:
+        slots = [[s for s in slot if keep(s)] for slot in slots]
     slots = [s for s in slots if s]
-    return rng.choice(rng.choice(slots))
+    return rng.choice(rng.choice(slots)) if slots else None

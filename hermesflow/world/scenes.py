@@ -83,6 +83,17 @@ def relation(a: Obj, b: Obj) -> str | None:
     return "above" if dr < 0 else "below"
 
 
+DRAWS = ("selection", "test")
+
+
+def draw_of(scene: Scene) -> str:
+    """Which half of the eval split a scene belongs to, by a second hash of its content: "selection"
+    (where recipes and settings are compared and chosen) or "test" (where what was chosen is
+    reported). The two draws share no scene."""
+    digest = hashlib.sha1(f"hermesflow-draw/{scene.key()}".encode()).digest()
+    return DRAWS[digest[0] % 2]
+
+
 def split_of(scene: Scene, eval_fraction: float = 0.2) -> str:
     """Assign a scene to 'train' or 'eval' by a hash of its content, so splits never overlap."""
     digest = hashlib.sha1(scene.key().encode()).digest()

@@ -2,7 +2,7 @@
 
 Bad input (HermesFlowError) is printed as `error: ...` lines without a traceback, exit code 2; an
 error of the system (a file that cannot be written) as one line naming the path, exit code 1; Ctrl-C
-as one line saying how to resume, exit code 130. Verbs that read data check all of it, and `--out`
+as one line saying how to resume, exit code 130 (SIGTERM alike, exit code 143). Verbs that read data check all of it, and `--out`
 is checked to be a writable folder, before they create any output or load a model.
 """
 
@@ -12,7 +12,9 @@ import argparse
 import difflib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -312,7 +314,25 @@ def _out_hint(args: argparse.Namespace) -> str:
     return f" (the work saved in {out} is kept)" if out else ""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), handled as Ctrl-C is: every file is written whole, so a rerun resumes."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the verb's parser, with its usage, not the top-level one
@@ -327,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: every file is written whole (atomically or line by line), so a rerun resumes
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: every file is written whole (atomically or line by line), so a rerun resumes
         print(f"\ninterrupted: rerun the same command to resume{_out_hint(args)}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
     except BrokenPipeError:  # `hermesflow validate DATA | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0

@@ -154,9 +154,9 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         offset += len(candidates[i])
         prev = previous.get(record.id)
         # a caption naming a held-out prompt is left out; one the model cannot score (no words, too long) does not compete
-        scored = list(zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions]))
-        held = sum(world is not None and world.holds_out(c) for c, _ in scored)
-        scored = [(c, x) for c, x in scored if world is None or not world.holds_out(c)]
+        scored = [(c, x) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
+                  if world is None or not world.holds_out(c)]
+        held = len(captions[i]) - len(scored)
         mine = [c for c, _ in scored]
         und_samples = [Sample(c, float(x)) for c, x in scored if c.strip() and not backbone.fit_problems(None, [c])]
         if not scored:

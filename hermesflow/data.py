@@ -20,6 +20,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,20 +74,30 @@ def _check_image(root: Path, rel: str, image_size: int | None, follow_symlinks: 
 
 def _check_pixels(source: Path | io.BytesIO, shown: str, image_size: int | None,
                   formats: tuple[str, ...] = IMAGE_FORMATS) -> None:
+    limit = Image.MAX_IMAGE_PIXELS  # --max-pixels (read_data sets it; PIL's own by default)
     try:
-        with Image.open(source) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line of our own
+            img = Image.open(source)
+        with img:
             # the header first, so that a wrong or huge image is refused before its pixels are decoded
             if img.format not in formats:
                 raise BadRecord(f'image {shown} is {img.format}; expected one of {"/".join(formats)}')
+            width, height = img.size
+            if limit and width * height > limit:
+                raise BadRecord(f"image {shown} cannot be read: {width}x{height} is {width * height:,} pixels, more than "
+                                f"--max-pixels {limit:,} (a guard against decompression bombs; --max-pixels 0 lifts it)")
             if image_size is not None and img.size != (image_size, image_size):
-                width, height = img.size
                 raise BadRecord(f"image {shown} is {width}x{height}; expected {image_size}x{image_size}")
             to_rgb(img)  # decoding the pixels is what finds truncated and corrupt files (and odd modes)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise BadRecord(f"image {shown} not found") from None
     except UnidentifiedImageError:
         raise BadRecord(f"image {shown} cannot be read (not a {' or '.join(formats)} file)") from None
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, TypeError) as e:
+    except Image.DecompressionBombError as e:  # past twice the limit PIL refuses at opening, in its own words
+        raise BadRecord(f"image {shown} cannot be read: {e.args[0].split(' exceeds')[0].lower()}, more than --max-pixels "
+                        f"{limit:,} (a guard against decompression bombs; --max-pixels 0 lifts it)") from None
+    except (OSError, SyntaxError, ValueError, TypeError) as e:
         reason = getattr(e, "strerror", None) or e  # strerror leaves out the (long) file name
         raise BadRecord(f"image {shown} cannot be read ({type(e).__name__}: {reason})") from None
 
@@ -222,6 +233,7 @@ def read_data(path: str | Path, options: DataOptions, **kwargs) -> HomologousDat
     """`read_homologous` with the data options a verb was given (the column map, --follow-symlinks,
     --questions, --skip-bad). Records left out by --skip-bad are listed on stderr, one line each."""
     columns = Columns(options.id_column, options.image_column, options.caption_column, options.qa_column)
+    Image.MAX_IMAGE_PIXELS = options.max_pixels or None  # for the process: what is read here is loaded again later
     kwargs.setdefault("skip_bad", options.skip_bad)
     data = read_homologous(path, columns=columns, follow_symlinks=options.follow_symlinks, questions=options.questions, **kwargs)
     for problem in data.skipped:

@@ -25,6 +25,8 @@ class DataOptions:
     follow_symlinks: bool = option(False, "follow symbolic links that leave the data folder (a dataset cache); '..' and absolute paths stay refused")
     questions: Path = option(None, "a TIFA-format question file for the records without questions, matched by id (`hermesflow questions` writes one)")
     skip_bad: bool = option(False, "report bad records (one line each) and go on without them instead of failing")
+    max_pixels: int = option(89_478_485, "refuse images of more pixels than this (PIL's own decompression-bomb limit); 0 lifts it",
+                             minimum=0, changes_results=False)
 
 
 @dataclass

@@ -91,6 +91,28 @@ def paired_change(base: Evaluation, other: Evaluation, key: str) -> dict | None:
     return {"mean": float(d.mean()), "ci95": [float(d.mean()) - half, float(d.mean()) + half], "n": len(d)}
 
 
+def verdict(base: Evaluation, last: Evaluation, name: str) -> str:
+    """One line that answers "did it work?": generation's paired change from the base on the prompts
+    held out of post-training (all prompts where the data has no hold-out) and understanding's, each
+    with its 95% interval and marked significant or not, and the judge named."""
+    def said(key: str, label: str) -> str:
+        try:
+            c = paired_difference(base.per_example, last.per_example, key)
+        except UsageError:
+            return f"{label}: n/a"
+        lo, hi = c["ci95"]
+        mark = "significant" if lo > 0 or hi < 0 else "not significant"
+        return f"{label} {c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({mark})"
+
+    world = base.prompt_holdout is not None
+    parts = [said("generation_unseen", "generation on unseen prompts") if world else "generation on unseen prompts: n/a",
+             *([] if world else [said("generation", "generation")]), said("understanding", "understanding")]
+    draw = base.settings.get("draw")
+    items = f"{draw} draw" if draw else "the world's eval split" if world else "your held-out data"
+    return (f"Verdict, {name} vs base ({base.n_examples} items, {items}; generation judged by {last.judges['generation']}; "
+            f"one evaluation per model, so the interval covers the items, not training seeds): " + "; ".join(parts))
+
+
 def _change_cell(c: dict | None, fallback: float) -> str:
     if c is None:
         return f"{fallback:+.3f} <span class=ci>(no paired interval)</span>"
@@ -368,8 +390,10 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
             shutil.copyfile(folder / "eval" / "generated.png", out / f"samples-{folder.name}.png")
             samples.append({"name": name, "file": f"samples-{folder.name}.png"})
     provenance = _read_json(run / "provenance.json") if (run / "provenance.json").exists() else {}
+    judge = " and ".join(sorted({e.judges["generation"] for e in results}))  # what judged the generated images
+    line = verdict(results[0], results[-1], names[-1]) if len(results) > 1 and names[0] == "base" else None
     page = TEMPLATES.get_template("run_report.html").render(
-        name=run.name, sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
+        name=run.name, judge=judge, verdict=line, sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
         geneval_head=[c.replace("_", " ") for c in cats], geneval_rows=geneval_rows, curves=bool(curves),
         judge_rows=judge_rows, drop_rows=drop_rows, last_round=last.name.replace("-", " ") if last else "-", pairs=pairs,
         samples=samples, prompts=results[-1].sample_prompts,

@@ -143,7 +143,7 @@ def two_level_interval(totals: np.ndarray, counts: np.ndarray) -> dict:
     items = cluster_mean_ci(totals.mean(axis=0), counts)
     r = items["mean"]
     se_items = (items["ci95"][1] - r) / 1.96
-    if seeds == 1:
+    if seeds == 1 or n < 2:  # one seed: no seed spread to measure (one item: no interval at all)
         return {**items, "interval": "items only (one seed)", "se_items": se_items, "se_seeds": None}
     per_seed = totals.sum(axis=1) / m
     residual = totals - totals.mean(axis=0) - (per_seed - r)[:, None] * counts

@@ -127,6 +127,16 @@ def huge_declared_size(folder: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def over_the_pixel_limit(folder: Path) -> None:
+    """12000x12000 (144 million pixels): past PIL's limit (89.5 M), short of the 2x at which PIL itself
+    refuses; it used to pass with a raw DecompressionBombWarning on stderr."""
+    path = _image(folder, 3)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", 12000, 12000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
 def duplicate_id(folder: Path) -> None:
     _edit(folder, 5, lambda r: r.update(id=_id(2)))
 
@@ -174,6 +184,7 @@ CASES = [
     pytest.param(random_bytes_png, 3, _id(3), "cannot be read", id="corrupt-png"),
     pytest.param(truncated_png, 3, _id(3), "cannot be read", id="truncated-png"),
     pytest.param(huge_declared_size, 3, _id(3), "cannot be read", id="decompression-bomb"),
+    pytest.param(over_the_pixel_limit, 3, _id(3), "144,000,000 pixels, more than --max-pixels 89,478,485", id="past-the-pixel-limit"),
     pytest.param(_resave(3, lambda im: im.resize((16, 16))), 3, _id(3), "16x16", id="wrong-size"),
     pytest.param(_resave(3, lambda im: im, format="BMP"), 3, _id(3), "is BMP", id="bmp-named-png"),
     pytest.param(_set_fields(3, image="images/a\0.png"), 3, _id(3), "NUL", id="nul-in-image-path"),
@@ -392,3 +403,11 @@ def test_write_clean_keeps_the_good_records_lines(bad: Path, tmp_path: Path):
     assert again.returncode == 0 and again.stderr == "", again.stderr
     elsewhere = run_cli("validate", str(bad), "--skip-bad", "--write-clean", str(tmp_path / "clean.jsonl"))
     assert elsewhere.returncode == 2 and "so its image paths still resolve" in elsewhere.stderr
+
+
+def test_max_pixels_moves_the_limit(bad: Path):
+    over_the_pixel_limit(bad)  # its header says 12000x12000; its pixel data is a 32x32 image's
+    lifted = run_cli("validate", str(bad), "--max-pixels", "0")
+    assert lifted.returncode == 2 and "--max-pixels" not in lifted.stderr and "cannot be read (" in lifted.stderr  # decoded, found short
+    lower = run_cli("validate", str(bad), "--max-pixels", "1000")  # every 32x32 image (1,024 pixels) is past it, each named
+    assert lower.returncode == 2 and lower.stderr.count("more than --max-pixels 1,000") == len(lower.stderr.splitlines()) == N_RECORDS

@@ -83,3 +83,16 @@ def test_an_unusable_out_is_one_line_before_any_model_loads(tmp_path: Path):
     result = hermesflow("run", "--model", missing_model, "--out", str(blocker))
     assert (result.returncode, result.stderr) == (2, f"error: --out {blocker}: exists and is not a folder\n")
 
+
+
+def test_a_run_refused_for_its_inputs_writes_nothing(tmp_path: Path):
+    from hermesflow.world.build import write_world
+
+    write_world(tmp_path / "data", 4, seed=0, split="train", prompts="seen")
+    (tmp_path / "data" / "images" / "train-0-000002.png").unlink()
+    for bad in (["--data", str(tmp_path / "data")], ["--model", str(tmp_path / "no-model")],
+                ["--eval-data", str(tmp_path / "data")]):
+        result = hermesflow("run", "--out", str(tmp_path / "run"), *bad)
+        assert result.returncode == 2, result.stderr
+        assert not (tmp_path / "run").exists(), bad  # so the corrected command is not refused as "other settings"
+    assert "train-0-000002" in result.stderr

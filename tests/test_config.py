@@ -75,7 +75,8 @@ def test_whether_a_setting_changes_results_is_metadata_on_its_field():
     free = set(config.flat(config.build(RunConfig, out=Path("x")))) - set(config.results_settings(config.build(RunConfig, out=Path("x"))))
     assert free == {"out", "rounds", "preset", "overwrite", "report_to", "save_every", "max_nonfinite", "log_branch_grad_norms",
                     "endpoint", "api_key_env", "timeout", "retries", "backoff", "workers", "api_cache", "json_schema",
-                    "long_text"}  # refuse finishes only where truncate would cut nothing
+                    "long_text",  # refuse finishes only where truncate would cut nothing
+                    "max_pixels"}  # a refused image stops the run; an admitted one reads the same
 
 
 def test_presets_are_yaml_files_in_the_package_loaded_like_config_files():

@@ -191,3 +191,31 @@ def test_the_interval_over_seeds_covers_a_true_zero_95_percent_of_the_time(seeds
         lo, hi = two_level_interval(arm - base, counts)["ci95"]
         hits += lo <= 0 <= hi
     assert 0.93 <= hits / draws <= 0.99
+
+
+def test_the_verdict_names_each_change_its_interval_its_significance_and_the_judge():
+    from dataclasses import replace
+
+    from hermesflow.report import verdict
+
+    def evaluation(per: PerExample, world: bool) -> Evaluation:
+        score = {"mean": 0.5, "ci95": [0.4, 0.6]}
+        return Evaluation.from_json({
+            "n_examples": len(per.ids), "n_questions": sum(per.questions), "judges": {"understanding": "answers vs truth",
+                                                                                    "generation": "oracle" if world else "self"},
+            "understanding_score": score, "generation_score": score, "gap": score, "understanding_prior": 0.3,
+            "understanding_by_type": {}, "generation_by_type": {}, "understanding_prior_by_type": {},
+            "per_example": per.to_json(), "settings": {"draw": "test" if world else None},
+            **({"prompt_holdout": {"always_seen": []}, "unseen_categories": [], "n_examples_unseen": 2, "n_examples_seen": 2}
+               if world else {})})
+
+    many = ["i%d" % i for i in range(40)]
+    base = PerExample(many, [0.5] * 40, [0.5] * 40, [2] * 40, [1] * 40, [1] * 40, [i % 2 == 0 for i in range(40)])
+    better = replace(base, generation_correct=[2] * 40)  # every item's generation +1 of 2 questions; understanding unchanged
+    line = verdict(evaluation(base, True), evaluation(better, True), "round 1")
+    assert line.startswith("Verdict, round 1 vs base (40 items, test draw; generation judged by oracle;")
+    assert "generation on unseen prompts +0.500 [+0.500, +0.500] (significant)" in line
+    assert "understanding +0.000 [+0.000, +0.000] (not significant)" in line
+    foreign = verdict(evaluation(replace(base, unseen=[None] * 40), False), evaluation(replace(better, unseen=[None] * 40), False), "round 1")
+    assert "generation on unseen prompts: n/a" in foreign and "generation +0.500" in foreign and "judged by self" in foreign
+    assert "your held-out data" in foreign

@@ -92,13 +92,14 @@ def test_curation_killed_and_resumed_writes_the_same_file(setup, curated):
     assert len(ids) == len(set(ids)) == 40
 
 
-def test_ctrl_c_stops_curation_with_one_line_and_exit_130_and_a_rerun_resumes(setup, curated):
-    out = setup["root"] / "interrupted"
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_curation_with_one_line_and_exit_130_and_a_rerun_resumes(setup, curated, sig, code):
+    out = setup["root"] / f"interrupted-{code}"
     shard = out / "shards" / "shard-0-of-1.jsonl"
     p = curate(setup, out)
-    kill_when(p, lambda: lines(shard) >= 8, sig=signal.SIGINT)
+    kill_when(p, lambda: lines(shard) >= 8, sig=sig)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130
+    assert p.returncode == code
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     last = err.strip().splitlines()[-1]
     assert last == f"interrupted: rerun the same command to resume (the work saved in {out} is kept)"
@@ -232,6 +233,14 @@ def test_run_writes_a_report_with_every_section_and_image(setup):
     page = (run / "report" / "index.html").read_text()
     for section in SECTIONS:
         assert f">{section}</h2>" in page
+    # the verdict first, naming its judge; the same line heads summary.txt
+    top = page.split("<h2")[0]
+    assert "Verdict, round 2 vs base" in top and "judged by oracle" in top and "generation on unseen prompts" in top
+    assert "judged by the shapes world&#39;s exact oracle" in top or "judged by the shapes world's exact oracle" in top
+    assert (run / "summary.txt").read_text().startswith("Verdict, round 2 vs base")
+    rows = json.loads((run / "summary.json").read_text())  # the examples each round trained on, as its training counted them
+    assert [r["examples_trained"] for r in rows[1:]] == [json.loads((run / f"round-{i}" / "train" / "summary.json").read_text())["examples"]
+                                                         for i in (1, 2)]
     sources = re.findall(r'src="([^"]+)"', page)
     kept = json.loads((run / "round-2" / "manifest.json").read_text())["counts"]["both_kept"]
     assert len([s for s in sources if s.startswith("gallery/")]) == 3 * min(8, kept) > 0  # true, chosen, rejected

@@ -151,7 +151,7 @@ def test_a_round_on_a_datasets_folder_reports_its_pairs(tmp_path):
 
     from hermesflow.world.build import write_world
 
-    world = write_world(tmp_path / "world", 4, seed=0, split="train")
+    world = write_world(tmp_path / "world", 4, seed=0, split="train", prompts="seen")  # the world measures generation on the rest
     folder = world.parent if world.name == "data.jsonl" else world
     rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
     datasets.Dataset.from_dict({"key": [r["id"] for r in rows], "image": [Image.open(folder / r["image"]) for r in rows],

@@ -205,6 +205,7 @@ def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationCon
         say(f"reusing the evaluation {path}")
         return Evaluation.read(path)
     result, generated = judged_evaluation(backbone, items(), gen, similarity, vlm())
+    result = replace(result, settings={**result.settings, "draw": settings.get("draw")})  # which draw of the eval split
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
     atomic_write_json(path, result.to_json())
@@ -224,7 +225,9 @@ def judged_evaluation(backbone: Backbone, items: list[EvalItem], gen: Generation
     return result, generated
 
 
-def summary_row(name: str, result: Evaluation, manifest: dict | None) -> dict:
+def summary_row(name: str, result: Evaluation, manifest: dict | None, trained: int | None = None) -> dict:
+    """A round's line of summary.json: its scores, and the curated pairs kept and the examples trained on
+    (with --pair-rows branch a record's two pairs are separate examples)."""
     return {
         "round": name,
         "understanding": result.understanding_score.mean,
@@ -239,6 +242,7 @@ def summary_row(name: str, result: Evaluation, manifest: dict | None) -> dict:
         "geneval_unseen_overall": (result.unseen.geneval or {}).get("overall") if result.unseen else None,
         "caption_similarity": result.caption_similarity.mean if result.caption_similarity else None,
         "pairs_kept": manifest["counts"]["both_kept"] if manifest else None,
+        "examples_trained": trained,
     }
 
 
@@ -248,15 +252,15 @@ def format_summary(rows: list[dict]) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     head = (f"{'round':<8}{'understanding':>22}{'und_unseen':>11}{'generation':>22}{'gen_unseen':>11}{'gap':>8}{'geneval':>9}"
-            f"{'gev_unseen':>11}{'cap_sim':>9}{'pairs':>7}")
+            f"{'gev_unseen':>11}{'cap_sim':>9}{'trained':>8}")
     lines = [head]
     for r in rows:
         und = f"{r['understanding']:.3f} [{r['understanding_ci95'][0]:.3f},{r['understanding_ci95'][1]:.3f}]"
         gen = f"{r['generation']:.3f} [{r['generation_ci95'][0]:.3f},{r['generation_ci95'][1]:.3f}]"
-        pairs = "-" if r["pairs_kept"] is None else str(r["pairs_kept"])
+        pairs = "-" if r.get("examples_trained") is None else str(r["examples_trained"])
         lines.append(f"{r['round']:<8}{und:>22}{number(r.get('understanding_unseen')):>11}{gen:>22}{number(r.get('generation_unseen')):>11}"
                      f"{r['gap']:>8.3f}{number(r['geneval_overall']):>9}{number(r.get('geneval_unseen_overall')):>11}"
-                     f"{number(r['caption_similarity']):>9}{pairs:>7}")
+                     f"{number(r['caption_similarity']):>9}{pairs:>8}")
     return "\n".join(lines)
 
 
@@ -371,10 +375,13 @@ def run(cfg: RunConfig) -> list[dict]:
     out = Path(cfg.out)
     backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()  # a bad --model writes nothing
     cfg = settle(cfg, backbone)
+    data = train_data(backbone, cfg, out, state) if cfg.data else None  # the user's data: refused before anything is written
+    if cfg.eval.eval_data:
+        eval_items(backbone, cfg, cfg.seed)  # likewise the held-out data (read again when evaluating)
     if state.is_main_process:
         claim_run(cfg)
     state.wait_for_everyone()
-    data = train_data(backbone, cfg, out, state)
+    data = data or train_data(backbone, cfg, out, state)  # the world's, written into the run folder
     similarity = SentenceSimilarity(cfg.curation.encoder, cfg.curation.pooling)
 
     timings = Timings(out / "timings.json", state.is_main_process)
@@ -401,15 +408,19 @@ def run(cfg: RunConfig) -> list[dict]:
         if state.is_main_process:
             with timings.stage(f"round-{r}/eval", round_dir / "eval" / "metrics.json"):
                 result = evaluate_into(backbone, round_dir / "eval", cfg, similarity)
-            rows.append(summary_row(str(r), result, manifest))
+            trained = round_dir / "train" / "summary.json"
+            rows.append(summary_row(str(r), result, manifest, json.loads(trained.read_text()).get("examples") if trained.exists() else None))
             print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
         state.wait_for_everyone()
         previous = round_dir
     if state.is_main_process:
-        atomic_write_json(out / "summary.json", rows)
-        atomic_write_text(out / "summary.txt", format_summary(rows) + "\n")
-        print(f"summary: {out / 'summary.txt'}")
-        from hermesflow.report import build_report
+        from hermesflow.report import build_report, verdict
 
-        print(f"report: {build_report(out, world=WORLD)}")
+        line = verdict(base, result, f"round {cfg.rounds}") if cfg.rounds else "no round was run"
+        atomic_write_json(out / "summary.json", rows)
+        atomic_write_text(out / "summary.txt", line + "\n\n" + format_summary(rows) + "\n")
+        print(line)
+        print(f"summary: {out / 'summary.txt'}")
+        page = build_report(out, world=WORLD)
+        print(f"report: {page}  (to view it from a server: python -m http.server -d {page.parent}, then open port 8000)")
     return rows

@@ -127,7 +127,7 @@ def format_table(result: Evaluation) -> str:
     def ci(m: Interval | None) -> str:
         return "-" if m is None else f"{m.mean:.3f}  [{m.ci95[0]:.3f}, {m.ci95[1]:.3f}]"
 
-    lines = [
+    lines = [f"WARNING: {w}" for w in result.warnings] + [
         f"{'generation judge':<22}{result.judges['generation']}",
         f"{'understanding_score':<22}{ci(result.understanding_score)}",
         f"{'generation_score':<22}{ci(result.generation_score)}",

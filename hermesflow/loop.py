@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from hermesflow.accel import cpu_only
+from hermesflow.accel import check_launch, cpu_only
 from hermesflow.errors import HermesFlowError
 from hermesflow.io import atomic_write_json, keep_rows_up_to
 from hermesflow.options import TrainingOptions
@@ -36,6 +36,7 @@ def make_accelerator(dtype: str, report_to: str = "", cpu: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    check_launch()
     return Accelerator(cpu=cpu or cpu_only(), mixed_precision="bf16" if dtype == "bf16" else "no", log_with=report_to or None,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 

@@ -62,7 +62,11 @@ def _read_json(path: Path):
 
 
 def _ci(m: Interval | None) -> str:
-    return "–" if m is None else f"{m.mean:.3f} <span class=ci>[{m.ci95[0]:.3f},&nbsp;{m.ci95[1]:.3f}]</span>"
+    if m is None:
+        return "–"
+    if any(math.isnan(x) for x in m.ci95):  # one item: no spread to measure
+        return f"{m.mean:.3f} <span class=ci>(one item: no interval)</span>"
+    return f"{m.mean:.3f} <span class=ci>[{m.ci95[0]:.3f},&nbsp;{m.ci95[1]:.3f}]</span>"
 
 
 def paired_change(base: Evaluation, other: Evaluation, key: str) -> dict | None:
@@ -101,6 +105,8 @@ def verdict(base: Evaluation, last: Evaluation, name: str) -> str:
         except UsageError:
             return f"{label}: n/a"
         lo, hi = c["ci95"]
+        if math.isnan(lo) or math.isnan(hi):
+            return f"{label} {c['mean']:+.3f} (one item: no interval)"
         mark = "significant" if lo > 0 or hi < 0 else "not significant"
         return f"{label} {c['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({mark})"
 
@@ -117,6 +123,8 @@ def _change_cell(c: dict | None, fallback: float) -> str:
     if c is None:
         return f"{fallback:+.3f} <span class=ci>(no paired interval)</span>"
     lo, hi = c["ci95"]
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{c['mean']:+.3f} <span class=ci>(one item: no interval)</span>"
     mark = " <b class=sig title='the 95% interval excludes zero'>●</b>" if lo > 0 or hi < 0 else ""
     return f"{c['mean']:+.3f} <span class=ci>[{lo:+.3f},&nbsp;{hi:+.3f}]</span>{mark}"
 
@@ -393,7 +401,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     judge = " and ".join(sorted({e.judges["generation"] for e in results}))  # what judged the generated images
     line = verdict(results[0], results[-1], names[-1]) if len(results) > 1 and names[0] == "base" else None
     page = TEMPLATES.get_template("run_report.html").render(
-        name=run.name, judge=judge, verdict=line, sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
+        name=run.name, judge=judge, verdict=line, warnings=[f"{n}: {w}" for n, e in zip(names, results) for w in e.warnings], sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
         geneval_head=[c.replace("_", " ") for c in cats], geneval_rows=geneval_rows, curves=bool(curves),
         judge_rows=judge_rows, drop_rows=drop_rows, last_round=last.name.replace("-", " ") if last else "-", pairs=pairs,
         samples=samples, prompts=results[-1].sample_prompts,

@@ -110,6 +110,22 @@ class Evaluation:
     extra: dict = field(default_factory=dict)  # what a caller adds: the model's path, the judge's API usage
 
     @property
+    def warnings(self) -> list[str]:
+        """Numbers at chance, said so that they never look like results: understanding whose 95% interval
+        holds the blank-image prior, and self-judged generation equal to understanding answer for answer."""
+        said = []
+        lo, hi = self.understanding_score.ci95
+        if lo <= self.understanding_prior <= hi:
+            said.append(f"understanding is at chance: the blank-image prior {self.understanding_prior:.3f} lies inside its 95% "
+                        f"interval [{lo:.3f}, {hi:.3f}], so the model's answers do not depend on the image")
+        per = self.per_example
+        if self.judges.get("generation") == "self" and per.understanding_correct is not None \
+                and per.understanding_correct == per.generation_correct:
+            said.append("understanding and self-judged generation are identical answer for answer: the model answers alike "
+                        "about real and generated images, so generation's number says nothing of its images")
+        return said
+
+    @property
     def generation_unseen(self) -> Interval | None:
         """Generation on the prompts held out of post-training, where claims about generation are read."""
         return self.unseen.generation_score if self.unseen else None
@@ -143,6 +159,8 @@ class Evaluation:
                 if part.geneval is not None:
                     out[f"geneval_{suffix}"], out[f"geneval_counts_{suffix}"] = part.geneval, part.geneval_counts
         out["geneval"], out["geneval_counts"] = self.geneval, self.geneval_counts
+        if self.warnings:
+            out["warnings"] = self.warnings
         return {**out, **self.extra}
 
     @classmethod
@@ -161,7 +179,7 @@ class Evaluation:
                     data[f"n_examples_{suffix}"],
                     *(Interval.of(data.get(f"{name}_{suffix}")) for name in ("understanding_score", "generation_score", "gap")),
                     data.get(f"geneval_{suffix}"), data.get(f"geneval_counts_{suffix}"))
-        listed = {f.name for f in fields(cls)} | {"scores"} | {f"{k}_{s}" for s in ("unseen", "seen") for k in
+        listed = {f.name for f in fields(cls)} | {"scores", "warnings"} | {f"{k}_{s}" for s in ("unseen", "seen") for k in
                   ("n_examples", "understanding_score", "generation_score", "gap", "geneval", "geneval_counts")}
         return cls(
             n_examples=data["n_examples"], n_questions=data["n_questions"], judges=data["judges"],

@@ -1,10 +1,13 @@
-"""Command-line behaviour not tied to one stage: presets, the Show-o converter verb."""
+"""Command-line behaviour not tied to one stage: presets, the Show-o converter verb, refusals before any
+work (bad inputs, launches that would run as something else)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from hermesflow import config
 from hermesflow.cli import build_parser
@@ -96,3 +99,30 @@ def test_a_run_refused_for_its_inputs_writes_nothing(tmp_path: Path):
         assert result.returncode == 2, result.stderr
         assert not (tmp_path / "run").exists(), bad  # so the corrected command is not refused as "other settings"
     assert "train-0-000002" in result.stderr
+
+
+@pytest.mark.parametrize("distributed, said", [
+    ("FSDP", "accelerate's FSDP plugin config is not supported"),  # on CPU accelerate would quietly run it as DDP
+    ("MULTI_CPU", "accelerate launch started one process though its config asks for several"),  # its CPU launcher starts one
+])
+def test_a_launch_that_would_run_as_something_else_is_refused_in_one_line(tmp_path: Path, distributed, said):
+    cfg = tmp_path / "accelerate.yaml"
+    cfg.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: {distributed}\nmixed_precision: 'no'\n"
+                   "num_machines: 1\nnum_processes: 2\nuse_cpu: true\n")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = subprocess.run([str(accelerate), "launch", "--config_file", str(cfg), "-m", "hermesflow", "run", "--out",
+                             str(tmp_path / "run"), "--n-train", "4"], capture_output=True, text=True, timeout=300)
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and ours and all(said in line for line in ours), result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_deepspeed_launch_is_refused_in_one_line():
+    """accelerate's DeepSpeed launcher needs deepspeed, which this machine lacks: the environment it gives
+    its processes stands in for the launch (accelerate.utils.launch: ACCELERATE_USE_DEEPSPEED)."""
+    from hermesflow.accel import check_launch
+    from hermesflow.errors import UsageError
+
+    with pytest.raises(UsageError, match="accelerate's DeepSpeed plugin config is not supported"):
+        check_launch({"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "2"})
+    check_launch({"ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"})  # torchrun-style: fine

@@ -219,3 +219,16 @@ def test_the_verdict_names_each_change_its_interval_its_significance_and_the_jud
     foreign = verdict(evaluation(replace(base, unseen=[None] * 40), False), evaluation(replace(better, unseen=[None] * 40), False), "round 1")
     assert "generation on unseen prompts: n/a" in foreign and "generation +0.500" in foreign and "judged by self" in foreign
     assert "your held-out data" in foreign
+
+
+def test_numbers_at_chance_are_flagged_in_the_metrics_and_the_table():
+    score = {"mean": 0.5, "ci95": [0.4, 0.6]}
+    per = PerExample(["a", "b"], [0.5, 0.5], [0.5, 0.5], [2, 2], [1, 1], [1, 1], [None, None])
+    metrics = {"n_examples": 2, "n_questions": 4, "judges": {"understanding": "answers vs truth", "generation": "self"},
+               "understanding_score": score, "generation_score": score, "gap": score, "understanding_prior": 0.45,
+               "understanding_by_type": {}, "generation_by_type": {}, "understanding_prior_by_type": {}, "per_example": per.to_json()}
+    at_chance = Evaluation.from_json(metrics)
+    assert len(at_chance.warnings) == 2 and "blank-image prior 0.450 lies inside" in at_chance.warnings[0]
+    assert at_chance.to_json()["warnings"] == at_chance.warnings and format_table(at_chance).startswith("WARNING: understanding is at chance")
+    fine = Evaluation.from_json({**metrics, "understanding_prior": 0.2, "judges": {**metrics["judges"], "generation": "oracle"}})
+    assert fine.warnings == [] and "warnings" not in fine.to_json()

@@ -52,6 +52,11 @@ def run_world(cfg: WorldConfig) -> int:
 
 def run_validate(cfg: ValidateConfig) -> int:
     data = read_world_data(cfg.data, cfg.reading, image_size=cfg.image_size or None)
+    if cfg.model:
+        from hermesflow.backbones import load_backbone
+        from hermesflow.data import check_fit
+
+        data = check_fit(load_backbone(cfg.model), data, skip_bad=cfg.reading.skip_bad)
     if cfg.write_clean:
         from hermesflow.data import write_clean
 

@@ -200,18 +200,25 @@ def read_homologous(path: str | Path, *, image_size: int | None = None, skip_bad
     return data
 
 
-def check_fit(backbone, data: HomologousData, limit: int = 20) -> None:
+def check_fit(backbone, data: HomologousData, limit: int = 20, skip_bad: bool = False) -> HomologousData:
     """Refuse, before any work, data the backbone cannot represent (unknown words, over-long texts,
-    images its tokenizer cannot read): every record's problems, by line and id, at once."""
-    problems = []
+    images its tokenizer cannot read): every record's problems, by line and id, at once. With
+    `skip_bad`, such records are left out instead, each listed on stderr and counted as skipped."""
+    problems, unfit = [], set()
     for r in data.records:
         texts = [r.caption] + [t for q in r.qa for t in (q.question, *q.choices)]
         for problem in backbone.fit_problems(r.load_image(), texts):
             problems.append(f"{data.where(r)}: {problem}")
+            unfit.add(r.id)
+    if problems and skip_bad and len(unfit) < len(data.records):
+        for problem in problems:
+            print(f"skipped: {problem}", file=sys.stderr)
+        return replace(data, records=[r for r in data.records if r.id not in unfit], skipped=data.skipped + problems)
     if problems:
         shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
         raise DataError([f"{data.path}: {len(problems)} problems for the {backbone.model_type} model "
                          f"(it cannot represent this data; nothing was run)", *shown])
+    return data
 
 
 def write_clean(data: HomologousData, path: str | Path) -> int:

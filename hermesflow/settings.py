@@ -49,6 +49,8 @@ class ValidateConfig:
 
     data: Path = option(None, "data.jsonl, or a folder holding it", positional=True, required=True)
     image_size: int = option(0, "expected image width and height in pixels; 0 accepts any size")
+    model: Path = option(None, "also check the data against this model folder: what eval, curate and run would refuse "
+                         "(unknown words, texts too long, images it cannot read); --skip-bad skips those records too")
     write_clean: Path = option(None, "with --skip-bad: write the good records' lines to this new JSON Lines file, beside the data "
                                "file (so its image paths still resolve)")
     reading: DataOptions = group(DataOptions, "data reading")

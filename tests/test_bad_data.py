@@ -6,6 +6,7 @@ lists every bad record and, with `skip_bad`, goes on without them. No verb write
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -411,3 +412,15 @@ def test_max_pixels_moves_the_limit(bad: Path):
     assert lifted.returncode == 2 and "--max-pixels" not in lifted.stderr and "cannot be read (" in lifted.stderr  # decoded, found short
     lower = run_cli("validate", str(bad), "--max-pixels", "1000")  # every 32x32 image (1,024 pixels) is past it, each named
     assert lower.returncode == 2 and lower.stderr.count("more than --max-pixels 1,000") == len(lower.stderr.splitlines()) == N_RECORDS
+
+
+def test_validate_with_a_model_refuses_what_the_model_cannot_read_or_skips_it(bad: Path):
+    from hermesflow.backbones import BASE_MODEL
+
+    _set_fields(3, caption="a zebra above a circle")(bad)  # a word the built-in model does not know
+    refused = run_cli("validate", str(bad), "--model", str(BASE_MODEL))
+    assert refused.returncode == 2 and f'data.jsonl line 3 (id "{_id(3)}"): text' in refused.stderr and "zebra" in refused.stderr
+    assert run_cli("validate", str(bad)).returncode == 0  # without a model the record is well formed
+    skipped = run_cli("validate", str(bad), "--model", str(BASE_MODEL), "--skip-bad")
+    assert skipped.returncode == 0 and skipped.stderr.startswith(f'skipped: data.jsonl line 3 (id "{_id(3)}")')
+    assert re.search(r"records\s+5\n", skipped.stdout) and re.search(r"skipped\s+1\n", skipped.stdout)

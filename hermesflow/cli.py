@@ -97,7 +97,7 @@ def run_eval(cfg: EvalConfig) -> int:
     seed = cfg.seed if cfg.data else draw_seed(cfg.seed, cfg.draw)
     gen = GenerationConfig(guidance=cfg.guidance, temperature=cfg.temperature, steps=cfg.steps, seed=seed)
     settings = evaluation_settings(cfg.n, cfg.data, gen, cfg.encoder, "mean", cfg.dtype, cfg.judge, cfg.api, cfg.reading.questions,
-                                   None if cfg.data else cfg.draw)
+                                   None if cfg.data else cfg.draw, cfg.choice_score)
     judge = vlm_judge(cfg.judge, cfg.api, cfg.out)
     result = evaluation_stage(backbone, cfg.out, lambda: items, gen, SentenceSimilarity(cfg.encoder), lambda: judge, settings,
                               cfg.overwrite, ("metrics.json", "generated.png", "eval_config.yaml"))

@@ -127,7 +127,7 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     owners = [i for i, c in enumerate(candidates) for _ in c]
     all_tokens = torch.tensor([t for c in candidates for t in c])
     qa = tuple(r.qa for r in records)
-    judge = self_vqa(backbone, backbone.prepare_generated(all_tokens), qa, owners)
+    judge = self_vqa(backbone, backbone.prepare_generated(all_tokens), qa, owners, s.choice_score)
     self_acc, graded = judge.accuracy.tolist(), judge.graded.tolist()
     # the oracle judges only data it knows (the world's scenes): to measure the self-judge, or to
     # rank the images itself in the oracle control

@@ -50,7 +50,7 @@ def _by_type(correct: list[bool], types: list[str]) -> dict:
 
 
 def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConfig, similarity=None,
-             judge=None) -> tuple[Evaluation, np.ndarray]:
+             judge=None, choice_score: str = "sum") -> tuple[Evaluation, np.ndarray]:
     """All metrics for the backbone on `items`, images drawn with `sampling` and judged by `judge` (an
     object with `name` and `answer`, e.g. the world's oracle or a VLM; None: the model itself); also
     returns the generated images.
@@ -64,10 +64,10 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
     questions, choices, truth = [q.question for q in qas], [list(q.choices) for q in qas], [q.answer for q in qas]
     types = [q.type for q in qas]
 
-    und_answers = backbone.answer(inputs[owners], questions, choices)
+    und_answers = backbone.answer(inputs[owners], questions, choices, score=choice_score)
     und_correct = [a == t for a, t in zip(und_answers, truth)]
     blank = backbone.prepare_images([np.zeros_like(items[0].image)])
-    prior_correct = [a == t for a, t in zip(backbone.answer(blank[[0] * len(owners)], questions, choices), truth)]
+    prior_correct = [a == t for a, t in zip(backbone.answer(blank[[0] * len(owners)], questions, choices, score=choice_score), truth)]
     bar.update(2)
     bar.set_postfix_str("generate images")
 
@@ -80,7 +80,7 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
         gen_correct = [a == t for a, t in zip(answers, truth)]
     else:  # no judge for this data: the model answers about its own images, and says so
         gen_inputs = backbone.prepare_generated(tokens)
-        gen_correct = [a == t for a, t in zip(backbone.answer(gen_inputs[owners], questions, choices), truth)]
+        gen_correct = [a == t for a, t in zip(backbone.answer(gen_inputs[owners], questions, choices, score=choice_score), truth)]
 
     bar.update()
     n = len(items)
@@ -116,7 +116,8 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
                                generation_correct=gen_c.astype(int).tolist()),
         sample_prompts=[it.caption for it in items[:32]],
         settings={"steps": sampling.steps, "guidance": sampling.guidance, "temperature": sampling.temperature, "seed": sampling.seed,
-                  "dtype": str(backbone.dtype).removeprefix("torch."), "model_type": backbone.model_type},
+                  "dtype": str(backbone.dtype).removeprefix("torch."), "model_type": backbone.model_type,
+                  "choice_score": choice_score},
         caption_similarity=caption_similarity, caption_examples=caption_examples)
     return result, generated
 

@@ -53,7 +53,7 @@ def vqa_scores(choice_logps: Sequence[Sequence[float]], truth: Sequence[int], ow
     return SelfScores(mean_by(owners, hard, n), mean_by(owners, graded, n))
 
 
-def self_vqa(backbone, inputs: torch.Tensor, qa: Sequence, owners: Sequence[int]) -> SelfScores:
+def self_vqa(backbone, inputs: torch.Tensor, qa: Sequence, owners: Sequence[int], score: str = "sum") -> SelfScores:
     """Acc(x_j) and the graded s(x_j) = mean_q softmax(choice log-likelihoods)[correct answer] of
     each image j: `inputs[j]` are its understanding inputs, `owners[j]` its record, `qa[r]` that
     record's questions. One call to `choice_logps` gives both, so the answer is the argmax of the
@@ -66,7 +66,7 @@ def self_vqa(backbone, inputs: torch.Tensor, qa: Sequence, owners: Sequence[int]
             choices.append(list(q.choices))
             truth.append(list(q.choices).index(q.answer))
     with torch.no_grad():
-        logps = backbone.choice_logps(inputs[rows], questions, choices)
+        logps = backbone.choice_logps(inputs[rows], questions, choices, score=score)
     return vqa_scores(logps, truth, rows, len(owners))
 
 

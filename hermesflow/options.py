@@ -47,6 +47,9 @@ class ApiOptions:
 
 DRAW_HELP = ("which draw of the world's eval split: test (report results on it) or selection (compare settings and choose "
              "on it); the two share no scene and no sampling seed")
+CHOICE_SCORE_HELP = ("how the model scores a multiple-choice option, in self-VQA and evaluation alike: the sum of its "
+                     "tokens' log-probs (the paper's) or their mean per token (under a BPE tokenizer the sum favours "
+                     "options of fewer tokens)")
 GUIDANCE_HELP = ("classifier-free guidance w, (1 + w)·cond − w·uncond on the logits; default: the backbone's own "
                  "(built-in 2; Janus 4, which is Janus's scale 5; Show-o 5)")
 LONG_TEXT_HELP = ("a generation prompt longer than the model's text slot (Show-o: max_seq_length - 2 tokens): truncate it there, "
@@ -65,6 +68,7 @@ class CurationOptions:
     steps: int = option(10, "MaskGIT decoding steps", minimum=1)
     guidance: float | None = option(None, GUIDANCE_HELP, minimum=0.0)
     image_temperature: float = option(1.0, "sampling temperature for generation", minimum=0.0)
+    choice_score: str = option("sum", CHOICE_SCORE_HELP, choices=("sum", "mean"))
     min_chosen_accuracy: float = option(0.6, "a generated winner is kept only if its self-VQA accuracy is above this", minimum=0.0, maximum=1.0)
     image_score: str = option("hard", "how the model ranks its images: hard (self-VQA accuracy, ties at the top are common) or graded "
                               "(mean probability of the correct answers under its own multiple-choice scores); the threshold stays on the accuracy",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hermesflow.config import group, option, preset_names
 from hermesflow.options import (
+    CHOICE_SCORE_HELP,
     DRAW_HELP,
     GUIDANCE_HELP,
     LONG_TEXT_HELP,
@@ -67,6 +68,7 @@ class EvalConfig:
     model: Path = option(None, "model folder (save_pretrained format)", required=True)
     out: Path = option(None, "output folder for metrics.json and a sample sheet", required=True)
     n: int = option(1000, "eval examples (world eval split scenes, or the first n records of --data)", minimum=1)
+    choice_score: str = option("sum", CHOICE_SCORE_HELP, choices=("sum", "mean"))
     draw: str = option("test", DRAW_HELP, choices=("selection", "test"))
     data: Path = option(None, "homologous data with qa to evaluate on instead of the world's eval split")
     seed: int = option(0, "seed of the eval split and of sampling")

@@ -119,9 +119,10 @@ def test_a_run_folder_made_before_the_grouping_resumes_with_the_same_settings(tm
     curate = json.loads((OLD_RUN / "round-1" / "curate-settings.json").read_text())["settings"]
     now = config.to_dict(curation_settings(cfg, 0))
     assert now.pop("held_out_filter") is True  # rounds curated before held-out captions were filtered are not reused:
+    assert now.pop("choice_score") == "sum"  # (nor before the choice score was a setting: the sum, as then)
     assert now == {k: v for k, v in curate.items() if k not in ("model", "model_type", "data", "previous")}
     stage = {**config.to_dict(curation_settings(cfg, 0)), **{k: curate[k] for k in ("model", "model_type", "data", "previous")}}
-    with pytest.raises(UsageError, match=r"other settings:\n  held_out_filter: None -> True\n"):  # only that, and said
+    with pytest.raises(UsageError, match=r"other settings:\n  choice_score: None -> 'sum'\n  held_out_filter: None -> True\n"):
         claim(run / "round-1", "curate", "round 1 curation", stage, ())
     train = json.loads((OLD_RUN / "round-1" / "train" / "train-settings.json").read_text())["settings"]
     assert {**config.results_settings(cfg.training), "seed": cfg.seed, "dtype": cfg.dtype} == {
@@ -129,6 +130,7 @@ def test_a_run_folder_made_before_the_grouping_resumes_with_the_same_settings(tm
     evaluation = json.loads((OLD_RUN / "base" / "eval" / "eval-settings.json").read_text())["settings"]
     now = eval_settings(cfg, cfg.seed)
     assert now.pop("draw") == "test"  # evaluations made before the eval split had two draws are redone, not reused
+    assert now.pop("choice_score") == "sum"
     assert now == {k: v for k, v in evaluation.items() if k not in ("model", "model_type")}
     with pytest.raises(UsageError, match="lr: 0.0001 -> 0.5"):  # another setting is refused, named flat as before
         claim_run(config.build(RunConfig, out=run, lr=0.5))

@@ -550,3 +550,24 @@ def test_guidance_defaults_to_janus_scale_5_unless_given(backbone):
     cfg = settle(config.build(RunConfig, out=Path("x")), backbone)
     assert cfg.curation.guidance == cfg.eval.eval_guidance == 4.0  # (1 + w)·cond − w·uncond: Janus's cfg_weight 5
     assert settle(config.build(RunConfig, out=Path("x"), guidance=1.0), backbone).curation.guidance == 1.0
+
+
+def test_the_per_token_choice_score_takes_away_the_sums_pull_towards_short_options(bpe_folder, world):
+    """Under a byte-level BPE tokenizer, options of more tokens collect more negative log-probs: summed,
+    the short option wins however the model reads the image. Measured on the tiny BPE Janus (3 tokens
+    against 12): the sum takes the short option 16 times of 16, the mean per token 0 of 16 (on random
+    weights later tokens of a long option are easy, so neither score is neutral there)."""
+    backbone = load_backbone(bpe_folder)
+    _, images = world
+    short, long = "a circle", "a red circle above a blue square and a green triangle"
+    lengths = [len(backbone._answer_ids(c)) for c in (short, long)]
+    assert lengths[0] * 3 < lengths[1]
+    pixels = backbone.prepare_images(images).repeat(4, 1, 1, 1)
+    questions = [q for q in ("what is in the image?", "what does it show?", "describe it.", "what shapes are there?")
+                 for _ in images]
+    choices = [[short, long] if i % 2 else [long, short] for i in range(len(questions))]
+    picked = {score: [a == short for a in backbone.answer(pixels, questions, choices, score=score)] for score in ("sum", "mean")}
+    assert sum(picked["sum"]) == len(questions)  # the sum always takes the shorter option
+    assert sum(picked["mean"]) < len(questions)  # per token, the option's length no longer decides alone
+    with pytest.raises(UsageError, match="choice score must be one of"):
+        backbone.answer(pixels[:1], questions[:1], choices[:1], score="max")

@@ -146,7 +146,7 @@ class ScoredBackbone:
     def __init__(self, logps: list[list[list[float]]]):
         self.logps = logps
 
-    def choice_logps(self, inputs, questions, choices):
+    def choice_logps(self, inputs, questions, choices, score="sum"):
         seen: dict[int, int] = {}
         out = []
         for j in inputs.tolist():

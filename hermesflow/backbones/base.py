@@ -138,11 +138,15 @@ class Backbone(Protocol):
         """log π(caption | image) for each row of `inputs` and its caption, over the caption's tokens
         and its end token."""
 
-    def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> list[list[float]]:
+    def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
+                     score: str = "sum") -> list[list[float]]:
         """Multiple choice scores: for each (image, question), log π(option <eos> | image, question) of
-        each of its options, in order. Curation's graded self-score is the softmax over them."""
+        each of its options, in order, summed over the option's tokens (`score="sum"`) or their mean
+        per token (`"mean"`: under a BPE tokenizer the sum favours options of fewer tokens).
+        Curation's graded self-score is the softmax over them."""
 
-    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> list[str]:
+    def answer(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
+               score: str = "sum") -> list[str]:
         """One option per (image, question): the argmax of `choice_logps` (the first among equals)."""
 
     def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig) -> list[list[str]]:
@@ -192,6 +196,16 @@ def check_choices(inputs: torch.Tensor, questions: Sequence[str], choices: Seque
         raise UsageError(f"answer: {len(inputs)} images, {len(questions)} questions, {len(choices)} choice lists")
     if any(len(options) == 0 for options in choices):
         raise UsageError("answer: every question needs at least one choice")
+
+
+CHOICE_SCORES = ("sum", "mean")
+
+
+def choice_scores(logps: LogProbs, score: str) -> torch.Tensor:
+    """Options' log-probs as `choice_logps` returns them: summed over each option's tokens, or their mean."""
+    if score not in CHOICE_SCORES:
+        raise UsageError(f"choice score must be one of {CHOICE_SCORES}, got {score!r}")
+    return logps.total if score == "sum" else logps.mean()
 
 
 def per_question(scores: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[list[float]]:

@@ -64,6 +64,7 @@ from hermesflow.backbones.base import (
     LogProbs,
     check_choices,
     check_rgb,
+    choice_scores,
     per_question,
     rgb_problems,
     sample_token,
@@ -240,8 +241,8 @@ class JanusBackbone(BackboneBase):
         return self._answer_logps(features, [CAPTION_QUESTION] * len(captions), captions)
 
     def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
-                     batch_size: int = 64) -> list[list[float]]:
-        """log π(choice <eos> | image, question) of each choice, summed over its tokens."""
+                     score: str = "sum", batch_size: int = 64) -> list[list[float]]:
+        """log π(choice <eos> | image, question) of each choice, summed over its tokens (or their mean)."""
         check_choices(inputs, questions, choices)
         if not questions:
             return []
@@ -250,8 +251,8 @@ class JanusBackbone(BackboneBase):
             features = self._image_features(inputs)
             for s in range(0, len(questions), batch_size):
                 chunk = range(s, min(s + batch_size, len(questions)))
-                scores.append(self._choice_logps(features[s : chunk.stop], [questions[i] for i in chunk],
-                                                 [choices[i] for i in chunk]).total)
+                scores.append(choice_scores(self._choice_logps(features[s : chunk.stop], [questions[i] for i in chunk],
+                                                               [choices[i] for i in chunk]), score))
         return per_question(torch.cat(scores), choices)
 
     def _choice_logps(self, features: torch.Tensor, questions: Sequence[str],

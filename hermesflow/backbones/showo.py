@@ -63,6 +63,7 @@ from hermesflow.backbones.base import (
     MaskedEstimator,
     check_choices,
     check_rgb,
+    choice_scores,
     per_question,
     rgb_problems,
     sample_token,
@@ -499,8 +500,8 @@ class ShowoBackbone(BackboneBase):
                                [self._answer_ids(c) for c in captions])
 
     def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
-                     batch_size: int = 64) -> list[list[float]]:
-        """log π(" choice" <eos> | image, question) of each choice, summed over its tokens."""
+                     score: str = "sum", batch_size: int = 64) -> list[list[float]]:
+        """log π(" choice" <eos> | image, question) of each choice, summed over its tokens (or their mean)."""
         check_choices(inputs, questions, choices)
         codes = self._check_codes(inputs)
         rows = [(i, option) for i, options in enumerate(choices) for option in options]
@@ -510,8 +511,8 @@ class ShowoBackbone(BackboneBase):
             for s in range(0, len(rows), batch_size):
                 chunk = rows[s : s + batch_size]
                 owners = torch.tensor([i for i, _ in chunk], device=self.device)
-                scores.append(self.text_logps(codes[owners], [prompts[i] for i, _ in chunk],
-                                              [self._answer_ids(o) for _, o in chunk]).total)
+                scores.append(choice_scores(self.text_logps(codes[owners], [prompts[i] for i, _ in chunk],
+                                                            [self._answer_ids(o) for _, o in chunk]), score))
         return per_question(torch.cat(scores) if scores else torch.zeros(0), choices)
 
     def continue_text(self, ids: torch.Tensor, max_new: int, temperature: float, top_k: int,

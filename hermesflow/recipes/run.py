@@ -164,12 +164,12 @@ def eval_items(backbone: Backbone, cfg: RunConfig, seed: int) -> list[EvalItem]:
 
 
 def evaluation_settings(n: int, data: Path | None, gen: GenerationConfig, encoder: Path | None, pooling: str, dtype: str,
-                        judge: str, api: ApiOptions, questions: Path | None, draw: str | None) -> dict:
+                        judge: str, api: ApiOptions, questions: Path | None, draw: str | None, choice_score: str) -> dict:
     """What an evaluation's results depend on besides the model (`hermesflow run`'s and `hermesflow
     eval`'s alike): recorded in its folder. `draw`: the world eval split's draw (None on --eval-data)."""
     return {"n": n, "seed": gen.seed, "data": file_digest(data), "guidance": gen.guidance, "temperature": gen.temperature,
             "steps": gen.steps, "encoder": encoder, "pooling": pooling, "dtype": dtype, **judge_setting(judge, api, questions),
-            "draw": draw}
+            "draw": draw, "choice_score": choice_score}
 
 
 def eval_sampler(cfg: RunConfig, seed: int) -> GenerationConfig:
@@ -183,7 +183,7 @@ def eval_settings(cfg: RunConfig, seed: int) -> dict:
     """`evaluation_settings` of a run's evaluation with `seed`."""
     return evaluation_settings(cfg.eval.eval_n, cfg.eval.eval_data, eval_sampler(cfg, seed), cfg.curation.encoder,
                                cfg.curation.pooling, cfg.dtype, cfg.eval.judge, cfg.api, cfg.reading.questions,
-                               None if cfg.eval.eval_data else cfg.eval.eval_draw)
+                               None if cfg.eval.eval_data else cfg.eval.eval_draw, cfg.curation.choice_score)
 
 
 def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> Evaluation:
@@ -204,7 +204,7 @@ def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationCon
     if claim(folder, "eval", "an evaluation", stage, outputs, overwrite) and path.exists():
         say(f"reusing the evaluation {path}")
         return Evaluation.read(path)
-    result, generated = judged_evaluation(backbone, items(), gen, similarity, vlm())
+    result, generated = judged_evaluation(backbone, items(), gen, similarity, vlm(), settings["choice_score"])
     result = replace(result, settings={**result.settings, "draw": settings.get("draw")})  # which draw of the eval split
     folder.mkdir(parents=True, exist_ok=True)
     save_sample_sheet(folder / "generated.png", generated)
@@ -213,12 +213,12 @@ def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationCon
 
 
 def judged_evaluation(backbone: Backbone, items: list[EvalItem], gen: GenerationConfig, similarity,
-                      vlm=None) -> tuple[Evaluation, np.ndarray]:
+                      vlm=None, choice_score: str = "sum") -> tuple[Evaluation, np.ndarray]:
     """`evaluate` with its judge chosen (the VLM if given; else the world's oracle when every item has
     a world scene; else the model itself) and the world's own numbers added (prompts held out of
     post-training scored apart, GenEval-style categories); returns the evaluation and the images."""
     judge = vlm if vlm is not None else WORLD if all(WORLD.knows(it) for it in items) else None
-    result, generated = evaluate(backbone, items, gen, similarity, judge)
+    result, generated = evaluate(backbone, items, gen, similarity, judge, choice_score)
     result = WORLD.metrics(items, generated, result)
     if vlm is not None:  # what the judge cost
         result = replace(result, extra={**result.extra, "judge_api": vars(vlm.client.usage)})

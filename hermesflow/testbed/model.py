@@ -30,6 +30,7 @@ from hermesflow.backbones.base import (
     MaskedEstimator,
     check_choices,
     check_rgb,
+    choice_scores,
     per_question,
     sample_token,
 )
@@ -268,8 +269,9 @@ class UnifiedModel(BackboneBase):
     # ----- understanding ------------------------------------------------------------------------
 
     def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
-                     batch_size: int = 512) -> list[list[float]]:
-        """log π(option [EOS] | image, question [ANS]) of each option of each question, summed over tokens."""
+                     score: str = "sum", batch_size: int = 512) -> list[list[float]]:
+        """log π(option [EOS] | image, question [ANS]) of each option of each question, summed over tokens
+        (or their mean)."""
         check_choices(inputs, questions, choices)
         rows, prefixes, targets = [], [], []
         for i, (q, options) in enumerate(zip(questions, choices)):
@@ -284,7 +286,9 @@ class UnifiedModel(BackboneBase):
         with self.sampling():
             for s in range(0, len(rows), batch_size):
                 unique, owners = torch.unique(inputs[rows[s : s + batch_size]], dim=0, return_inverse=True)
-                scores.append(self.text_logprob_shared_image(unique, owners.tolist(), prefixes[s : s + batch_size], targets[s : s + batch_size]))
+                total = self.text_logprob_shared_image(unique, owners.tolist(), prefixes[s : s + batch_size], targets[s : s + batch_size])
+                count = torch.tensor([float(len(t)) for t in targets[s : s + batch_size]], device=total.device)
+                scores.append(choice_scores(LogProbs(total, count), score))
         return per_question(torch.cat(scores), choices)
 
     def sample_captions(self, inputs: torch.Tensor, n: int, gen: GenerationConfig, use_cache: bool = True) -> list[list[str]]:

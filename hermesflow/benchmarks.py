@@ -180,17 +180,17 @@ def pope_says_no(text: str) -> bool:
 
 
 def pope_metrics(answers: list[str], labels: list[str]) -> dict:
-    """POPE's numbers (positive = "yes"); precision, recall and F1 are 0 where POPE's script would
-    divide by zero."""
+    """POPE's numbers (positive = "yes"). Precision with no "yes" answer, recall with no "yes" label, and
+    F1 without both are undefined (None), not 0: a model that never says yes is not measured as imprecise."""
     pred = [0 if pope_says_no(a) else 1 for a in answers]
     truth = [0 if label == "no" else 1 for label in labels]
     tp = sum(p == 1 and t == 1 for p, t in zip(pred, truth))
     fp = sum(p == 1 and t == 0 for p, t in zip(pred, truth))
     tn = sum(p == 0 and t == 0 for p, t in zip(pred, truth))
     fn = sum(p == 0 and t == 1 for p, t in zip(pred, truth))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = None if precision is None or recall is None else 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"accuracy": (tp + tn) / len(pred), "precision": precision, "recall": recall, "f1": f1,
             "yes_ratio": pred.count(1) / len(pred), "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": len(pred)}
 
@@ -215,7 +215,8 @@ def answer_pope(backbone: Backbone, questions_file: Path, images_dir: Path, out:
             answers += backbone.answer(inputs, [q.text for q in batch], [["yes", "no"]] * len(batch))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "answers.jsonl", "".join(
-        json.dumps({"question_id": q.question_id, "question": q.text, "answer": a}) + "\n" for q, a in zip(questions, answers)))
+        # `text` beside `answer`: LLaVA-style evaluation scripts read the answer from `text`
+        json.dumps({"question_id": q.question_id, "question": q.text, "answer": a, "text": a}) + "\n" for q, a in zip(questions, answers)))
     metrics = pope_metrics(answers, [q.label for q in questions])
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

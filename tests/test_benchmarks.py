@@ -113,6 +113,8 @@ def test_pope_metrics_match_a_hand_computation():
     assert m["f1"] == pytest.approx(0.5) and m["yes_ratio"] == 4 / 8
     skewed = pope_metrics(["yes", "yes", "yes", "no"], ["yes", "no", "yes", "yes"])
     assert skewed["precision"] == 2 / 3 and skewed["recall"] == 2 / 3 and skewed["accuracy"] == 0.5
+    never_yes = pope_metrics(["no", "no"], ["yes", "no"])  # no "yes" answer: precision and F1 undefined, not 0
+    assert never_yes["precision"] is None and never_yes["f1"] is None and never_yes["recall"] == 0.0 and never_yes["accuracy"] == 0.5
     assert skewed["f1"] == pytest.approx(2 / 3) and skewed["yes_ratio"] == 0.75
 
 
@@ -131,6 +133,7 @@ def test_answer_pope_writes_popes_answer_format(model, tmp_path, capsys):
                  "--out", str(out)]) == 0
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [1, 2, 3] and [a["question"] for a in answers] == [r["text"] for r in rows]
+    assert all(a["text"] == a["answer"] for a in answers)  # LLaVA-style scripts read `text`
     assert all(a["answer"] in ("yes", "no") for a in answers)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == pope_metrics([a["answer"] for a in answers], [r["label"] for r in rows])

@@ -38,7 +38,6 @@ from hermesflow.settings import (
     ValidateConfig,
     WorldConfig,
 )
-from hermesflow.world.judge import read_world_data
 
 
 def run_world(cfg: WorldConfig) -> int:
@@ -51,6 +50,8 @@ def run_world(cfg: WorldConfig) -> int:
 
 
 def run_validate(cfg: ValidateConfig) -> int:
+    from hermesflow.world.judge import read_world_data
+
     data = read_world_data(cfg.data, cfg.reading, image_size=cfg.image_size or None)
     if cfg.model:
         from hermesflow.backbones import load_backbone
@@ -85,6 +86,7 @@ def run_eval(cfg: EvalConfig) -> int:
     from hermesflow.recipes.run import evaluation_settings, evaluation_stage, settle
     from hermesflow.scorers.similarity import SentenceSimilarity
     from hermesflow.world.build import draw_seed, world_eval_items
+    from hermesflow.world.judge import read_world_data
 
     backbone = load_backbone(cfg.model, cfg.dtype).eval()
     cfg = settle(cfg, backbone)
@@ -116,6 +118,7 @@ def run_curate(cfg: CurateConfig) -> int:
     from hermesflow.data import check_fit
     from hermesflow.recipes.run import curate_round, require_qa, settle
     from hermesflow.scorers.similarity import SentenceSimilarity
+    from hermesflow.world.judge import read_world_data
 
     data = require_qa(read_world_data(cfg.data, cfg.reading))
     state = partial_state()
@@ -134,6 +137,7 @@ def run_train(cfg: TrainConfig) -> int:
     from hermesflow.accel import partial_state
     from hermesflow.backbones import load_backbone
     from hermesflow.recipes.run import settle, train_round
+    from hermesflow.world.judge import read_world_data
 
     data = read_world_data(cfg.data, cfg.reading)
     backbone = load_backbone(cfg.model)
@@ -184,7 +188,7 @@ def run_ablate(cfg: AblateConfig) -> int:
 def run_questions(cfg: QuestionsConfig) -> int:
     from hermesflow.api import ReplyCache, api_client
     from hermesflow.questions import generate_questions
-    from hermesflow.world.judge import WORLD
+    from hermesflow.world.judge import WORLD, read_world_data
 
     data = read_world_data(cfg.data, cfg.reading)
     client = cache = None

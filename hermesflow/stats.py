@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import t as student_t
 
 from hermesflow.errors import UsageError
 from hermesflow.results import PerExample
@@ -145,6 +144,8 @@ def two_level_interval(totals: np.ndarray, counts: np.ndarray) -> dict:
     se_items = (items["ci95"][1] - r) / 1.96
     if seeds == 1 or n < 2:  # one seed: no seed spread to measure (one item: no interval at all)
         return {**items, "interval": "items only (one seed)", "se_items": se_items, "se_seeds": None}
+    from scipy.stats import t as student_t  # here, not at import: scipy.stats takes most of a second to load
+
     per_seed = totals.sum(axis=1) / m
     residual = totals - totals.mean(axis=0) - (per_seed - r)[:, None] * counts
     noise = float((residual**2).sum()) / ((seeds - 1) * seeds * m**2) * n / (n - 1)

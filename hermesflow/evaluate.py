@@ -22,6 +22,8 @@ from `World.metrics`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tqdm import tqdm
 
@@ -126,7 +128,11 @@ def format_table(result: Evaluation) -> str:
     """An evaluation as a small text table for the terminal."""
 
     def ci(m: Interval | None) -> str:
-        return "-" if m is None else f"{m.mean:.3f}  [{m.ci95[0]:.3f}, {m.ci95[1]:.3f}]"
+        if m is None:
+            return "-"
+        if any(math.isnan(x) for x in m.ci95):  # one item: no spread to measure, as the report says it
+            return f"{m.mean:.3f}  (one item: no interval)"
+        return f"{m.mean:.3f}  [{m.ci95[0]:.3f}, {m.ci95[1]:.3f}]"
 
     lines = [f"WARNING: {w}" for w in result.warnings] + [
         f"{'generation judge':<22}{result.judges['generation']}",

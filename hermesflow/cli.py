@@ -285,8 +285,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _) in VERBS.items():
         doc = cls.__doc__.strip()
         usage = config.usage(f"hermesflow {name}", cls)
-        config.add_arguments(verbs.add_parser(name, help=doc, description=doc, usage=usage, allow_abbrev=False), cls)
+        verb = verbs.add_parser(name, help=doc, description=doc, usage=usage, allow_abbrev=False, add_help=not hasattr(cls, "COMMON"))
+        if hasattr(cls, "COMMON"):  # a verb of many flags: -h shows the common ones, --help-all every one
+            verb.add_argument("-h", "--help", action=ShortHelp, verb=(f"hermesflow {name}", cls), help="the common flags")
+            verb.add_argument("--help-all", action="help", help="every flag, grouped in the order a run uses them")
+        config.add_arguments(verb, cls)
     return parser
+
+
+class ShortHelp(argparse.Action):
+    """`-h`: print the verb's common flags and exit."""
+
+    def __init__(self, option_strings, dest, verb: tuple[str, type], help: str):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+        self.verb = verb
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(config.short_help(*self.verb), end="")
+        parser.exit()
 
 
 def verb_parser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:

@@ -249,6 +249,32 @@ def complete(cls: type[C], values: dict[str, Any]) -> C:
     return build(cls, **values)
 
 
+def _metavar(f: dataclasses.Field, kind: type) -> str:
+    if kind is bool:
+        return ""
+    if f.metadata.get("choices"):
+        return "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+    return {Path: "PATH", int: "N", float: "X"}.get(kind, "TEXT")
+
+
+def short_help(prog: str, cls: type) -> str:
+    """The verb's common flags, one line each with its brief (the class's COMMON: {name: brief}, in the
+    order a run uses them) and default, then where the rest are: at most about 40 lines."""
+    names = leaves(cls)
+    lines = [f"usage: {usage(prog, cls)}", "", cls.__doc__.strip().splitlines()[0], "", "common flags:"]
+    for name, brief in cls.COMMON.items():
+        _, f, owner = names[name]
+        kind = _base_type(typing.get_type_hints(owner)[name])
+        flag = name.upper() if f.metadata.get("positional") else f"--{name.replace('_', '-')} {_metavar(f, kind)}".strip()
+        default = " (required)" if f.metadata.get("required") else (
+            "" if f.default is None or f.default == "" or f.default is False else f" (default: {f.default})")
+        lines.append(f"  {flag:<26} {brief}{default}" if len(flag) < 26 else f"  {flag}\n  {'':<26} {brief}{default}")
+    rest = len(names) - len(cls.COMMON)
+    lines += ["", f"{rest} more flags, grouped in the order a run uses them: {prog} --help-all",
+              "--config FILE.yaml takes any of them from a file (flags override it)."]
+    return "\n".join(lines) + "\n"
+
+
 def usage(prog: str, cls: type) -> str:
     """`hermesflow curate --model MODEL --data DATA --out OUT [options]`: what must be given, then the rest."""
     parts = [f.name.upper() if f.metadata.get("positional") else f"--{f.name.replace('_', '-')} {f.name.upper()}"

@@ -61,6 +61,13 @@ class ValidateConfig:
 class EvalConfig:
     """`hermesflow eval`: Table 4 and Table 2 analogs for a model, on the world's eval split or your data."""
 
+    COMMON = {"model": "model folder", "out": "output folder; the same command again resumes it",
+              "n": "eval scenes (or the first n records of --data)", "data": "your data (with questions) instead of the world's",
+              "caption_column": "the field holding the caption", "questions": "question file for records without questions",
+              "judge": "who judges generated images: auto or vlm (--endpoint)", "draw": "the world's selection or test draw",
+              "dtype": "fp32 or bf16", "seed": "seed of the eval split and of sampling",
+              "overwrite": "start again in an --out made with other settings"}
+
     judge: str = option("auto", "who answers the questions about generated images: auto (the world oracle when every "
                         "record has a scene, else the model itself); vlm (a VLM behind --endpoint, e.g. GPT-4o as in the paper)",
                         choices=("auto", "vlm"))
@@ -87,6 +94,12 @@ class EvalConfig:
 class CurateConfig:
     """`hermesflow curate`: build one round of homologous preference data with the model itself."""
 
+    COMMON = {"model": "model folder", "data": "homologous data with questions", "out": "round folder; the same command again resumes it",
+              "caption_column": "the field holding the caption", "questions": "question file for records without questions",
+              "previous": "the previous round's folder (self-play, Eq. 10)", "round": "round number",
+              "n_captions": "captions sampled per record", "n_images": "images sampled per record", "dtype": "fp32 or bf16",
+              "seed": "seed of sampling", "overwrite": "start again in an --out made with other settings"}
+
     model: Path = option(None, "model folder", required=True)
     data: Path = option(None, "homologous data (data.jsonl or its folder) with qa", required=True)
     out: Path = option(None, "round folder for prefs.jsonl and manifest.json", required=True)
@@ -105,6 +118,13 @@ class CurateConfig:
 class TrainConfig:
     """`hermesflow train`: Pair-DPO on one curated round."""
 
+    COMMON = {"model": "starting model folder (also the reference)", "data": "the data the round was curated from",
+              "prefs": "round folder holding prefs.jsonl", "out": "output folder; the same command again resumes it",
+              "loss_type": "Eq. 12's sum, Eq. 6's product, one branch, or joint", "train_steps": "optimizer steps",
+              "batch_size": "pairs per step", "lr": "learning rate", "lora_r": "LoRA rank; 0 trains every weight",
+              "dtype": "fp32, or bf16 mixed precision", "seed": "seed of batch order and masks",
+              "overwrite": "start again in an --out made with other settings"}
+
     model: Path = option(None, "policy's starting model folder (also the reference)", required=True)
     data: Path = option(None, "the homologous data the round was curated from", required=True)
     prefs: Path = option(None, "round folder holding prefs.jsonl", required=True)
@@ -122,6 +142,16 @@ class RunConfig:
 
     PRESETS = "run"
     SECTIONS = {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model", "dtype", "long_text"), "data": ("data", "n_train")}
+    COMMON = {"out": "run folder; the same command again resumes it", "preset": "quick (minutes), default, or paper (the paper's recipe)",
+              "model": "base model folder (default: the shipped base)",
+              "data": "your homologous data (default: world train records)",
+              "n_train": "world train records when --data is not given", "caption_column": "the field holding the caption",
+              "questions": "question file for records without questions (`hermesflow questions` writes one)",
+              "rounds": "self-play rounds", "n_captions": "captions sampled per record", "n_images": "images sampled per record",
+              "train_steps": "optimizer steps per round", "lr": "learning rate", "lora_r": "LoRA rank; 0 trains every weight",
+              "eval_n": "eval scenes (or records of --eval-data)", "eval_data": "your data to evaluate on instead of the world's",
+              "judge": "who judges generated images: auto or vlm (--endpoint)", "dtype": "fp32, or bf16 mixed precision",
+              "seed": "seed of everything", "overwrite": "start again in an --out made with other settings"}
 
     out: Path = option(None, "run folder", required=True, changes_results=False)
     preset: str = option("default", "default: the built-in model's recipe; paper: the paper's Show-o recipe (AdamW lr 2e-5, "
@@ -135,11 +165,11 @@ class RunConfig:
     dtype: str = option("fp32", DTYPE_HELP, choices=("fp32", "bf16"))
     long_text: str = option("truncate", LONG_TEXT_HELP, choices=("truncate", "refuse"), changes_results=False)
     overwrite: bool = option(False, OVERWRITE_HELP, changes_results=False)
+    reading: DataOptions = group(DataOptions, "data reading")
     curation: CurationOptions = group(CurationOptions, "curation")
     training: TrainingOptions = group(TrainingOptions, "training")
     grpo: GRPOOptions = group(GRPOOptions, "grpo")
     eval: EvalOptions = group(EvalOptions, "evaluation")
-    reading: DataOptions = group(DataOptions, "data reading")
     api: ApiOptions = group(ApiOptions, "api (--judge vlm)")
 
 
@@ -159,6 +189,12 @@ class AblateConfig:
     PRESETS = "ablate"
     SECTIONS = {"ablation": ("out", "arms", "control", "preset", "seeds", "seed", "overwrite"), "model": ("model", "dtype", "long_text"),
                 "data": ("n_train",), "evaluation": ("eval_n", "eval_guidance", "eval_draw")}
+    COMMON = {"out": "ablation folder; the same command again resumes it", "arms": "YAML file of arms (e.g. experiments/recipes.yaml)",
+              "control": "the arm the others are compared with, seed by seed", "preset": "quick or full (seeds, records, eval scenes)",
+              "seeds": "seeds per arm (0: the preset's)", "n_train": "world train records to curate (0: the preset's)",
+              "eval_n": "eval scenes (0: the preset's)", "eval_draw": "selection (to choose) or test (to report)",
+              "model": "base model folder (default: the shipped base)", "dtype": "fp32, or bf16 mixed precision",
+              "overwrite": "start again in an --out made with other settings"}
 
     out: Path = option(None, "ablation folder", required=True, changes_results=False)
     arms: Path = option(None, "YAML file of arms: name: {setting: value, ..., rounds: N} (settings of the training and curation "

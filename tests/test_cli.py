@@ -3,6 +3,7 @@ work (bad inputs, launches that would run as something else)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hermesflow import config
-from hermesflow.cli import build_parser
+from hermesflow.cli import VERBS, build_parser
 from hermesflow.settings import RunConfig
 
 
@@ -64,15 +65,30 @@ def test_every_missing_required_flag_is_reported_at_once():
 def test_help_marks_required_flags_says_each_default_once_and_groups_run_flags():
     text = build_parser().format_help()
     assert "VERB" in text
-    run_help = subprocess.run([sys.executable, "-m", "hermesflow", "run", "--help"], capture_output=True, text=True).stdout
-    for group in ("run:", "model:", "data:", "curation:", "training:", "evaluation:"):
-        assert f"\n{group}\n" in run_help, group
+    run_help = hermesflow("run", "--help-all").stdout
+    groups = ("run:", "model:", "data:", "data reading:", "curation:", "training:", "grpo:", "evaluation:", "api (--judge vlm):")
+    places = [run_help.index(f"\n{group}\n") for group in groups]  # in the order a run uses them
+    assert places == sorted(places)
     assert "(required)" in run_help
     flat = " ".join(run_help.split())
     assert "(default: None)" not in flat and flat.count("(default: the shipped base checkpoint)") == 1
     assert all(line.count("(default") <= 1 for line in flat.split("--"))
-    curate_help = subprocess.run([sys.executable, "-m", "hermesflow", "curate", "--help"], capture_output=True, text=True).stdout
+    curate_help = hermesflow("curate", "--help-all").stdout
     assert "\nrequired:\n" in curate_help and " ".join(curate_help.split()).count("(required)") == 3
+
+
+@pytest.mark.parametrize("verb", ["run", "ablate", "eval", "curate", "train"])
+def test_short_help_lists_the_common_flags_in_at_most_40_lines_and_help_all_every_flag(verb):
+    short, every = hermesflow(verb, "-h"), hermesflow(verb, "--help-all")
+    assert short.returncode == every.returncode == 0
+    assert len(short.stdout.splitlines()) <= 40
+    assert f"more flags, grouped in the order a run uses them: hermesflow {verb} --help-all" in short.stdout
+    flags = set(re.findall(r"^  (--[a-z-]+)", every.stdout, re.M))
+    listed = [line.split()[0] for line in short.stdout.splitlines() if line.startswith("  --")]
+    assert len(listed) >= 8 and set(listed) <= flags  # each a real flag
+    settings = config.leaves(VERBS[verb][0])
+    assert {"--" + name.replace("_", "-") for name, (_, f, _) in settings.items() if not f.metadata.get("positional")} <= flags
+    assert len(hermesflow("world", "-h").stdout.splitlines()) > 10  # a verb of few flags shows them all
 
 
 def test_an_unusable_out_is_one_line_before_any_model_loads(tmp_path: Path):

@@ -141,7 +141,8 @@ class RunConfig:
     """`hermesflow run` / `iterate`: evaluate the base model, then R self-play rounds of curate, train, evaluate."""
 
     PRESETS = "run"
-    SECTIONS = {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model", "dtype", "long_text"), "data": ("data", "n_train")}
+    SECTIONS = {"run": ("out", "preset", "rounds", "seed", "overwrite"), "model": ("model", "dtype", "long_text", "base_eval"),
+                "data": ("data", "n_train")}
     COMMON = {"out": "run folder; the same command again resumes it", "preset": "quick (minutes), default, or paper (the paper's recipe)",
               "model": "base model folder (default: the shipped base)",
               "data": "your homologous data (default: world train records)",
@@ -150,6 +151,7 @@ class RunConfig:
               "rounds": "self-play rounds", "n_captions": "captions sampled per record", "n_images": "images sampled per record",
               "train_steps": "optimizer steps per round", "lr": "learning rate", "lora_r": "LoRA rank; 0 trains every weight",
               "eval_n": "eval scenes (or records of --eval-data)", "eval_data": "your data to evaluate on instead of the world's",
+              "base_eval": "a `hermesflow eval` folder of the base model, reused if its settings match",
               "judge": "who judges generated images: auto or vlm (--endpoint)", "dtype": "fp32, or bf16 mixed precision",
               "seed": "seed of everything", "overwrite": "start again in an --out made with other settings"}
 
@@ -160,6 +162,9 @@ class RunConfig:
     model: Path = option(None, "base model folder (default: the shipped base checkpoint)")
     data: Path = option(None, "homologous train data (default: a held-out slice of the world's train split)")
     rounds: int = option(1, "self-play rounds", minimum=0, changes_results=False)
+    base_eval: Path = option(None, "a finished `hermesflow eval` folder of the base model to use as the run's base evaluation "
+                             "instead of evaluating again; refused, naming the difference, unless its model, items, draw, seed, "
+                             "judge and sampling settings are the run's", changes_results=False)
     n_train: int = option(400, "world train records to curate from when --data is not given", minimum=1)
     seed: int = option(0, "seed of everything")
     dtype: str = option("fp32", DTYPE_HELP, choices=("fp32", "bf16"))

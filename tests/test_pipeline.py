@@ -202,6 +202,24 @@ def test_self_play_rounds_resume_after_a_kill_in_the_second_round(setup):
     assert set(kept_by) <= {"improved", "not_improved", "initial"} and sum(kept_by.values()) > 0
 
 
+def test_run_reuses_a_matching_base_eval_and_refuses_another_naming_the_difference(setup):
+    root, model = setup["root"], str(setup["model"])
+    finish(hermesflow("eval", "--model", model, "--out", str(root / "base-eval"), "--n", "24", "--steps", "3"))
+    reused = root / "reuse-base"
+    p = hermesflow("run", "--model", model, "--out", str(reused), "--base-eval", str(root / "base-eval"), "--rounds", "0",
+                   "--eval-n", "24", "--n-train", "16", *CURATE)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and "its evaluation taken from --base-eval" in err and "evaluate 24" not in err, err[-2000:]
+    for name in ("metrics.json", "generated.png"):  # the run folder holds the evaluation it reused
+        assert (reused / "base" / "eval" / name).read_bytes() == (root / "base-eval" / name).read_bytes()
+    assert json.loads((reused / "summary.json").read_text())[0]["round"] == "base"
+    refused = root / "refuse-base"  # 24 items evaluated, the run would evaluate 20, and the settings say so
+    out, err = hermesflow("run", "--model", model, "--out", str(refused), "--base-eval", str(root / "base-eval"), "--rounds", "0",
+                          "--eval-n", "20", "--n-train", "16", *CURATE).communicate(timeout=300)
+    assert "--base-eval" in err and "n: 24 -> 20" in err, err
+    assert not refused.exists()  # refused before anything is written
+
+
 def test_pretraining_killed_and_resumed_ends_with_the_same_weights(tmp_path):
     args = ["--preset", "micro", "--steps", "120", "--checkpoint-every", "30"]
     finish(hermesflow("pretrain", "--out", str(tmp_path / "whole"), *args))

@@ -32,17 +32,17 @@ from hermesflow import config
 from hermesflow.backbones import BASE_MODEL, Backbone, GenerationConfig, load_backbone
 from hermesflow.curate import MANIFEST, CurationSettings, check_curation_data, curate, merge
 from hermesflow.data import check_fit, read_homologous
-from hermesflow.errors import DataError
+from hermesflow.errors import DataError, UsageError
 from hermesflow.evaluate import data_eval_items, evaluate
 from hermesflow.grpo import grpo_settings, train_grpo
-from hermesflow.io import atomic_write_json, atomic_write_text
+from hermesflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hermesflow.judges import judge_setting, vlm_judge
 from hermesflow.options import ApiOptions
 from hermesflow.prefs import PREFS, read_prefs
 from hermesflow.records import EvalItem, HomologousData
 from hermesflow.results import Evaluation
 from hermesflow.settings import RunConfig
-from hermesflow.stages import claim, clear, differences, file_digest, refusal, say
+from hermesflow.stages import claim, clear, differences, file_digest, refusal, say, settings_file
 from hermesflow.train import examples_from, train
 from hermesflow.world.build import draw_seed, world_eval_items, write_world
 from hermesflow.world.judge import WORLD, read_scenes, read_world_data
@@ -343,6 +343,34 @@ def settle(cfg, backbone: Backbone):
     return config.replace(cfg, **unset) if unset else cfg
 
 
+BASE_EVAL_FILES = ("metrics.json", "generated.png", settings_file(".", "eval").name)  # the settings file last: it marks the copy whole
+
+
+def check_base_eval(backbone: Backbone, cfg: RunConfig) -> None:
+    """--base-eval DIR must hold a finished evaluation of this very model with the settings of the
+    run's own base evaluation (items, draw, seed, judge, sampling); else one refusal naming each difference."""
+    folder = Path(cfg.base_eval)
+    if not all((folder / name).is_file() for name in BASE_EVAL_FILES):
+        raise UsageError(f"--base-eval {folder}: not a finished `hermesflow eval` folder (needs {', '.join(BASE_EVAL_FILES)})")
+    saved = json.loads(settings_file(folder, "eval").read_text(encoding="utf-8"))["settings"]
+    wanted = {"model": backbone.fingerprint(), "model_type": backbone.model_type, **eval_settings(cfg, cfg.seed)}
+    changed = differences(saved, wanted)
+    if changed:
+        raise UsageError(f"--base-eval {folder}: evaluated otherwise than this run's base evaluation would be (its value -> the run's):\n  "
+                         + "\n  ".join(changed) + "\nrerun `hermesflow eval` with the run's settings, or leave --base-eval out")
+
+
+def adopt_base_eval(source: Path, folder: Path) -> None:
+    """Copy a checked --base-eval folder's evaluation into the run's base/eval (unless one is there), so
+    the run folder stands alone and its evaluation stage reuses it."""
+    if settings_file(folder, "eval").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in BASE_EVAL_FILES:
+        atomic_write_bytes(folder / name, (Path(source) / name).read_bytes())
+    say(f"base model: its evaluation taken from --base-eval {source} (same model, items, draw, seed, judge and sampling)")
+
+
 def claim_run(cfg: RunConfig) -> None:
     """`run_config.yaml` records the settings that made a run folder's results. A rerun whose settings
     differ (other than those that do not change results, such as more --rounds) is refused, naming the keys, unless
@@ -378,6 +406,8 @@ def run(cfg: RunConfig) -> list[dict]:
     data = train_data(backbone, cfg, out, state) if cfg.data else None  # the user's data: refused before anything is written
     if cfg.eval.eval_data:
         eval_items(backbone, cfg, cfg.seed)  # likewise the held-out data (read again when evaluating)
+    if cfg.base_eval:
+        check_base_eval(backbone, cfg)
     if state.is_main_process:
         claim_run(cfg)
     state.wait_for_everyone()
@@ -390,6 +420,8 @@ def run(cfg: RunConfig) -> list[dict]:
     rows = []
     if state.is_main_process:
         say("base model: evaluate")
+        if cfg.base_eval:
+            adopt_base_eval(cfg.base_eval, out / "base" / "eval")
         with timings.stage("base/eval", out / "base" / "eval" / "metrics.json"):
             base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
         rows.append(summary_row("base", base, None))

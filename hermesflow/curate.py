@@ -216,14 +216,17 @@ def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: C
             say(f"resuming: {finished} of {len(records)} records curated in {out}")
     batches = [records[i : i + s.curate_batch_size] for i in range(0, len(records), s.curate_batch_size)]
     mine = [(b, batch) for b, batch in enumerate(batches) if b % processes == rank]
-    with open(shard, "a", encoding="utf-8") as f:
-        for b, batch in tqdm(mine, desc=f"curate round {s.round + 1}", disable=rank != 0, dynamic_ncols=True):
-            if all(r.id in done for r in batch):
-                continue
+    todo = [(b, batch) for b, batch in mine if not all(r.id in done for r in batch)]
+    # counts records; starts at those done before, so its rate and estimate come from this process's work
+    bar = tqdm(total=sum(len(batch) for _, batch in mine), initial=sum(len(batch) for _, batch in mine) - sum(len(batch) for _, batch in todo),
+               desc=f"curate round {s.round + 1}", unit="record", disable=rank != 0, dynamic_ncols=True)
+    with open(shard, "a", encoding="utf-8") as f, bar:
+        for b, batch in todo:
             seed = s.seed * 1_000_003 + s.round * 10_007 + b
             new = [p for p in curate_batch(backbone, similarity, batch, previous, s, seed, world) if p.id not in done]
             f.write("".join(to_line(p) for p in new))
             f.flush()
+            bar.update(len(batch))
 
 
 def merge(out: Path, data: HomologousData, processes: int, extra_manifest: dict) -> dict:

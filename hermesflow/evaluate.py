@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
 from hermesflow.errors import UsageError
+from hermesflow.progress import phase
 from hermesflow.records import QUESTION_TYPES, EvalItem, HomologousData
 from hermesflow.results import Evaluation, Interval, PerExample
 from hermesflow.stats import cluster_mean_ci, mean_ci
@@ -56,34 +57,38 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
     """All metrics for the backbone on `items`, images drawn with `sampling` and judged by `judge` (an
     object with `name` and `answer`, e.g. the world's oracle or a VLM; None: the model itself); also
     returns the generated images.
-    Each phase runs over all items in one call (batching it otherwise would change the sampled images),
-    so the progress bar counts phases, with their elapsed time and an estimate of the rest."""
-    bar = tqdm(total=4 + (similarity is not None), desc=f"evaluate {len(items)} examples", unit="phase", dynamic_ncols=True)
-    bar.set_postfix_str("answer questions")
+    Each phase runs over all items in one call (batching it otherwise would change the sampled images);
+    the bar counts phases, and a second bar the batches, decoding steps or tokens inside the current one."""
     inputs = backbone.prepare_images([it.image for it in items])
     owners = [i for i, it in enumerate(items) for _ in it.qa]
     qas = [qa for it in items for qa in it.qa]
     questions, choices, truth = [q.question for q in qas], [list(q.choices) for q in qas], [q.answer for q in qas]
     types = [q.type for q in qas]
+    bar = tqdm(total=4 + (similarity is not None), desc=f"evaluate {len(items)} items", unit="phase", dynamic_ncols=True)
 
-    und_answers = backbone.answer(inputs[owners], questions, choices, score=choice_score)
+    def step(label: str):
+        bar.set_postfix_str(label)
+        return phase(label)
+
+    with step(f"answer {len(qas)} questions about the true images"):
+        und_answers = backbone.answer(inputs[owners], questions, choices, score=choice_score)
     und_correct = [a == t for a, t in zip(und_answers, truth)]
+    bar.update()
     blank = backbone.prepare_images([np.zeros_like(items[0].image)])
-    prior_correct = [a == t for a, t in zip(backbone.answer(blank[[0] * len(owners)], questions, choices, score=choice_score), truth)]
-    bar.update(2)
-    bar.set_postfix_str("generate images")
-
-    tokens = backbone.generate([it.caption for it in items], 1, sampling)
+    with step(f"answer {len(qas)} questions about a blank image (the prior)"):
+        prior_correct = [a == t for a, t in zip(backbone.answer(blank[[0] * len(owners)], questions, choices, score=choice_score), truth)]
+    bar.update()
+    with step(f"draw {len(items)} images"):
+        tokens = backbone.generate([it.caption for it in items], 1, sampling)
     generated = backbone.decode(tokens)
     bar.update()
-    bar.set_postfix_str("judge images")
-    if judge is not None:
-        answers = judge.answer(generated, owners, questions, choices, [f"item {it.id}" for it in items])
-        gen_correct = [a == t for a, t in zip(answers, truth)]
-    else:  # no judge for this data: the model answers about its own images, and says so
-        gen_inputs = backbone.prepare_generated(tokens)
-        gen_correct = [a == t for a, t in zip(backbone.answer(gen_inputs[owners], questions, choices, score=choice_score), truth)]
-
+    with step(f"judge {len(qas)} questions about the drawn images ({judge.name if judge is not None else 'the model itself'})"):
+        if judge is not None:
+            answers = judge.answer(generated, owners, questions, choices, [f"item {it.id}" for it in items])
+            gen_correct = [a == t for a, t in zip(answers, truth)]
+        else:  # no judge for this data: the model answers about its own images, and says so
+            gen_inputs = backbone.prepare_generated(tokens)
+            gen_correct = [a == t for a, t in zip(backbone.answer(gen_inputs[owners], questions, choices, score=choice_score), truth)]
     bar.update()
     n = len(items)
     counts = np.bincount(owners, minlength=n).astype(np.float64)
@@ -93,8 +98,8 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
     prior = np.bincount(owners, weights=np.asarray(prior_correct, dtype=np.float64), minlength=n) / np.maximum(counts, 1)
     caption_similarity = caption_examples = None
     if similarity is not None:
-        bar.set_postfix_str("caption images")
-        captions = [c[0] for c in backbone.sample_captions(inputs, 1, GenerationConfig(temperature=0.0))]
+        with step(f"caption {len(items)} images"):
+            captions = [c[0] for c in backbone.sample_captions(inputs, 1, GenerationConfig(temperature=0.0))]
         caption_similarity = Interval.of(mean_ci(similarity.similarity(captions, [it.caption for it in items]).numpy()))
         caption_examples = [{"id": it.id, "true": it.caption, "greedy": c} for it, c in zip(items[:8], captions)]
         bar.update()

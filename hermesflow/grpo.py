@@ -196,7 +196,7 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
         loop.set_lr(step)  # the μ updates of a step share its learning rate
         row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step)
         row = {"step": step + 1, **row, "lr": loop.lr_at(step + 1)}
-        loop.record(step, row, {"reward": f"{row['reward/mean']:.3f}", "dropped": f"{row['groups/dropped']:.2f}"})
+        loop.record(step, row, {"mean reward": f"{row['reward/mean']:.3f}", "groups without signal": f"{row['groups/dropped']:.2f}"})
     loop.finish()
     return accelerator.unwrap_model(policy).backbone
 

@@ -346,7 +346,8 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
         loop.set_lr(step)
         opt.step()
         row = _step_metrics(accelerator, out_, step + 1, loop.lr_at(step + 1), loop.skipped, grad_norms)
-        loop.record(step, row, {"loss": f"{row['loss']:.4f}", **{b: f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
+        # the bar names what it shows: the total loss, and each branch's DPO reward margin (chosen minus rejected)
+        loop.record(step, row, {"loss": f"{row['loss']:.4f}", **{f"{b} margin": f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
                                                                  if f"{b}/rewards/margins" in row}})
     loop.finish()
     backbone = accelerator.unwrap_model(policy).backbone

@@ -242,3 +242,13 @@ def test_pretraining_caption_noise_swaps_one_attribute_of_that_share_of_captions
         assert differing == 1
     some = [parse_prompt(noisy_caption(s, random.Random(i), 0.3)) != s for i, s in enumerate(specs)]
     assert 0.15 < sum(some) / len(some) < 0.45
+
+
+def test_a_long_call_advances_the_open_phases_bar_and_nothing_without_one(model):
+    from hermesflow.progress import phase
+
+    gen = GenerationConfig(steps=3, seed=0)
+    with phase("draw 2 images") as bar:  # evaluation's bar inside one batched call: each decoding step counted
+        inside = model.generate(["a red circle", "a blue square"], 1, gen)
+        assert (bar.n, bar.total, bar.unit) == (3, 3, "step")
+    assert torch.equal(inside, model.generate(["a red circle", "a blue square"], 1, gen))  # counting changes no draw

@@ -72,6 +72,7 @@ from hermesflow.backbones.base import (
     token_problem,
 )
 from hermesflow.errors import UsageError
+from hermesflow.progress import track
 
 CAPTION_QUESTION = "Describe this image in one sentence."
 SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT  # "You are a helpful language and vision assistant. ...\n\n"
@@ -249,7 +250,7 @@ class JanusBackbone(BackboneBase):
         scores = []
         with self.sampling():
             features = self._image_features(inputs)
-            for s in range(0, len(questions), batch_size):
+            for s in track(range(0, len(questions), batch_size), "batch"):
                 chunk = range(s, min(s + batch_size, len(questions)))
                 scores.append(choice_scores(self._choice_logps(features[s : chunk.stop], [questions[i] for i in chunk],
                                                                [choices[i] for i in chunk]), score))
@@ -301,7 +302,7 @@ class JanusBackbone(BackboneBase):
             cache = DynamicCache(config=self.model.config.text_config)
             hidden = self._language_model(self._embed_understanding(ids, features), mask, cache)
             out, done = [], torch.zeros(len(features), dtype=torch.bool, device=self.device)
-            for step in range(budget):
+            for step in track(range(budget), "token"):
                 token = sample_token(self.model.lm_head(hidden[:, -1]), gen.temperature, gen.top_k, generator)
                 token = torch.where(done, eos, token)
                 out.append(token)
@@ -334,7 +335,7 @@ class JanusBackbone(BackboneBase):
             ids, mask = self._left_pad(rows)
             cache = DynamicCache(config=self.model.config.text_config)
             hidden = self._language_model(self._embed_text(ids), mask, cache)
-            for step in range(self.n_image_tokens):
+            for step in track(range(self.n_image_tokens), "token"):
                 logits = head(hidden[:, -1]).float()
                 if w:
                     cond, uncond = logits.chunk(2)

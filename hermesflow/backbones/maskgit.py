@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from hermesflow.backbones.base import LogProbs, MaskedEstimator
 from hermesflow.errors import UsageError
+from hermesflow.progress import track
 
 MASKED = -1  # an image code that is masked
 
@@ -81,7 +82,7 @@ def maskgit_decode(guided_logits: Callable[[torch.Tensor], torch.Tensor], batch:
     `trace`, if given, receives the codes after each step (masked positions MASKED); recording only
     reads, so the codes returned are the same with or without it (`Trajectory.from_trace`)."""
     codes = torch.full((batch, length), MASKED, dtype=torch.long, device=device)
-    for step in range(steps):
+    for step in track(range(steps), "step"):
         logits = guided_logits(codes).float() / max(temperature, 1e-6)
         probs = F.softmax(logits, dim=-1)
         if temperature > 0:

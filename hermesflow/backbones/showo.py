@@ -82,6 +82,7 @@ from hermesflow.backbones.maskgit import (
 )
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
+from hermesflow.progress import track
 
 MODEL_TYPE = "show-o"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -204,7 +205,7 @@ def official_maskgit_decode(guided_logits: Callable[[torch.Tensor], torch.Tensor
     `trace`, if given, receives the codes after each step (masked positions MASKED)."""
     codes = torch.full((batch, length), MASKED, dtype=torch.long, device=device)
     sampled, noise_scale = codes, temperature
-    for step in range(steps):
+    for step in track(range(steps), "step"):
         logits = guided_logits(codes).float()
         probs = F.softmax(logits / temperature if temperature > 0 else logits, dim=-1)
         if temperature > 0:
@@ -508,7 +509,7 @@ class ShowoBackbone(BackboneBase):
         prompts = [self._encode(self.cfg.question_template.format(question=q)) for q in questions]
         scores = []
         with self.sampling():
-            for s in range(0, len(rows), batch_size):
+            for s in track(range(0, len(rows), batch_size), "batch"):
                 chunk = rows[s : s + batch_size]
                 owners = torch.tensor([i for i, _ in chunk], device=self.device)
                 scores.append(choice_scores(self.text_logps(codes[owners], [prompts[i] for i, _ in chunk],
@@ -525,7 +526,7 @@ class ShowoBackbone(BackboneBase):
                                cache=cache, use_cache=True)
         hidden, tokens = out.last_hidden_state[:, -1], []
         done = torch.zeros(len(ids), dtype=torch.bool, device=self.device)
-        for step in range(max_new):
+        for step in track(range(max_new), "token"):
             logits = self.showo.lm_head(hidden).float()
             if text_only:
                 logits[:, self.cfg.llm_vocab_size :] = float("-inf")

@@ -45,6 +45,7 @@ from hermesflow.backbones.maskgit import (
 )
 from hermesflow.errors import UsageError
 from hermesflow.io import atomic_write_json
+from hermesflow.progress import track
 from hermesflow.testbed.tokenizers import SPECIALS, ImageTokenizer, TextTokenizer, split_words, world_words
 from hermesflow.testbed.transformer import KVCache, Transformer, TransformerConfig, omni_attention_mask
 from hermesflow.world.render import to_world_size
@@ -284,7 +285,7 @@ class UnifiedModel(BackboneBase):
             return []
         scores = []
         with self.sampling():
-            for s in range(0, len(rows), batch_size):
+            for s in track(range(0, len(rows), batch_size), "batch"):
                 unique, owners = torch.unique(inputs[rows[s : s + batch_size]], dim=0, return_inverse=True)
                 total = self.text_logprob_shared_image(unique, owners.tolist(), prefixes[s : s + batch_size], targets[s : s + batch_size])
                 count = torch.tensor([float(len(t)) for t in targets[s : s + batch_size]], device=total.device)
@@ -301,7 +302,7 @@ class UnifiedModel(BackboneBase):
         with self.sampling():
             prefix, mask = self.mmu_batch(image_tokens, [[] for _ in range(b)])
             logits, cache = self.net(prefix[:, :p], mask[:, :, :p, :p])
-            for step in range(self.cfg.text_len):
+            for step in track(range(self.cfg.text_len), "token"):
                 nxt = self._sample_text(logits[:, -1], gen, g)
                 nxt = torch.where(done, self.text.eos, nxt)
                 out = torch.cat([out, nxt[:, None]], dim=1)

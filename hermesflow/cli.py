@@ -34,6 +34,7 @@ from hermesflow.settings import (
     QuestionsConfig,
     ReportConfig,
     RunConfig,
+    StatusConfig,
     TrainConfig,
     ValidateConfig,
     WorldConfig,
@@ -178,6 +179,13 @@ def run_report(cfg: ReportConfig) -> int:
     return 0
 
 
+def run_status(cfg: StatusConfig) -> int:
+    from hermesflow.status import status
+
+    print("\n".join(status(cfg.run)))
+    return 0
+
+
 def run_ablate(cfg: AblateConfig) -> int:
     from hermesflow.recipes.ablate import ablate
 
@@ -264,6 +272,7 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "iterate": (RunConfig, run_rounds),
     "run": (RunConfig, run_rounds),
     "report": (ReportConfig, run_report),
+    "status": (StatusConfig, run_status),
     "ablate": (AblateConfig, run_ablate),
     "convert-showo": (ConvertShowoConfig, run_convert_showo),
     "import-official": (ImportOfficialConfig, run_import_official),

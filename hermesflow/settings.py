@@ -187,6 +187,13 @@ class ReportConfig:
 
 
 @dataclass
+class StatusConfig:
+    """`hermesflow status DIR`: the stage a run, ablation or evaluation folder is in, what is done, and what a rerun would reuse."""
+
+    run: Path = option(None, "the folder made by `hermesflow run`, `iterate`, `ablate` or `eval`", positional=True, required=True)
+
+
+@dataclass
 class AblateConfig:
     """`hermesflow ablate`: recipes compared fairly with seeds and paired intervals; by default the paper's Table 5
     arms (one-branch DPO, Pair-DPO sum and product, rounds 2-3), or the arms of a YAML file (--arms)."""

@@ -194,6 +194,13 @@ def test_self_play_rounds_resume_after_a_kill_in_the_second_round(setup):
     killed = setup["root"] / "rounds-killed"
     kill_when(rounds(setup, killed), lambda: lines(killed / "round-2" / "shards" / "shard-0-of-1.jsonl") >= 4)
     assert not (killed / "summary.json").exists()
+    said = finish(hermesflow("status", str(killed))).splitlines()  # where it stands, from its files alone
+    assert said[0] == f"{killed}: a run of 2 rounds (settings in run_config.yaml)"
+    assert said[1].split() == ["base", "evaluation", "done:", "understanding", *said[1].split()[4:]]
+    assert re.fullmatch(r"  round 2 curation +\d+ of 16 records curated \(a rerun resumes there\)", said[5])
+    assert said[6:8] == ["  round 2 training     not started", "  round 2 evaluation   not started"]
+    assert said[-1] == ("A rerun of the same command reuses the base evaluation, round 1's curation, round 1's model, "
+                        "round 1's evaluation and resumes round 2's curation.")
     finish(rounds(setup, killed))
     a, b = json.loads((whole / "summary.json").read_text()), json.loads((killed / "summary.json").read_text())
     assert [r["round"] for r in a] == ["base", "1", "2"] and a == b

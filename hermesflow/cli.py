@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
@@ -341,6 +342,10 @@ def check_out_folder(path: Path) -> None:
         raise UsageError(f"--out {path}: cannot be created, {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--out {path}: {existing} is not writable")
+    try:  # permissions are not all: /proc, /sys or a read-only mount refuse files even to root
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise UsageError(f"--out {path}: no file can be written in {existing} ({e.strerror or e})") from None
 
 
 def _out_hint(args: argparse.Namespace) -> str:

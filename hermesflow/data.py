@@ -131,10 +131,18 @@ def _check_scene(items: object) -> list[dict]:
     return items
 
 
+def require_column(obj: dict, key: str, flag: str) -> None:
+    """A missing column is named with the record's own fields and the flag that picks another."""
+    if key not in obj:
+        fields = sorted(map(str, obj))
+        shown = ", ".join(f'"{f}"' for f in fields[:8]) + (", ..." if len(fields) > 8 else "")
+        raise BadRecord(f'missing field "{key}" (its fields: {shown or "none"}; {flag} names the one to use)')
+
+
 def _check_record(obj: dict, record_id: str, root: Path, image_size: int | None, columns: Columns = Columns(),
                   follow_symlinks: bool = False) -> Record:
-    if columns.image not in obj:
-        raise BadRecord(f'missing field "{columns.image}"')
+    require_column(obj, columns.image, "--image-column")
+    require_column(obj, columns.caption, "--caption-column")
     caption = check_text(obj, columns.caption)
     path, image_bytes = _image_value(obj, columns.image, root, image_size, follow_symlinks)
     qa_value = obj.get(columns.qa)
@@ -179,6 +187,7 @@ def read_homologous(path: str | Path, *, image_size: int | None = None, skip_bad
             if source.format != "jsonl" and columns.id not in obj:  # tables without ids: the file name or the index
                 fallback = obj.get(columns.image) if source.format == "imagefolder" else None
                 obj = {**obj, columns.id: fallback if isinstance(fallback, str) else number}
+            require_column(obj, columns.id, "--id-column")
             record_id = check_id(obj, columns.id)
             if record_id in first_seen:
                 raise BadRecord(f"duplicate id (first used on {unit} {first_seen[record_id]})")
@@ -216,8 +225,9 @@ def check_fit(backbone, data: HomologousData, limit: int = 20, skip_bad: bool = 
         return replace(data, records=[r for r in data.records if r.id not in unfit], skipped=data.skipped + problems)
     if problems:
         shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+        hint = getattr(backbone, "fit_hint", None)  # what the model reads, when it is narrow
         raise DataError([f"{data.path}: {len(problems)} problems for the {backbone.model_type} model "
-                         f"(it cannot represent this data; nothing was run)", *shown])
+                         f"(it cannot represent this data; nothing was run)", *shown, *([hint] if hint else [])])
     return data
 
 

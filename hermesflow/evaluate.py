@@ -30,7 +30,7 @@ from tqdm import tqdm
 from hermesflow.backbones import Backbone, GenerationConfig
 from hermesflow.errors import UsageError
 from hermesflow.progress import phase
-from hermesflow.records import QUESTION_TYPES, EvalItem, HomologousData
+from hermesflow.records import QUESTION_TYPES, QUESTIONS_HINT, EvalItem, HomologousData
 from hermesflow.results import Evaluation, Interval, PerExample
 from hermesflow.stats import cluster_mean_ci, mean_ci
 
@@ -39,7 +39,7 @@ def data_eval_items(data: HomologousData, n: int) -> list[EvalItem]:
     """The first `n` records of the user's held-out data that have questions."""
     records = [r for r in data.records if r.qa][:n]
     if not records:
-        raise UsageError(f"{data.path}: no record has qa; evaluation needs questions")
+        raise UsageError(f"{data.path}: no record has qa; evaluation needs questions: {QUESTIONS_HINT}")
     return [EvalItem(r.id, r.load_image(), r.caption, r.qa, r.scene) for r in records]
 
 

@@ -35,7 +35,7 @@ from hermesflow.errors import UsageError
 from hermesflow.judges import self_vqa
 from hermesflow.loop import TrainingLoop
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
-from hermesflow.records import Record
+from hermesflow.records import QUESTIONS_HINT, Record
 from hermesflow.train import batch_indices, estimator_of
 
 REWARDS = ("hard", "graded")
@@ -175,7 +175,7 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
     resumed run is given the same starting model, as a round's training is."""
     records = [r for r in records if r.qa]
     if not records:
-        raise UsageError("GRPO rewards images by the records' questions: no record has any")
+        raise UsageError(f"GRPO rewards images by the records' questions: no record has any; {QUESTIONS_HINT}")
     loop = TrainingLoop(out, training, dtype, "grpo", "GRPO")
     accelerator = loop.accelerator
     world = accelerator.num_processes

@@ -130,6 +130,10 @@ def quote(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+QUESTIONS_HINT = ("`hermesflow questions --data DATA --out questions.jsonl` writes TIFA-format questions for captions "
+                  "(from an LLM endpoint, or from world scenes), and --questions questions.jsonl attaches them")
+
+
 def check_text(obj: dict, key: str, *, required: bool = True) -> str | None:
     value = obj.get(key)
     if value is None and not required:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hermesflow.data import read_homologous
-from hermesflow.errors import DataError
+from hermesflow.data import Columns, read_homologous
+from hermesflow.errors import DataError, UsageError
 from hermesflow.world.build import write_world
 
 N_RECORDS = 6
@@ -370,7 +370,23 @@ def test_data_the_model_cannot_represent_is_refused_before_any_work(tmp_path: Pa
     assert "3 problems for the hermesflow-unified model" in result.stderr
     assert 'data.jsonl line 1 (id "r0"): the built-in image tokenizer cannot represent this image' in result.stderr
     assert "line 2 (id \"r1\"): text 'a hexagon on a table' has words the built-in model does not know: ['hexagon', 'on', 'table']" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(  # and the way to real images
+        "for your own photos and captions, give --model a Janus, Janus-Pro or Show-o folder (docs/models.md)")
     assert not out.exists()
+
+
+def test_own_photos_hear_which_flag_names_their_caption_and_how_to_get_questions(tmp_path: Path):
+    """A folder of photos whose captions sit under "text" and that have no questions."""
+    data = tmp_path / "photos"
+    (data / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(data / "images" / "0.png")
+    (data / "data.jsonl").write_text(json.dumps({"id": "p0", "image": "images/0.png", "text": "a red circle"}) + "\n")
+    said = run_cli("validate", str(data)).stderr
+    assert 'missing field "caption" (its fields: "id", "image", "text"; --caption-column names the one to use)' in said
+    from hermesflow.evaluate import data_eval_items
+
+    with pytest.raises(UsageError, match="no record has qa; evaluation needs questions: `hermesflow questions --data DATA"):
+        data_eval_items(read_homologous(data, columns=Columns(caption="text")), 10)
 
 
 def test_skip_bad_works_on_every_verb_that_reads_data(bad: Path, tmp_path: Path):

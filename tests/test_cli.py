@@ -101,6 +101,10 @@ def test_an_unusable_out_is_one_line_before_any_model_loads(tmp_path: Path):
         assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
     result = hermesflow("run", "--model", missing_model, "--out", str(blocker))
     assert (result.returncode, result.stderr) == (2, f"error: --out {blocker}: exists and is not a folder\n")
+    if Path("/proc/self").is_dir():  # writable by permissions, yet no file can be made there, even by root
+        result = hermesflow("run", "--model", missing_model, "--out", "/proc/hermesflow-run")
+        assert result.returncode == 2 and result.stderr.startswith("error: --out /proc/hermesflow-run: ")
+        assert len(result.stderr.splitlines()) == 1
 
 
 

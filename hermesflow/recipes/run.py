@@ -39,7 +39,7 @@ from hermesflow.io import atomic_write_bytes, atomic_write_json, atomic_write_te
 from hermesflow.judges import judge_setting, vlm_judge
 from hermesflow.options import ApiOptions
 from hermesflow.prefs import PREFS, read_prefs
-from hermesflow.records import EvalItem, HomologousData
+from hermesflow.records import QUESTIONS_HINT, EvalItem, HomologousData
 from hermesflow.results import Evaluation
 from hermesflow.settings import RunConfig
 from hermesflow.stages import claim, clear, differences, file_digest, refusal, say, settings_file
@@ -143,7 +143,7 @@ def require_qa(data: HomologousData) -> HomologousData:
     missing = [r.id for r in data.records if not r.qa]
     if missing:
         raise DataError([f"{data.path}: {len(missing)} records have no qa, which curation needs to judge images "
-                         f"(first: {', '.join(missing[:5])}); add questions or leave them out"])
+                         f"(first: {', '.join(missing[:5])}); {QUESTIONS_HINT}, or leave them out"])
     return data
 
 

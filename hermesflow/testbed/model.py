@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ class UnifiedModel(BackboneBase):
     """The built-in Show-o-style unified model (a Backbone)."""
 
     model_type = MODEL_TYPE
+    # said under its refusals of data: what it reads, and the way to real images
+    fit_hint: ClassVar[str] = ("the built-in model reads only the shapes world's words and images; for your own photos and "
+                               "captions, give --model a Janus, Janus-Pro or Show-o folder (docs/models.md)")
     lora_targets = ("qkv", "proj", "fc")
     image_size = IMAGE_SIZE
 

@@ -54,7 +54,8 @@ class TextTokenizer:
         unknown = [w for w in words if w not in self.ids]
         if unknown or not words:
             reason = f"unknown words {unknown}" if unknown else "no words"
-            raise UsageError(f"text {text!r}: {reason}; the built-in model knows only the shapes world's words")
+            raise UsageError(f"text {text!r}: {reason}; the built-in model knows only the shapes world's words "
+                             "(for other text, a Janus, Janus-Pro or Show-o folder: docs/models.md)")
         return [self.ids[w] for w in words]
 
     def decode(self, ids: list[int]) -> str:

@@ -36,6 +36,7 @@ from hermesflow.prefs import read_prefs  # noqa: E402
 from hermesflow.records import GENEVAL_CATEGORIES as CATEGORIES  # noqa: E402
 from hermesflow.results import Evaluation, Interval  # noqa: E402
 from hermesflow.stats import paired_difference, wilson  # noqa: E402
+from hermesflow.world.render import sheet_image  # noqa: E402
 
 SECTIONS = ("Scores per round", "Change from the base model", "GenEval categories", "Training", "Self-judge agreement",
             "Kept and dropped pairs", "Preference pairs", "Evaluation samples", "Run details")
@@ -65,8 +66,8 @@ def _ci(m: Interval | None) -> str:
     if m is None:
         return "–"
     if any(math.isnan(x) for x in m.ci95):  # one item: no spread to measure
-        return f"{m.mean:.3f} <span class=ci>(one item: no interval)</span>"
-    return f"{m.mean:.3f} <span class=ci>[{m.ci95[0]:.3f},&nbsp;{m.ci95[1]:.3f}]</span>"
+        return f"{m.mean:.3f}<br><span class=ci>(one item: no interval)</span>"
+    return f"{m.mean:.3f}<br><span class=ci>[{m.ci95[0]:.3f},&nbsp;{m.ci95[1]:.3f}]</span>"  # two lines: narrow on a phone
 
 
 def paired_change(base: Evaluation, other: Evaluation, key: str) -> dict | None:
@@ -121,12 +122,12 @@ def verdict(base: Evaluation, last: Evaluation, name: str) -> str:
 
 def _change_cell(c: dict | None, fallback: float) -> str:
     if c is None:
-        return f"{fallback:+.3f} <span class=ci>(no paired interval)</span>"
+        return f"{fallback:+.3f}<br><span class=ci>(no paired interval)</span>"
     lo, hi = c["ci95"]
     if math.isnan(lo) or math.isnan(hi):
-        return f"{c['mean']:+.3f} <span class=ci>(one item: no interval)</span>"
+        return f"{c['mean']:+.3f}<br><span class=ci>(one item: no interval)</span>"
     mark = " <b class=sig title='the 95% interval excludes zero'>●</b>" if lo > 0 or hi < 0 else ""
-    return f"{c['mean']:+.3f} <span class=ci>[{lo:+.3f},&nbsp;{hi:+.3f}]</span>{mark}"
+    return f"{c['mean']:+.3f}{mark}<br><span class=ci>[{lo:+.3f},&nbsp;{hi:+.3f}]</span>"
 
 
 def _plot_scores(names: list[str], results: list[Evaluation], path: Path) -> None:
@@ -351,7 +352,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
                      if score(e) and score(base) else "–" for key, score in scores.items()]
             # the gap's change is understanding's minus generation's: say which moved
             parts = [e.understanding_score.mean - base.understanding_score.mean, e.generation_score.mean - base.generation_score.mean]
-            cells[-1] += f"<br><span class=ci>= {parts[0]:+.3f} understanding − ({parts[1]:+.3f}) generation</span>"
+            cells[-1] += f"<br><span class=ci>= {parts[0]:+.3f} understanding<br>− ({parts[1]:+.3f}) generation</span>"
             c = paired_change(base, e, "understanding")
             change_rows.append([name, *cells, str(c["n"]) if c else "–"])
 
@@ -365,7 +366,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
             return f"{e.geneval[c]:.3f}"
         hits, n = e.geneval_counts[c]
         lo, hi = wilson(hits, n)
-        return f"{e.geneval[c]:.3f} <span class=ci>{hits}/{n} [{lo:.2f},&nbsp;{hi:.2f}]</span>"
+        return f"{e.geneval[c]:.3f}<br><span class=ci>{hits}/{n} [{lo:.2f},&nbsp;{hi:.2f}]</span>"
 
     geneval_rows = [[name] + [geneval_cell(e, c) for c in cats] for name, e in zip(names, results)]
 
@@ -397,6 +398,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
         if (folder / "eval" / "generated.png").exists() and (name == "base" or folder == rounds[-1][1]):
             shutil.copyfile(folder / "eval" / "generated.png", out / f"samples-{folder.name}.png")
             samples.append({"name": name, "file": f"samples-{folder.name}.png"})
+    side_by_side = _side_by_side(rounds, results, out)
     provenance = _read_json(run / "provenance.json") if (run / "provenance.json").exists() else {}
     judge = " and ".join(sorted({e.judges["generation"] for e in results}))  # what judged the generated images
     line = verdict(results[0], results[-1], names[-1]) if len(results) > 1 and names[0] == "base" else None
@@ -404,11 +406,30 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
         name=run.name, judge=judge, verdict=line, warnings=[f"{n}: {w}" for n, e in zip(names, results) for w in e.warnings], sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
         geneval_head=[c.replace("_", " ") for c in cats], geneval_rows=geneval_rows, curves=bool(curves),
         judge_rows=judge_rows, drop_rows=drop_rows, last_round=last.name.replace("-", " ") if last else "-", pairs=pairs,
-        samples=samples, prompts=results[-1].sample_prompts,
+        samples=samples, prompts=results[-1].sample_prompts, side_by_side=side_by_side,
         provenance=[[html.escape(k), html.escape(str(v))] for k, v in provenance.items()], timings=_timings_rows(run),
         config_text=config_path.read_text() if config_path.exists() else "(no run_config.yaml)")
     atomic_write_text(out / "index.html", page)
     return out / "index.html"
+
+
+def _side_by_side(rounds: list[tuple[str, Path]], results: list[Evaluation], out: Path, n: int = 8) -> dict | None:
+    """The first `n` eval prompts as drawn by each evaluated model, cut from their sample sheets, with the
+    judge's score of each image (the share of the item's questions it found satisfied)."""
+    drawn = [(name, folder, e) for (name, folder), e in zip(rounds, results) if (folder / "eval" / "generated.png").exists()]
+    prompts = results[-1].sample_prompts[:n]
+    if not drawn or not prompts or any(e.sample_prompts[: len(prompts)] != prompts for _, _, e in drawn):
+        return None  # the same prompts for every model, or no comparison
+    (out / "side").mkdir(exist_ok=True)
+    rows = [{"prompt": p, "cells": []} for p in prompts]
+    for name, folder, e in drawn:
+        with Image.open(folder / "eval" / "generated.png") as sheet:
+            for i, row in enumerate(rows):
+                file = f"side/{folder.name}-{i}.png"
+                sheet_image(sheet, i).save(out / file)
+                score = e.per_example.generation[i] if e.per_example else None
+                row["cells"].append({"file": file, "score": score})
+    return {"models": [name for name, _, _ in drawn], "rows": rows, "judge": results[-1].judges["generation"]}
 
 
 def ablation_tables(summary: dict) -> tuple:

@@ -195,9 +195,11 @@ def pope_metrics(answers: list[str], labels: list[str]) -> dict:
             "yes_ratio": pred.count(1) / len(pred), "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": len(pred)}
 
 
-def answer_pope(backbone: Backbone, questions_file: Path, images_dir: Path, out: Path, batch_size: int = 16) -> dict:
-    """The model's yes/no answers to POPE's questions (multiple choice over "yes" and "no"), written
-    in POPE's answer format to `out/answers.jsonl`, and its metrics to `out/metrics.json`."""
+def answer_pope(backbone: Backbone, questions_file: Path, images_dir: Path, out: Path, batch_size: int = 16,
+                choice_score: str = "sum") -> dict:
+    """The model's yes/no answers to POPE's questions (multiple choice over "yes" and "no", each option
+    scored by `choice_score`), written in POPE's answer format to `out/answers.jsonl`, and its metrics
+    (which say the choice score) to `out/metrics.json`."""
     questions = read_pope(questions_file)
     missing = sorted({q.image for q in questions if not (images_dir / q.image).is_file()})
     if missing:
@@ -212,12 +214,12 @@ def answer_pope(backbone: Backbone, questions_file: Path, images_dir: Path, out:
                 images.append(to_rgb(img))
         with backbone.sampling():
             inputs = backbone.prepare_images(images)
-            answers += backbone.answer(inputs, [q.text for q in batch], [["yes", "no"]] * len(batch))
+            answers += backbone.answer(inputs, [q.text for q in batch], [["yes", "no"]] * len(batch), score=choice_score)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "answers.jsonl", "".join(
         # `text` beside `answer`: LLaVA-style evaluation scripts read the answer from `text`
         json.dumps({"question_id": q.question_id, "question": q.text, "answer": a, "text": a}) + "\n" for q, a in zip(questions, answers)))
-    metrics = pope_metrics(answers, [q.label for q in questions])
+    metrics = {**pope_metrics(answers, [q.label for q in questions]), "choice_score": choice_score}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -230,7 +230,7 @@ def run_answer(cfg: AnswerConfig) -> int:
     from hermesflow.backbones import load_backbone
     from hermesflow.benchmarks import answer_pope
 
-    metrics = answer_pope(load_backbone(cfg.model, cfg.dtype).eval(), cfg.questions, cfg.images, cfg.out, cfg.batch_size)
+    metrics = answer_pope(load_backbone(cfg.model, cfg.dtype).eval(), cfg.questions, cfg.images, cfg.out, cfg.batch_size, cfg.choice_score)
     print_summary({k: round(v, 4) if isinstance(v, float) else "undefined" if v is None else v for k, v in metrics.items()})
     print(f"written to {cfg.out / 'answers.jsonl'} and {cfg.out / 'metrics.json'}")
     return 0

@@ -92,12 +92,14 @@ def clipped_objective(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
     return ClippedOutput(loss, ratio, clipped < unclipped, kl)
 
 
-def self_vqa_rewards(backbone: Backbone, tokens: torch.Tensor, records: Sequence[Record], kind: str) -> torch.Tensor:
+def self_vqa_rewards(backbone: Backbone, tokens: torch.Tensor, records: Sequence[Record], kind: str,
+                     choice_score: str = "sum") -> torch.Tensor:
     """Each generated image's reward (n,): the model's own answers to the questions of `records[j]`
-    about image j (`judges.self_vqa`), its hard accuracy or its graded score."""
+    about image j (`judges.self_vqa`, options scored by `choice_score` as curation scores them), its
+    hard accuracy or its graded score."""
     if kind not in REWARDS:
         raise UsageError(f"reward must be one of {list(REWARDS)}, got {kind!r}")
-    scores = self_vqa(backbone, backbone.prepare_generated(tokens), tuple(r.qa for r in records), range(len(records)))
+    scores = self_vqa(backbone, backbone.prepare_generated(tokens), tuple(r.qa for r in records), range(len(records)), choice_score)
     return torch.from_numpy(scores.accuracy if kind == "hard" else scores.graded).float()
 
 
@@ -167,7 +169,7 @@ def step_seed(kind: str, seed: int, step: int, rank: int) -> int:
 
 
 def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, training: TrainingOptions,
-               sampler: GenerationConfig, seed: int, dtype: str, out: Path) -> Backbone:
+               sampler: GenerationConfig, seed: int, dtype: str, out: Path, choice_score: str = "sum") -> Backbone:
     """GRPO on the records' captions and questions (resuming from `out/state` if present), sampling
     with `sampler` (its seed is drawn per step from `seed`) and optimising with `training`'s optimiser
     settings. Writes `out/metrics.jsonl`; returns the backbone.
@@ -194,7 +196,7 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
     policy, inner = loop.prepare(policy)
     for step in loop.steps():
         loop.set_lr(step)  # the μ updates of a step share its learning rate
-        row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step)
+        row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step, choice_score)
         row = {"step": step + 1, **row, "lr": loop.lr_at(step + 1)}
         loop.record(step, row, {"mean reward": f"{row['reward/mean']:.3f}", "groups without signal": f"{row['groups/dropped']:.2f}"})
     loop.finish()
@@ -202,7 +204,8 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
 
 
 def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, accelerator, records: list[Record],
-              grpo: GRPOOptions, training: TrainingOptions, sampler: GenerationConfig, seed: int, step: int) -> dict:
+              grpo: GRPOOptions, training: TrainingOptions, sampler: GenerationConfig, seed: int, step: int,
+              choice_score: str = "sum") -> dict:
     """One GRPO step: sample, reward, normalise, then μ clipped-ratio updates; returns its metrics."""
     world, rank = accelerator.num_processes, accelerator.process_index
     indices = batch_indices(step, len(records), grpo.grpo_prompts, seed)
@@ -213,7 +216,7 @@ def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, acce
                              step_seed("mask", seed, step, rank))
     owners = [r for r in local for _ in range(grpo.grpo_group)]
     with backbone.sampling():
-        rewards = self_vqa_rewards(backbone, rollout.tokens, owners, grpo.grpo_reward).to(accelerator.device)
+        rewards = self_vqa_rewards(backbone, rollout.tokens, owners, grpo.grpo_reward, choice_score).to(accelerator.device)
     advantages, kept = group_advantages(rewards.view(len(local), grpo.grpo_group), grpo.grpo_eps)
     keep = kept.repeat_interleave(grpo.grpo_group)
     metrics = {"reward/mean": rewards.mean(), "reward/std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
@@ -258,4 +261,5 @@ def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, acce
 def grpo_settings(grpo: GRPOOptions, curation: CurationOptions) -> dict:
     """What a round's GRPO training depends on beyond the training options, for the stage's recorded
     settings: the GRPO options and the sampler's."""
-    return {**asdict(grpo), "steps": curation.steps, "guidance": curation.guidance, "image_temperature": curation.image_temperature}
+    return {**asdict(grpo), "steps": curation.steps, "guidance": curation.guidance, "image_temperature": curation.image_temperature,
+            "choice_score": curation.choice_score}

@@ -273,6 +273,7 @@ class AnswerConfig:
     images: Path = option(None, "folder of the images the questions name (COCO val2014 for POPE's COCO sets)", required=True)
     out: Path = option(None, "folder for answers.jsonl (POPE's answer format) and metrics.json", required=True)
     batch_size: int = option(16, "questions per batch", minimum=1)
+    choice_score: str = option("sum", CHOICE_SCORE_HELP, choices=("sum", "mean"))
     dtype: str = option("fp32", "precision of the model's weights", choices=("fp32", "bf16"))
 
 

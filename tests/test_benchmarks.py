@@ -136,5 +136,8 @@ def test_answer_pope_writes_popes_answer_format(model, tmp_path, capsys):
     assert all(a["text"] == a["answer"] for a in answers)  # LLaVA-style scripts read `text`
     assert all(a["answer"] in ("yes", "no") for a in answers)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics == pope_metrics([a["answer"] for a in answers], [r["label"] for r in rows])
+    assert metrics == {**pope_metrics([a["answer"] for a in answers], [r["label"] for r in rows]), "choice_score": "sum"}
     assert "yes_ratio" in capsys.readouterr().out
+    assert main(["answer", "pope", "--model", str(model), "--questions", str(questions), "--images", str(images),
+                 "--out", str(out), "--choice-score", "mean"]) == 0  # each option's mean per token; the metrics say so
+    assert json.loads((out / "metrics.json").read_text())["choice_score"] == "mean"

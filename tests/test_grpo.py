@@ -20,7 +20,14 @@ from hermesflow.backbones.maskgit import MASKED, Trajectory, TrajectoryEstimator
 from hermesflow.cli import main
 from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
-from hermesflow.grpo import clipped_objective, group_advantages, grpo_estimator, train_grpo
+from hermesflow.grpo import (
+    clipped_objective,
+    group_advantages,
+    grpo_estimator,
+    grpo_settings,
+    self_vqa_rewards,
+    train_grpo,
+)
 from hermesflow.judges import vqa_scores
 from hermesflow.recipes.run import sampler_of
 from hermesflow.settings import RunConfig
@@ -86,6 +93,19 @@ def test_hard_and_graded_rewards_on_hand_made_choice_scores():
     assert hard.tolist() == [0.5, 1.0]  # a tie answers the first option, as `answer` does
     p = torch.tensor([2.0, 1.0, 0.0]).softmax(0)[0].item()
     assert torch.allclose(graded, torch.tensor([(0.75 + 0.5) / 2, p]))
+
+
+def test_rewards_score_the_options_as_curation_does_sum_or_per_token_mean(records):
+    model = tiny().eval()
+    tokens = model.generate([r.caption for r in records[:4]], 1, GenerationConfig(steps=2, seed=0))
+    inputs = model.prepare_generated(tokens)
+    for score in ("sum", "mean"):  # the same scores as the model's own answers under that rule
+        rows = [(j, q) for j, r in enumerate(records[:4]) for q in r.qa]
+        logps = model.choice_logps(inputs[[j for j, _ in rows]], [q.question for _, q in rows], [list(q.choices) for _, q in rows], score=score)
+        right = [float(max(range(len(lp)), key=lambda i: (lp[i], -i)) == list(q.choices).index(q.answer)) for lp, (_, q) in zip(logps, rows)]
+        expected = [sum(x for x, (j, _) in zip(right, rows) if j == k) / len(records[k].qa) for k in range(4)]
+        assert self_vqa_rewards(model, tokens, records[:4], "hard", score).tolist() == pytest.approx(expected)
+    assert grpo_settings(grpo_config(Path("x")).grpo, grpo_config(Path("x"), choice_score="mean").curation)["choice_score"] == "mean"
 
 
 # ----- the trajectory log-probability ------------------------------------------------------------------

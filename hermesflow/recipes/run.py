@@ -122,7 +122,8 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
             return backbone
     examples = examples_from(list(read_prefs(round_dir).values()), data, training.loss_type, cfg.seed, training.pair_rows)
     if grpo is not None and grpo.recipe == "grpo":  # online GRPO on fresh samples: the curated pairs are not used
-        trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation, backbone), cfg.seed, cfg.dtype, out / "train")
+        trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation, backbone), cfg.seed, cfg.dtype, out / "train",
+                             cfg.curation.choice_score)
     else:
         trained = train(backbone, examples, training, out / "train", cfg.seed, cfg.dtype)
     if state.is_main_process:

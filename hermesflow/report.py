@@ -114,8 +114,8 @@ def verdict(base: Evaluation, last: Evaluation, name: str) -> str:
     world = base.prompt_holdout is not None
     parts = [said("generation_unseen", "generation on unseen prompts") if world else "generation on unseen prompts: n/a",
              *([] if world else [said("generation", "generation")]), said("understanding", "understanding")]
-    draw = base.settings.get("draw")
-    items = f"{draw} draw" if draw else "the world's eval split" if world else "your held-out data"
+    draw = base.settings.get("draw", "")  # None: --eval-data; absent: evaluated before the split had draws
+    items = f"{draw} draw" if draw else "your held-out data" if draw is None or not world else "the world's eval split"
     return (f"Verdict, {name} vs base ({base.n_examples} items, {items}; generation judged by {last.judges['generation']}; "
             f"one evaluation per model, so the interval covers the items, not training seeds): " + "; ".join(parts))
 
@@ -336,7 +336,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
         unseen_geneval = (e.unseen.geneval or {}).get("overall") if e.unseen else None
         score_rows.append([name, _ci(e.understanding_score), _ci(e.unseen.understanding_score if e.unseen else None),
                            _ci(e.generation_score), _ci(e.generation_unseen), _ci(e.gap),
-                           f"{e.understanding_prior:.3f}", f"{e.geneval.get('overall', float('nan')):.3f}",
+                           f"{e.understanding_prior:.3f}", "–" if "overall" not in e.geneval else f"{e.geneval['overall']:.3f}",
                            "–" if unseen_geneval is None else f"{unseen_geneval:.3f}",
                            _ci(e.caption_similarity), "–" if kept is None else str(kept)])
     _plot_scores(names, results, out / "scores.png")
@@ -356,8 +356,9 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
             c = paired_change(base, e, "understanding")
             change_rows.append([name, *cells, str(c["n"]) if c else "–"])
 
-    _plot_geneval(names, [e.geneval for e in results], [e.geneval_counts for e in results], out / "geneval.png")
     cats = [c for c in CATEGORIES + ("overall",) if c in results[0].geneval]
+    if cats:  # only the world's records carry the scenes GenEval's categories are read from
+        _plot_geneval(names, [e.geneval for e in results], [e.geneval_counts for e in results], out / "geneval.png")
 
     def geneval_cell(e: Evaluation, c: str) -> str:
         if c not in e.geneval:
@@ -403,7 +404,7 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     judge = " and ".join(sorted({e.judges["generation"] for e in results}))  # what judged the generated images
     line = verdict(results[0], results[-1], names[-1]) if len(results) > 1 and names[0] == "base" else None
     page = TEMPLATES.get_template("run_report.html").render(
-        name=run.name, judge=judge, verdict=line, warnings=[f"{n}: {w}" for n, e in zip(names, results) for w in e.warnings], sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
+        name=run.name, judge=judge, verdict=line, holdout=any(e.generation_unseen for e in results), warnings=[f"{n}: {w}" for n, e in zip(names, results) for w in e.warnings], sections=SECTIONS, score_rows=score_rows, change_rows=change_rows,
         geneval_head=[c.replace("_", " ") for c in cats], geneval_rows=geneval_rows, curves=bool(curves),
         judge_rows=judge_rows, drop_rows=drop_rows, last_round=last.name.replace("-", " ") if last else "-", pairs=pairs,
         samples=samples, prompts=results[-1].sample_prompts, side_by_side=side_by_side,

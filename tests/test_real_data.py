@@ -145,6 +145,26 @@ def test_run_evaluates_with_the_vlm_judge_and_records_it(stub, tmp_path):
     assert (out / "base" / "eval" / "judge_cache.jsonl").exists()
 
 
+def test_a_self_judged_run_on_foreign_data_says_so_and_leaves_out_what_needs_the_oracle(tmp_path):
+    from hermesflow.world.build import write_world
+
+    heldout = _model_and_sceneless_world(tmp_path, "heldout")  # records without scenes: no oracle can read them
+    world = write_world(tmp_path / "photos", 4, seed=0, split="train", prompts="seen")
+    data = world.parent if world.name == "data.jsonl" else world
+    rows = [json.loads(line) for line in (data / "data.jsonl").read_text().splitlines()]
+    (data / "data.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scene"}) + "\n" for r in rows))
+    out = tmp_path / "run"  # the shipped base model: a random one ties its samples and keeps no pair to train on
+    assert main(["run", "--data", str(data), "--eval-data", str(heldout), "--out", str(out), "--eval-n", "3", "--n-captions", "2", "--n-images", "2", "--steps", "1", "--min-chosen-accuracy", "0",
+                 "--train-steps", "1", "--batch-size", "2"]) == 0
+    page = (out / "report" / "index.html").read_text()
+    top = page.split("<h2")[0]
+    assert "judged by self" in top and "generation on unseen prompts: n/a" in top and "the model itself" in top
+    assert "exact oracle" not in top and "nan" not in page
+    assert "<b>Left out:</b> GenEval's categories" in page and "<b>Left out:</b> the agreement needs an outside judge" in page
+    assert not (out / "report" / "geneval.png").exists() and "only the shapes world knows which eval prompts" in top
+    assert (out / "summary.txt").read_text().startswith("Verdict, round 1 vs base") and "judged by self" in (out / "summary.txt").read_text()
+
+
 def test_a_round_on_a_datasets_folder_reports_its_pairs(tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image

@@ -32,7 +32,7 @@ from hermesflow.errors import UsageError
 from hermesflow.progress import phase
 from hermesflow.records import QUESTION_TYPES, QUESTIONS_HINT, EvalItem, HomologousData
 from hermesflow.results import Evaluation, Interval, PerExample
-from hermesflow.stats import cluster_mean_ci, mean_ci
+from hermesflow.stats import DIFFERENCE, SHARE, cluster_mean_ci, mean_ci
 
 
 def data_eval_items(data: HomologousData, n: int) -> list[EvalItem]:
@@ -107,13 +107,13 @@ def evaluate(backbone: Backbone, items: list[EvalItem], sampling: GenerationConf
     result = Evaluation(
         n_examples=n, n_questions=len(qas),
         judges={"understanding": "answers vs truth", "generation": judge.name if judge is not None else "self"},
-        understanding_score=Interval.of(cluster_mean_ci(und_c, counts)),
-        generation_score=Interval.of(cluster_mean_ci(gen_c, counts)),
-        gap=Interval.of(cluster_mean_ci(und_c - gen_c, counts)),
+        understanding_score=Interval.of(cluster_mean_ci(und_c, counts, SHARE)),
+        generation_score=Interval.of(cluster_mean_ci(gen_c, counts, SHARE)),
+        gap=Interval.of(cluster_mean_ci(und_c - gen_c, counts, DIFFERENCE)),
         understanding_prior=float(np.mean(prior_correct)),
-        understanding_score_per_image=Interval.of(mean_ci(und)),
-        generation_score_per_image=Interval.of(mean_ci(gen)),
-        gap_per_image=Interval.of(mean_ci(und - gen)),
+        understanding_score_per_image=Interval.of(mean_ci(und, SHARE)),
+        generation_score_per_image=Interval.of(mean_ci(gen, SHARE)),
+        gap_per_image=Interval.of(mean_ci(und - gen, DIFFERENCE)),
         understanding_prior_per_image=float(prior.mean()),
         understanding_by_type=_by_type(und_correct, types),
         generation_by_type=_by_type(gen_correct, types),

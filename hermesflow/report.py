@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -216,6 +217,7 @@ def _plot_training(curves: dict[str, list[dict]], path: Path) -> None:
                         label=f"{key}, {name}" if len(curves) > 1 or len(series) > 1 else name)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=6, ncol=2)

@@ -28,21 +28,34 @@ def mean_by(rows, values, n: int) -> np.ndarray:
     return totals / np.maximum(counts, 1)
 
 
-def mean_ci(values: np.ndarray) -> dict:
-    """Mean and 95% normal interval of per-example scores."""
+SHARE, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)  # the ranges a share of right answers, and a difference of two, can take
+
+
+def _within(mean: float, half: float, bounds: tuple[float, float] | None) -> dict:
+    """The interval mean ± half, cut to `bounds` (the values the quantity can take: a normal interval
+    for a share of 1 right answer in 4 would otherwise reach below zero)."""
+    lo, hi = mean - half, mean + half
+    if bounds is not None and not math.isnan(half):
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"mean": mean, "ci95": [float(lo), float(hi)]}
+
+
+def mean_ci(values: np.ndarray, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean and 95% normal interval of per-example scores (cut to `bounds`, if given)."""
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean())
     half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return {"mean": mean, "ci95": [mean - half, mean + half]}
+    return _within(mean, half, bounds)
 
 
-def cluster_mean_ci(totals: np.ndarray, counts: np.ndarray) -> dict:
+def cluster_mean_ci(totals: np.ndarray, counts: np.ndarray, bounds: tuple[float, float] | None = None) -> dict:
     """Per-question mean Σ totals / Σ counts of items holding `counts[i]` questions that add up to
     `totals[i]` (right answers, or a paired difference of them), with a 95% normal interval
     clustered by item: the ratio estimator's linearised variance
         var(r) = n / (n - 1) · Σ_i (totals_i − r · counts_i)² / (Σ_i counts_i)²
     (Cochran, Sampling Techniques, §6.4), so questions of one item count as one draw. Zero width when
-    every item's total is r times its count (e.g. a difference of identical evaluations)."""
+    every item's total is r times its count (e.g. a difference of identical evaluations). `bounds`:
+    the range the mean can take (SHARE, DIFFERENCE), to which the interval is cut."""
     totals, counts = np.asarray(totals, dtype=np.float64), np.asarray(counts, dtype=np.float64)
     if totals.shape != counts.shape or totals.ndim != 1:
         raise ValueError(f"totals and counts must be 1-d of one length, got {totals.shape} and {counts.shape}")
@@ -53,7 +66,7 @@ def cluster_mean_ci(totals: np.ndarray, counts: np.ndarray) -> dict:
     if n < 2:
         return {"mean": r, "ci95": [float("nan"), float("nan")]}
     half = 1.96 * math.sqrt(n / (n - 1) * float(((totals - r * counts) ** 2).sum())) / m
-    return {"mean": r, "ci95": [r - half, r + half]}
+    return _within(r, half, bounds)
 
 
 # What paired_difference compares: per item, the right answers of each evaluation (a function of its

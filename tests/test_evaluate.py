@@ -232,3 +232,14 @@ def test_numbers_at_chance_are_flagged_in_the_metrics_and_the_table():
     assert at_chance.to_json()["warnings"] == at_chance.warnings and format_table(at_chance).startswith("WARNING: understanding is at chance")
     fine = Evaluation.from_json({**metrics, "understanding_prior": 0.2, "judges": {**metrics["judges"], "generation": "oracle"}})
     assert fine.warnings == [] and "warnings" not in fine.to_json()
+
+
+def test_an_interval_of_a_share_stays_between_zero_and_one():
+    from hermesflow.stats import DIFFERENCE, SHARE, cluster_mean_ci, mean_ci
+
+    one_in_eight = cluster_mean_ci(np.array([1.0, 0, 0, 0]), np.array([2.0, 2, 2, 2]), SHARE)
+    assert one_in_eight["mean"] == 0.125 and one_in_eight["ci95"][0] == 0.0 < one_in_eight["ci95"][1] < 1  # not -0.12
+    unbounded = cluster_mean_ci(np.array([1.0, 0, 0, 0]), np.array([2.0, 2, 2, 2]))
+    assert unbounded["ci95"][0] < 0 and unbounded["ci95"][1] == one_in_eight["ci95"][1]
+    assert mean_ci(np.array([1.0, 1, 1, 0.9]), SHARE)["ci95"][1] == 1.0
+    assert cluster_mean_ci(np.array([-2.0, -2, -1, -2]), np.array([2.0, 2, 2, 2]), DIFFERENCE)["ci95"][0] == -1.0

@@ -20,7 +20,7 @@ from hermesflow.errors import DataError
 from hermesflow.options import DataOptions
 from hermesflow.records import QA, EvalItem, HomologousData, Record
 from hermesflow.results import Evaluation, Interval, Part
-from hermesflow.stats import cluster_mean_ci, mean_by
+from hermesflow.stats import DIFFERENCE, SHARE, cluster_mean_ci, mean_by
 from hermesflow.world.holdout import describe as describe_holdout
 from hermesflow.world.holdout import is_held_out
 from hermesflow.world.oracle import parse_batch
@@ -113,7 +113,8 @@ class ShapesWorld:
             return result
 
         def part(keep: np.ndarray) -> Part:
-            scores = [cluster_mean_ci(totals[keep], counts[keep]) if keep.any() else None for totals in (und_c, gen_c, und_c - gen_c)]
+            scores = [cluster_mean_ci(totals[keep], counts[keep], bounds) if keep.any() else None
+                      for totals, bounds in ((und_c, SHARE), (gen_c, SHARE), (und_c - gen_c, DIFFERENCE))]
             return Part(int(keep.sum()), *map(Interval.of, scores),
                         *(geneval_scores(hits[keep], categories[keep]) if hits is not None else (None, None)))
 

@@ -599,3 +599,25 @@ def test_curation_cuts_and_counts_long_captions_or_refuses_them(tmp_path):
     with pytest.raises(DataError, match="is 130 tokens"):
         train_data(roomy, settle(refusing, roomy), tmp_path / "refused", state)
     assert read_homologous(tmp_path / "data").records[0].caption == dpg_length_prompt()
+
+
+def test_the_per_token_choice_score_takes_away_the_sums_pull_towards_short_options_under_phis_bpe(tmp_path, world):
+    """Show-o reads text with Phi-1.5's byte-level BPE: a tiny Show-o with such a tokenizer and Phi's own
+    0.02-std initial weights (it knows nothing), a 3-token option against a 12-token one. Measured: the
+    sum takes the short option 12 times of 12, the mean per token 2 of 12."""
+    backbone = ShowoBackbone.from_pretrained(make_tiny_showo(tmp_path / "bpe", bpe=True))
+    with torch.no_grad():  # Phi's own 0.02-std init: a model that knows nothing, so only the length can decide
+        for p in backbone.showo.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(p.numel()))
+    _, images = world
+    short, long = "a circle", "a red circle above a blue square and a green triangle"
+    lengths = [len(backbone._answer_ids(c)) for c in (short, long)]
+    assert lengths[0] * 3 < lengths[1]
+    prepared = backbone.prepare_images(images)
+    inputs = prepared.repeat(4, *[1] * (prepared.dim() - 1))
+    questions = [q for q in ("what is in the image?", "what does it show?", "describe it.", "what shapes are there?") for _ in images]
+    choices = [[short, long] if i % 2 else [long, short] for i in range(len(questions))]
+    picked = {score: [a == short for a in backbone.answer(inputs, questions, choices, score=score)] for score in ("sum", "mean")}
+    assert sum(picked["sum"]) == len(questions)  # the sum always takes the shorter option
+    assert sum(picked["mean"]) < len(questions)  # per token, the option's length no longer decides alone

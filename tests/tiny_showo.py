@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hermesflow.backbones.magvit2 import MagvitConfig
@@ -46,9 +46,23 @@ def tiny_phi_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=UNK)
 
 
-def tiny_showo_tokenizer() -> PreTrainedTokenizerFast:
-    """`tiny_phi_tokenizer` with [PAD] and Show-o's nine tokens added after its words."""
-    tokenizer = tiny_phi_tokenizer()
+def tiny_phi_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer as Phi-1.5's is (GPT-2's scheme: spaces kept as bytes, nothing added in
+    front), trained here on the shapes world's words and the adapter's prompts, <|endoftext|> first."""
+    defaults = ShowoConfig()
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = [defaults.caption_prompt, defaults.question_template, " ".join(world_words())]
+    backend.train_from_iterator(corpus * 4, trainers.BpeTrainer(vocab_size=500, special_tokens=[ENDOFTEXT], show_progress=False,
+                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT)
+
+
+def tiny_showo_tokenizer(bpe: bool = False) -> PreTrainedTokenizerFast:
+    """`tiny_phi_tokenizer` (or with `bpe`, `tiny_phi_bpe_tokenizer`) with [PAD] and Show-o's nine
+    tokens added after its words."""
+    tokenizer = tiny_phi_bpe_tokenizer() if bpe else tiny_phi_tokenizer()
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})  # as UniversalPrompting extends Phi's tokenizer
     tokenizer.add_tokens(list(SPECIAL_TOKENS))
     return tokenizer
@@ -64,10 +78,11 @@ def tiny_showo_config(text_vocab: int, image_size: int = 32, context: int | None
                        bos_id=0, eos_id=0)
 
 
-def make_tiny_showo(folder: str | Path, seed: int = 0, image_size: int = 32, context: int | None = None) -> Path:
-    """Write a tiny random Show-o folder (config.json, model.safetensors, tokenizer) and return it."""
+def make_tiny_showo(folder: str | Path, seed: int = 0, image_size: int = 32, context: int | None = None, bpe: bool = False) -> Path:
+    """Write a tiny random Show-o folder (config.json, model.safetensors, tokenizer; byte-level BPE with
+    `bpe`) and return it."""
     folder = Path(folder)
-    tokenizer = tiny_showo_tokenizer()
+    tokenizer = tiny_showo_tokenizer(bpe)
     torch.manual_seed(seed)
     model = ShowoBackbone(tiny_showo_config(len(tokenizer) - 1 - len(SPECIAL_TOKENS), image_size, context), tokenizer)
     with torch.no_grad():  # Phi's 0.02-std init gives near-uniform outputs; wider weights make tests sharper

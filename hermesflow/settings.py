@@ -27,6 +27,8 @@ from hermesflow.options import (
 from hermesflow.testbed.options import PretrainConfig  # noqa: F401 (the pretrain verb's settings, listed with the others)
 
 DTYPE_HELP = "precision of sampling and scoring (weights), and of training (bf16 = mixed precision over fp32 weights)"
+# the one-line help of the common flags several verbs share (`-h`; `--help-all` gives the full help)
+OVERWRITE_BRIEF, CAPTION_BRIEF = "start again in an --out made with other settings", "the field holding the caption"
 OVERWRITE_HELP = "delete results in --out made with other settings and start again (without it such a folder is refused)"
 
 
@@ -63,10 +65,10 @@ class EvalConfig:
 
     COMMON = {"model": "model folder", "out": "output folder; the same command again resumes it",
               "n": "eval scenes (or the first n records of --data)", "data": "your data (with questions) instead of the world's",
-              "caption_column": "the field holding the caption", "questions": "question file for records without questions",
+              "caption_column": CAPTION_BRIEF, "questions": "question file for records without questions",
               "judge": "who judges generated images: auto or vlm (--endpoint)", "draw": "the world's selection or test draw",
               "dtype": "fp32 or bf16", "seed": "seed of the eval split and of sampling",
-              "overwrite": "start again in an --out made with other settings"}
+              "overwrite": OVERWRITE_BRIEF}
 
     judge: str = option("auto", "who answers the questions about generated images: auto (the world oracle when every "
                         "record has a scene, else the model itself); vlm (a VLM behind --endpoint, e.g. GPT-4o as in the paper)",
@@ -95,10 +97,10 @@ class CurateConfig:
     """`hermesflow curate`: build one round of homologous preference data with the model itself."""
 
     COMMON = {"model": "model folder", "data": "homologous data with questions", "out": "round folder; the same command again resumes it",
-              "caption_column": "the field holding the caption", "questions": "question file for records without questions",
+              "caption_column": CAPTION_BRIEF, "questions": "question file for records without questions",
               "previous": "the previous round's folder (self-play, Eq. 10)", "round": "round number",
               "n_captions": "captions sampled per record", "n_images": "images sampled per record", "dtype": "fp32 or bf16",
-              "seed": "seed of sampling", "overwrite": "start again in an --out made with other settings"}
+              "seed": "seed of sampling", "overwrite": OVERWRITE_BRIEF}
 
     model: Path = option(None, "model folder", required=True)
     data: Path = option(None, "homologous data (data.jsonl or its folder) with qa", required=True)
@@ -123,7 +125,7 @@ class TrainConfig:
               "loss_type": "Eq. 12's sum, Eq. 6's product, one branch, or joint", "train_steps": "optimizer steps",
               "batch_size": "pairs per step", "lr": "learning rate", "lora_r": "LoRA rank; 0 trains every weight",
               "dtype": "fp32, or bf16 mixed precision", "seed": "seed of batch order and masks",
-              "overwrite": "start again in an --out made with other settings"}
+              "overwrite": OVERWRITE_BRIEF}
 
     model: Path = option(None, "policy's starting model folder (also the reference)", required=True)
     data: Path = option(None, "the homologous data the round was curated from", required=True)
@@ -146,14 +148,14 @@ class RunConfig:
     COMMON = {"out": "run folder; the same command again resumes it", "preset": "quick (minutes), default, or paper (the paper's recipe)",
               "model": "base model folder (default: the shipped base)",
               "data": "your homologous data (default: world train records)",
-              "n_train": "world train records when --data is not given", "caption_column": "the field holding the caption",
+              "n_train": "world train records when --data is not given", "caption_column": CAPTION_BRIEF,
               "questions": "question file for records without questions (`hermesflow questions` writes one)",
               "rounds": "self-play rounds", "n_captions": "captions sampled per record", "n_images": "images sampled per record",
               "train_steps": "optimizer steps per round", "lr": "learning rate", "lora_r": "LoRA rank; 0 trains every weight",
               "eval_n": "eval scenes (or records of --eval-data)", "eval_data": "your data to evaluate on instead of the world's",
               "base_eval": "a `hermesflow eval` folder of the base model, reused if its settings match",
               "judge": "who judges generated images: auto or vlm (--endpoint)", "dtype": "fp32, or bf16 mixed precision",
-              "seed": "seed of everything", "overwrite": "start again in an --out made with other settings"}
+              "seed": "seed of everything", "overwrite": OVERWRITE_BRIEF}
 
     out: Path = option(None, "run folder", required=True, changes_results=False)
     preset: str = option("default", "default: the built-in model's recipe; paper: the paper's Show-o recipe (AdamW lr 2e-5, "
@@ -206,7 +208,7 @@ class AblateConfig:
               "seeds": "seeds per arm (0: the preset's)", "n_train": "world train records to curate (0: the preset's)",
               "eval_n": "eval scenes (0: the preset's)", "eval_draw": "selection (to choose) or test (to report)",
               "model": "base model folder (default: the shipped base)", "dtype": "fp32, or bf16 mixed precision",
-              "overwrite": "start again in an --out made with other settings"}
+              "overwrite": OVERWRITE_BRIEF}
 
     out: Path = option(None, "ablation folder", required=True, changes_results=False)
     arms: Path = option(None, "YAML file of arms: name: {setting: value, ..., rounds: N} (settings of the training and curation "

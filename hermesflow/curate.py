@@ -217,9 +217,10 @@ def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: C
     batches = [records[i : i + s.curate_batch_size] for i in range(0, len(records), s.curate_batch_size)]
     mine = [(b, batch) for b, batch in enumerate(batches) if b % processes == rank]
     todo = [(b, batch) for b, batch in mine if not all(r.id in done for r in batch)]
+    total = sum(len(batch) for _, batch in mine)
     # counts records; starts at those done before, so its rate and estimate come from this process's work
-    bar = tqdm(total=sum(len(batch) for _, batch in mine), initial=sum(len(batch) for _, batch in mine) - sum(len(batch) for _, batch in todo),
-               desc=f"curate round {s.round + 1}", unit="record", disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=total - sum(len(batch) for _, batch in todo), desc=f"curate round {s.round + 1}", unit="record",
+               disable=rank != 0, dynamic_ncols=True)
     with open(shard, "a", encoding="utf-8") as f, bar:
         for b, batch in todo:
             seed = s.seed * 1_000_003 + s.round * 10_007 + b

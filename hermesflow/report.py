@@ -37,7 +37,6 @@ from hermesflow.prefs import read_prefs  # noqa: E402
 from hermesflow.records import GENEVAL_CATEGORIES as CATEGORIES  # noqa: E402
 from hermesflow.results import Evaluation, Interval  # noqa: E402
 from hermesflow.stats import paired_difference, wilson  # noqa: E402
-from hermesflow.world.render import sheet_image  # noqa: E402
 
 SECTIONS = ("Scores per round", "Change from the base model", "GenEval categories", "Training", "Self-judge agreement",
             "Kept and dropped pairs", "Preference pairs", "Evaluation samples", "Run details")
@@ -416,6 +415,13 @@ def build_report(run: str | Path, gallery_size: int = 8, world: World | None = N
     return out / "index.html"
 
 
+def _sheet_image(sheet: Image.Image, index: int, columns: int = 8) -> Image.Image:
+    """Image `index` of an evaluation's sample sheet (`generated.png`: square cells, `columns` to a row)."""
+    side = sheet.width // columns
+    row, column = divmod(index, columns)
+    return sheet.crop((column * side, row * side, (column + 1) * side, (row + 1) * side))
+
+
 def _side_by_side(rounds: list[tuple[str, Path]], results: list[Evaluation], out: Path, n: int = 8) -> dict | None:
     """The first `n` eval prompts as drawn by each evaluated model, cut from their sample sheets, with the
     judge's score of each image (the share of the item's questions it found satisfied)."""
@@ -429,7 +435,7 @@ def _side_by_side(rounds: list[tuple[str, Path]], results: list[Evaluation], out
         with Image.open(folder / "eval" / "generated.png") as sheet:
             for i, row in enumerate(rows):
                 file = f"side/{folder.name}-{i}.png"
-                sheet_image(sheet, i).save(out / file)
+                _sheet_image(sheet, i).save(out / file)
                 score = e.per_example.generation[i] if e.per_example else None
                 row["cells"].append({"file": file, "score": score})
     return {"models": [name for name, _, _ in drawn], "rows": rows, "judge": results[-1].judges["generation"]}

@@ -24,9 +24,11 @@ def arms_file(tmp_path: Path, text: str) -> Path:
 
 def test_the_shipped_recipes_file_loads():
     arms = {a.name: a for a in load_arms(REPO / "experiments" / "recipes.yaml")}
-    assert {"base_recipe", "paper_sum", "product_no_nll", "dpo_und", "dpo_gen"} <= set(arms)
+    assert {"default", "base_recipe", "paper_sum", "product_no_nll", "dpo_und", "dpo_gen", "dpop_gen", "grpo"} <= set(arms)
+    assert arms["default"].settings == {} and arms["default"].rounds == 3  # the control, with its self-play rounds
     assert arms["base_recipe"].settings == {"gen_objective": "dpo"}
-    assert arms["paper_sum"].settings == {"loss_type": "sum", "beta_und": 0.2, "beta_gen": 0.2, "sft_und": 0.0, "sft_gen": 0.0}
+    assert arms["paper_sum"].settings == {"gen_objective": "dpo", "sft_und": 0.0, "sft_gen": 0.0}  # the rest is the default's
+    assert arms["grpo"].settings["recipe"] == "grpo"
     assert {name for name, a in arms.items() if a.curates} == {"perturbed", "oracle_pairs"}  # curation settings: own round 0
     assert arms["gen_sft"].settings == {"gen_objective": "sft"}
 

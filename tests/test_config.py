@@ -76,11 +76,12 @@ def test_whether_a_setting_changes_results_is_metadata_on_its_field():
     assert free == {"out", "rounds", "preset", "overwrite", "report_to", "save_every", "max_nonfinite", "log_branch_grad_norms",
                     "endpoint", "api_key_env", "timeout", "retries", "backoff", "workers", "api_cache", "json_schema",
                     "long_text",  # refuse finishes only where truncate would cut nothing
-                    "max_pixels"}  # a refused image stops the run; an admitted one reads the same
+                    "max_pixels",  # a refused image stops the run; an admitted one reads the same
+                    "base_eval"}  # taken only when its settings are the run's own
 
 
 def test_presets_are_yaml_files_in_the_package_loaded_like_config_files():
-    assert config.preset_names("run") == ("default", "paper")
+    assert config.preset_names("run") == ("default", "paper", "quick")
     assert config.preset_names("pretrain") == ("default", "micro")
     assert config.preset_names("ablate") == ("full", "quick")
     micro = config.complete(PretrainConfig, {"out": Path("x"), "preset": "micro", "steps": 7})

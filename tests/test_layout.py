@@ -19,12 +19,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hermesflow"
 
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = {
-    "base": ("__init__", "errors", "io", "config", "options", "stages", "accel", "api", "results", "stats"),
+    "base": ("__init__", "errors", "io", "config", "options", "stages", "accel", "api", "results", "stats", "progress"),
     "records": ("records", "sources", "data", "tifa", "importer", "prefs"),
     "backbones": ("backbones",),
     "method": ("losses", "selfplay", "scorers", "judges", "loop"),
     "components": ("curate", "train", "grpo", "evaluate", "report", "questions", "benchmarks", "convert_showo"),
-    "recipes": ("recipes", "settings"),
+    "recipes": ("recipes", "settings", "status"),
     "cli": ("cli", "__main__"),
 }
 # Beside the method: the shapes world (its own floor, above the records it writes), and the built-in

@@ -84,20 +84,9 @@ def to_world_size(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX))
 
 
-SHEET_CELL, SHEET_SCALE = IMAGE_SIZE + 2, 4  # a sample sheet's cell: the image and a 1-pixel border, enlarged 4 times
-
-
 def save_sample_sheet(path, images: np.ndarray, columns: int = 8, rows: int = 4) -> None:
     """A grid of the first generated images (shown at 32x32), enlarged, for a person to look at."""
     shown = np.stack([to_world_size(image) for image in images[: columns * rows]])
     pad = np.pad(shown, ((0, columns * rows - len(shown)), (1, 1), (1, 1), (0, 0)), constant_values=90)
-    cell = SHEET_CELL
-    grid = pad.reshape(rows, columns, cell, cell, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cell, columns * cell, 3)
-    Image.fromarray(upscale(grid, SHEET_SCALE)).save(path)
-
-
-def sheet_image(sheet: Image.Image, index: int, columns: int = 8) -> Image.Image:
-    """Image `index` (with its border) of a sheet written by `save_sample_sheet`."""
-    side = SHEET_CELL * SHEET_SCALE
-    row, column = divmod(index, columns)
-    return sheet.crop((column * side, row * side, (column + 1) * side, (row + 1) * side))
+    grid = pad.reshape(rows, columns, 34, 34, 3).transpose(0, 2, 1, 3, 4).reshape(rows * 34, columns * 34, 3)
+    Image.fromarray(upscale(grid, 4)).save(path)

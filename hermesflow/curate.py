@@ -96,9 +96,10 @@ def check_curation_data(data: HomologousData, s: CurationOptions, world: World |
 
 
 def curate_batch(backbone: Backbone, similarity, records: list[Record], previous: dict[str, Preference],
-                 s: CurationSettings, batch_seed: int, world: World | None = None) -> list[Preference]:
+                 s: CurationSettings, batch_seed: int, world: World | None = None, judge: Backbone | None = None) -> list[Preference]:
     """Preference records for one batch of records (see the module docstring); `world`, where the
-    data has one, judges the images too and perturbs captions."""
+    data has one, judges the images too and perturbs captions; `judge` (default: `backbone`) is the
+    model whose answers rank the images."""
     inputs = backbone.prepare_images([r.load_image() for r in records])
     caption_gen = GenerationConfig(temperature=s.caption_temperature, top_k=s.caption_top_k, seed=batch_seed)
     captions = backbone.sample_captions(inputs, s.n_captions, caption_gen)
@@ -114,7 +115,7 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         other = dict(zip(drawn, backbone.generate([perturbed[i] for i in drawn], 1, GenerationConfig(
             guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed + 7_919)).cpu()))
     # Each record's candidates: its n new images, then either the image of its perturbed caption or
-    # (from round 1 on) the previous pair, which is judged again by the current model so that
+    # (from round 1 on) the previous pair, which is judged again by this round's judge so that
     # Eq. 10 compares scores of one judge.
     candidates = []
     for i, record in enumerate(records):
@@ -127,8 +128,9 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     owners = [i for i, c in enumerate(candidates) for _ in c]
     all_tokens = torch.tensor([t for c in candidates for t in c])
     qa = tuple(r.qa for r in records)
-    judge = self_vqa(backbone, backbone.prepare_generated(all_tokens), qa, owners, s.choice_score)
-    self_acc, graded = judge.accuracy.tolist(), judge.graded.tolist()
+    judge = judge or backbone
+    scores = self_vqa(judge, judge.prepare_generated(all_tokens), qa, owners, s.choice_score)
+    self_acc, graded = scores.accuracy.tolist(), scores.graded.tolist()
     # the oracle judges only data it knows (the world's scenes): to measure the self-judge, or to
     # rank the images itself in the oracle control
     judged = world is not None and all(world.knows(r) for r in records)
@@ -198,8 +200,10 @@ def _choose(previous: Pair | None, samples: list[Sample], threshold: float | Non
 
 
 def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: CurationSettings,
-           previous: dict[str, Preference], rank: int = 0, processes: int = 1, world: World | None = None) -> None:
-    """Curate this process's share of the batches into its shard (resumable); `world` as in `curate_batch`."""
+           previous: dict[str, Preference], rank: int = 0, processes: int = 1, world: World | None = None,
+           judge: Backbone | None = None) -> None:
+    """Curate this process's share of the batches into its shard (resumable); `world` and `judge` as in
+    `curate_batch`."""
     check_curation_data(data, s, world)
     if rank == 0 and s.pair_source == "oracle":
         say(f"pair source: the world's oracle ranks the images ({NOT_SELF_CURATED})")
@@ -224,7 +228,7 @@ def curate(backbone: Backbone, similarity, data: HomologousData, out: Path, s: C
     with open(shard, "a", encoding="utf-8") as f, bar:
         for b, batch in todo:
             seed = s.seed * 1_000_003 + s.round * 10_007 + b
-            new = [p for p in curate_batch(backbone, similarity, batch, previous, s, seed, world) if p.id not in done]
+            new = [p for p in curate_batch(backbone, similarity, batch, previous, s, seed, world, judge) if p.id not in done]
             f.write("".join(to_line(p) for p in new))
             f.flush()
             bar.update(len(batch))

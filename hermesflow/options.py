@@ -78,6 +78,9 @@ class CurationOptions:
     rejected_from: str = option("samples", "samples: the worst sample is rejected; perturbed: an image drawn for the caption with one "
                                 "attribute swapped (colour, shape, count or relation; world-phrased captions only)",
                                 choices=("samples", "perturbed"))
+    judge_model: str = option("policy", "whose answers rank the images in rounds after the first: policy (the model being trained, "
+                              "the paper's) or base (the run's starting model, frozen, so the judge does not drift with the "
+                              "policy; loaded beside it)", choices=("policy", "base"))
     curate_batch_size: int = option(16, "records per curation batch", minimum=1)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))

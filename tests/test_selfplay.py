@@ -281,7 +281,7 @@ def tiny(tmp_path_factory):
     return root, load_backbone(root / "model").eval(), read_homologous(write_world(root / "data", n=6, seed=1, split="train"))
 
 
-def curated(tiny, name: str, round_index: int = 0, previous=None, **options):
+def curated(tiny, name: str, round_index: int = 0, previous=None, judge=None, **options):
     from hermesflow.curate import CurationSettings, curate, merge
     from hermesflow.prefs import read_prefs
 
@@ -289,9 +289,48 @@ def curated(tiny, name: str, round_index: int = 0, previous=None, **options):
     s = CurationSettings(n_captions=2, n_images=4, steps=2, curate_batch_size=6, min_chosen_accuracy=0.0,
                          round=round_index, **options)
     with torch.no_grad():
-        curate(backbone, LengthSimilarity(), data, root / name, s, previous or {}, world=WORLD)
+        curate(backbone, LengthSimilarity(), data, root / name, s, previous or {}, world=WORLD, judge=judge)
     manifest = merge(root / name, data, 1, {})
     return read_prefs(root / name), manifest
+
+
+def test_a_frozen_judge_ranks_the_policys_images_with_its_own_answers(tiny):
+    """--judge-model base: the images are the policy's, the self-VQA scores the judge's (issue 21's
+    candidate: a judge that does not drift with the policy)."""
+    from hermesflow.judges import self_vqa
+    from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
+
+    root, policy, data = tiny
+    torch.manual_seed(1)
+    judge = UnifiedModel(UnifiedConfig(d_model=32, n_layers=2, n_heads=2)).eval()
+    own, _ = curated(tiny, "policy-judged", judge_model="base")
+    frozen, _ = curated(tiny, "base-judged", judge=judge, judge_model="base")
+    records = list(data.records)
+    for r in records:
+        a, b = own[r.id], frozen[r.id]
+        assert a.und == b.und  # the same samples (captions are scored by the sentence encoder, not the judge)
+        if a.has("gen") and b.has("gen"):  # the images are the policy's either way ...
+            assert {a.gen.chosen, a.gen.rejected} <= set(map(tuple, policy_images(tiny, r))) >= {b.gen.chosen, b.gen.rejected}
+    # ... and the scores are the judge's own answers about them
+    images = torch.tensor([t for r in records for t in policy_images(tiny, r)])
+    owners = [i for i, _ in enumerate(records) for _ in range(4)]
+    with torch.no_grad():
+        expected = self_vqa(judge, judge.prepare_generated(images), tuple(r.qa for r in records), owners)
+    assert [x for r in records for x in frozen[r.id].self_scores] == pytest.approx(expected.accuracy.tolist())
+    assert [x for r in records for x in frozen[r.id].graded_scores] == pytest.approx(expected.graded.tolist(), abs=1e-6)
+    assert [x for r in records for x in own[r.id].graded_scores] != pytest.approx(expected.graded.tolist(), abs=1e-6)
+
+
+def policy_images(tiny, record) -> list[list[int]]:
+    """The 4 images the policy draws for `record` in `curated`'s only batch (the same seed as curation's)."""
+    from hermesflow.backbones import GenerationConfig
+
+    _, policy, data = tiny
+    records = list(data.records)
+    with torch.no_grad():
+        tokens = policy.generate([r.caption for r in records], 4, GenerationConfig(guidance=None, steps=2, seed=0))
+    i = records.index(record)
+    return tokens[i * 4 : (i + 1) * 4].tolist()
 
 
 def test_graded_curation_ranks_by_the_graded_score_and_stores_both(tiny):

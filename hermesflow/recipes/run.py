@@ -41,7 +41,7 @@ from hermesflow.options import ApiOptions
 from hermesflow.prefs import PREFS, read_prefs
 from hermesflow.records import QUESTIONS_HINT, EvalItem, HomologousData
 from hermesflow.results import Evaluation
-from hermesflow.settings import RunConfig
+from hermesflow.settings import CurateConfig, RunConfig
 from hermesflow.stages import claim, clear, differences, file_digest, refusal, say, settings_file
 from hermesflow.train import examples_from, train
 from hermesflow.world.build import draw_seed, world_eval_items, write_world
@@ -68,8 +68,10 @@ def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir
     others is refused unless `cfg.overwrite`."""
     settings = curation_settings(settle(cfg, backbone), round_index)
     fingerprint = backbone.fingerprint()
+    judge = round_judge(cfg, settings, state)
     stage = {**config.to_dict(settings), "model": fingerprint, "model_type": backbone.model_type,
-             "data": file_digest(data.path), "previous": file_digest(Path(previous_dir) / PREFS) if previous_dir else None}
+             "data": file_digest(data.path), "previous": file_digest(Path(previous_dir) / PREFS) if previous_dir else None,
+             **({"judge": judge.fingerprint()} if judge is not None else {})}
     label = f"round {round_index + 1} curation"
     if state.is_main_process:
         reused = claim(round_dir, "curate", label, stage, CURATE_OUTPUTS, cfg.overwrite)
@@ -79,7 +81,7 @@ def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir
     if (round_dir / MANIFEST).exists():
         return json.loads((round_dir / MANIFEST).read_text())
     previous = read_prefs(previous_dir) if previous_dir is not None else {}
-    curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes, WORLD)
+    curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes, WORLD, judge)
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
@@ -94,6 +96,19 @@ def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir
         })
     state.wait_for_everyone()
     return json.loads((round_dir / MANIFEST).read_text())
+
+
+def round_judge(cfg, settings: CurationSettings, state) -> Backbone | None:
+    """With --judge-model base, the frozen judge of the rounds after the first: the run's starting model
+    (None: the policy judges, as always in the first round, where the two are one)."""
+    if settings.judge_model == "policy" or settings.round == 0:
+        return None
+    if isinstance(cfg, CurateConfig):
+        raise UsageError("--judge-model base: `hermesflow curate` does not know the run's starting model; "
+                         "curate later rounds with `hermesflow run` (or judge with the policy)")
+    judge = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()
+    settle(cfg, judge)  # it reads over-long prompts as the policy does
+    return judge
 
 
 def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, state, out: Path | None = None) -> Backbone:

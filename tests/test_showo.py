@@ -604,7 +604,9 @@ def test_curation_cuts_and_counts_long_captions_or_refuses_them(tmp_path):
 def test_the_per_token_choice_score_takes_away_the_sums_pull_towards_short_options_under_phis_bpe(tmp_path, world):
     """Show-o reads text with Phi-1.5's byte-level BPE: a tiny Show-o with such a tokenizer and Phi's own
     0.02-std initial weights (it knows nothing), a 3-token option against a 12-token one. Measured: the
-    sum takes the short option 12 times of 12, the mean per token 2 of 12."""
+    sum takes the short option 12 times of 12, the mean per token 2 of 12. (With the wider random weights
+    of `make_tiny_showo` the mean took it 12 of 12 too: a model with preferences of its own cannot
+    show the tokenizer's pull apart from them.)"""
     backbone = ShowoBackbone.from_pretrained(make_tiny_showo(tmp_path / "bpe", bpe=True))
     with torch.no_grad():  # Phi's own 0.02-std init: a model that knows nothing, so only the length can decide
         for p in backbone.showo.parameters():

@@ -210,13 +210,18 @@ def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, 
                             lambda: vlm_judge(cfg.eval.judge, cfg.api, folder), eval_settings(cfg, seed), cfg.overwrite)
 
 
+def eval_stage(backbone: Backbone, settings: dict) -> dict:
+    """What an evaluation folder records as having made it: the model and the evaluation's settings."""
+    return {"model": backbone.fingerprint(), "model_type": backbone.model_type, **settings}
+
+
 def evaluation_stage(backbone: Backbone, folder: Path, items, gen: GenerationConfig, similarity, vlm, settings: dict,
                      overwrite: bool, outputs: tuple[str, ...] = EVAL_OUTPUTS) -> Evaluation:
     """An evaluation as a resumable stage (`hermesflow run`'s and `hermesflow eval`'s): `folder` records
     the model and `settings`; a finished one with the same is reused, one with others refused unless
     `overwrite`. `items()` and `vlm()` give the eval items and the VLM judge (or None) when there is work."""
     path = folder / "metrics.json"
-    stage = {"model": backbone.fingerprint(), "model_type": backbone.model_type, **settings}
+    stage = eval_stage(backbone, settings)
     if claim(folder, "eval", "an evaluation", stage, outputs, overwrite) and path.exists():
         say(f"reusing the evaluation {path}")
         return Evaluation.read(path)
@@ -369,7 +374,7 @@ def check_base_eval(backbone: Backbone, cfg: RunConfig) -> None:
     if not all((folder / name).is_file() for name in BASE_EVAL_FILES):
         raise UsageError(f"--base-eval {folder}: not a finished `hermesflow eval` folder (needs {', '.join(BASE_EVAL_FILES)})")
     saved = json.loads(settings_file(folder, "eval").read_text(encoding="utf-8"))["settings"]
-    wanted = {"model": backbone.fingerprint(), "model_type": backbone.model_type, **eval_settings(cfg, cfg.seed)}
+    wanted = eval_stage(backbone, eval_settings(cfg, cfg.seed))
     changed = differences(saved, wanted)
     if changed:
         raise UsageError(f"--base-eval {folder}: evaluated otherwise than this run's base evaluation would be (its value -> the run's):\n  "

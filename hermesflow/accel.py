@@ -19,15 +19,16 @@ def cpu_only() -> bool:
 
 def check_launch(env: dict | None = None) -> None:
     """Refuse, in one line, a launch that would silently run as something else:
-    - accelerate's FSDP or DeepSpeed plugin configs (HermesFlow shards nothing yet: on CPU accelerate
-      turns FSDP into plain DDP without a word, and a plugin would wrap models our loop saves whole);
+    - accelerate's FSDP or DeepSpeed plugin configs (on CPU accelerate turns FSDP into plain DDP without
+      a word, and a plugin would wrap models our loop saves whole; HermesFlow shards with FSDP2 itself,
+      --sharding fsdp);
     - `accelerate launch` with a config of several processes that started one (its CPU launcher
       does: it sets the rendezvous address but starts a single process, which then trains alone)."""
     env = os.environ if env is None else env
     for flag, plugin in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         if env.get(flag, "").lower() == "true":
-            raise UsageError(f"accelerate's {plugin} plugin config is not supported: HermesFlow trains with DDP only (sharded "
-                             "training is not built yet); launch with a multi-GPU config or torchrun instead")
+            raise UsageError(f"accelerate's {plugin} plugin config is not supported: launch with a multi-GPU config or torchrun, "
+                             "and shard with --sharding fsdp (PyTorch's FSDP2, applied by HermesFlow itself)")
     if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
         raise UsageError("accelerate launch started one process though its config asks for several (its CPU launcher "
                          "does); run several CPU processes with torchrun --nproc_per_node N -m hermesflow ...")

@@ -175,6 +175,8 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
     settings. Writes `out/metrics.jsonl`; returns the backbone.
     With --grpo-beta-kl the reference is the backbone as passed in (the round's starting model), so a
     resumed run is given the same starting model, as a round's training is."""
+    if training.sharding != "ddp":  # its sampling calls the model outside the forward that gathers sharded weights
+        raise UsageError("--recipe grpo with --sharding fsdp is not built yet: train GRPO with --sharding ddp")
     records = [r for r in records if r.qa]
     if not records:
         raise UsageError(f"GRPO rewards images by the records' questions: no record has any; {QUESTIONS_HINT}")

@@ -23,9 +23,10 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from hermesflow.accel import check_launch, cpu_only
-from hermesflow.errors import HermesFlowError
+from hermesflow.errors import HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json, keep_rows_up_to
 from hermesflow.options import TrainingOptions
+from hermesflow.sharding import check_sharding, load_state, save_state, shard
 from hermesflow.stages import say
 
 
@@ -72,36 +73,63 @@ class TrainingLoop:
         factor = lr_lambda(training.warmup, training.train_steps)
         self.lr_at = lr_at or (lambda step: training.lr * factor(step))
         self.accelerator = make_accelerator(dtype, training.report_to, cpu)
+        check_sharding(training.sharding, self.accelerator.num_processes)
         self.state_dir = self.out / "state"
         self.start = self.skipped = self._in_a_row = 0
-        self.opt = None
+        self.opt = self.policy = None
         self._metrics = None
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def prepare(self, policy: nn.Module) -> tuple[nn.Module, nn.Module]:
-        """AdamW over the policy's trainable parameters, prepared by the accelerator with the policy;
-        then the saved state, if any. Returns (policy, the unwrapped policy)."""
+    @property
+    def sharded(self) -> bool:
+        return self.training.sharding == "fsdp"
+
+    def prepare(self, policy: nn.Module, units: list[nn.Module] = ()) -> tuple[nn.Module, nn.Module]:
+        """AdamW over the policy's trainable parameters, prepared by the accelerator with the policy
+        (with --sharding fsdp: the policy sharded over the processes, each of `units` on its own, and
+        only the optimizer prepared); then the saved state, if any. Returns (policy, the unwrapped policy)."""
         policy.train()
-        t = self.training
+        t, accelerator = self.training, self.accelerator
+        if self.sharded:
+            shard(policy, list(units))
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay,
                                      betas=self.betas)
-        policy, self.opt = self.accelerator.prepare(policy, self.opt)
+        if self.sharded:
+            self.opt = accelerator.prepare(self.opt)
+        else:
+            policy, self.opt = accelerator.prepare(policy, self.opt)
+        self.policy = policy
         if (self.state_dir / "step.json").exists():
-            # a state saved before the rate followed from the step holds its scheduler: redundant now, and
-            # accelerate refuses a folder whose custom objects it was not told of
-            old_scheduler = self.state_dir / "custom_checkpoint_0.pkl"
-            if self.main and old_scheduler.exists():
-                old_scheduler.unlink()
-            self.accelerator.wait_for_everyone()
-            self.accelerator.load_state(str(self.state_dir))
             saved = json.loads((self.state_dir / "step.json").read_text())
+            self._check_state(saved)
+            if self.sharded:
+                load_state(policy, self.opt.optimizer, self.state_dir)
+            else:
+                # a state saved before the rate followed from the step holds its scheduler: redundant now, and
+                # accelerate refuses a folder whose custom objects it was not told of
+                old_scheduler = self.state_dir / "custom_checkpoint_0.pkl"
+                if self.main and old_scheduler.exists():
+                    old_scheduler.unlink()
+                accelerator.wait_for_everyone()
+                accelerator.load_state(str(self.state_dir))
             self.start, self.skipped = saved["step"], saved.get("skipped_nonfinite", 0)
             if self.main:
                 say(f"resuming: {self.name} from step {self.start} of {t.train_steps} ({self.state_dir})")
-        return policy, self.accelerator.unwrap_model(policy)
+        return policy, accelerator.unwrap_model(policy)
+
+    def _check_state(self, saved: dict) -> None:
+        """A saved state resumes only as it was saved: a sharded one at its number of processes (its files
+        hold each process's part of the optimizer), an unsharded one unsharded."""
+        sharding, processes = saved.get("sharding", "ddp"), saved.get("processes")
+        if sharding != self.training.sharding:
+            raise UsageError(f"{self.state_dir} was saved with --sharding {sharding}; resume it with --sharding {sharding}, "
+                             f"or start again with a new --out")
+        if self.sharded and processes != self.accelerator.num_processes:
+            raise UsageError(f"{self.state_dir} holds a sharded state of {processes} processes; resume it with {processes} "
+                             f"(this launch has {self.accelerator.num_processes}), or start again with a new --out")
 
     def steps(self, trackers_config: dict | None = None) -> Iterator[int]:
         """The steps still to run, under a progress bar; metrics rows past the resumed step are cut."""
@@ -155,15 +183,20 @@ class TrainingLoop:
             self.save(step + 1)
 
     def save(self, step: int) -> None:
-        """accelerate's save_state into a temporary folder, then swapped in place."""
+        """The state (accelerate's save_state, or the sharded state) into a temporary folder, then swapped in place."""
         accelerator, tmp = self.accelerator, self.state_dir.with_name("state.tmp")
+        meta = {"step": step, "skipped_nonfinite": self.skipped, "sharding": self.training.sharding,
+                "processes": accelerator.num_processes}
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        if self.sharded:
+            save_state(self.policy, self.opt.optimizer, tmp)
+        else:
+            accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if self.main:
-            atomic_write_json(tmp / "step.json", {"step": step, "skipped_nonfinite": self.skipped})
+            atomic_write_json(tmp / "step.json", meta)
             old = self.state_dir.with_name("state.old")
             shutil.rmtree(old, ignore_errors=True)
             if self.state_dir.exists():

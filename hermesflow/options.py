@@ -131,6 +131,9 @@ class TrainingOptions:
     train_steps: int = option(150, "optimizer steps per round", minimum=1)
     batch_size: int = option(8, "global batch (split across processes)", minimum=1)
     max_grad_norm: float = option(1.0, "gradient clipping; 0 = off", minimum=0.0)
+    sharding: str = option("ddp", "how several processes share training: ddp (each holds whole weights) or fsdp (PyTorch's FSDP2: "
+                           "weights, gradients and AdamW state sharded over the processes, each transformer block gathered "
+                           "for its own forward; hermesflow/sharding.py)", choices=("ddp", "fsdp"), changes_results=False)
     lora_r: int = option(0, "LoRA rank; 0 trains every weight. With LoRA the online reference is the model with its adapter disabled", minimum=0)
     lora_alpha: float = option(16.0, "LoRA alpha (scale alpha / r)", minimum=0.0)
     lora_target_modules: str = option("", "comma-separated module names LoRA wraps; empty takes the backbone's defaults")

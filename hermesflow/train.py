@@ -34,6 +34,7 @@ from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
 from hermesflow.options import TrainingOptions
 from hermesflow.prefs import Preference, to_line
 from hermesflow.records import HomologousData, Record
+from hermesflow.sharding import broadcast_from_main, gathered, meta_copy, shard
 
 
 @dataclass(frozen=True)
@@ -317,21 +318,29 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
     for param in backbone.parameters():  # fp32 master weights for what trains; frozen (LoRA base) weights stay as loaded
         if param.requires_grad:
             param.data = param.data.float()
+    if cfg.sharding == "fsdp" and cfg.log_branch_grad_norms:
+        raise UsageError("--log-branch-grad-norms takes gradients of whole weights: train with --sharding ddp to log them")
+    if world > 1:  # before the reference's cache key names the weights
+        broadcast_from_main(backbone.to(accelerator.device))
     policy = PolicyLogps(backbone.to(accelerator.device), branches, estimator_of(backbone, cfg), gen_rejected=not positive_only)
+    frame = meta_copy(backbone) if cfg.sharding == "fsdp" else None  # where the sharded weights are gathered back
     cached, online = reference_branches(cfg, not positive_only)
     refs, reference = None, None
-    if cached:
+    if cached:  # computed with whole weights, before sharding
         refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, dtype, accelerator, out)
     if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
         reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), online, policy.estimator)
-    policy, inner = loop.prepare(policy)
+        if cfg.sharding == "fsdp":
+            shard(reference, reference.backbone.shard_units())
+    policy, inner = loop.prepare(policy, backbone.shard_units() if cfg.sharding == "fsdp" else ())
     opt = loop.opt
     for step in loop.steps({**vars(cfg), "seed": seed, "dtype": dtype}):
         indices = batch_indices(step, len(examples), cfg.batch_size, seed)
         local = [examples[i] for i in indices[rank::world]]
         uncond = dropped_conditions(step, local, cfg.cond_dropout, seed)
         seeds = mask_seeds(local, step, cfg.mask_draws)
-        logps = policy(local, uncond, seeds)
+        with accelerator.autocast():  # as accelerate's prepared forward does; an FSDP policy is not prepared
+            logps = policy(local, uncond, seeds)
         ref = _reference(inner, reference, refs, cached, online, local, uncond, seeds, cfg, accelerator)
         weight = sft_weights(local, cfg.sft_min_accuracy).to(accelerator.device) if positive_only else None
         logs = {b: branch_logps(c, r, ref.get(b), cfg, weight if b == "gen" else None) for b, (c, r) in logps.items()}
@@ -350,12 +359,15 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
         loop.record(step, row, {"loss": f"{row['loss']:.4f}", **{f"{b} margin": f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
                                                                  if f"{b}/rewards/margins" in row}})
     loop.finish()
-    backbone = accelerator.unwrap_model(policy).backbone
-    # DDP should keep every rank's parameters identical; check it rather than trust it.
+    if frame is not None:
+        backbone = gathered(policy, frame, "backbone.")
+    else:
+        backbone = accelerator.unwrap_model(policy).backbone
+    # DDP should keep every rank's parameters identical (gathered FSDP weights are one copy); check it rather than trust it.
     digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])
     identical = bool((accelerator.gather(digest[None]) == digest).all())
     if accelerator.is_main_process:
-        summary = {"steps": cfg.train_steps, "processes": world, "ranks_identical": identical,
+        summary = {"steps": cfg.train_steps, "processes": world, "sharding": cfg.sharding, "ranks_identical": identical,
                    "skipped_nonfinite": loop.skipped, "examples": len(examples), "pair_rows": cfg.pair_rows,
                    "branches": list(branches), "gen_objective": cfg.gen_objective if "gen" in branches else None,
                    "mask_draws": cfg.mask_draws, "sft_norm": cfg.sft_norm,

@@ -77,7 +77,8 @@ def test_whether_a_setting_changes_results_is_metadata_on_its_field():
                     "endpoint", "api_key_env", "timeout", "retries", "backoff", "workers", "api_cache", "json_schema",
                     "long_text",  # refuse finishes only where truncate would cut nothing
                     "max_pixels",  # a refused image stops the run; an admitted one reads the same
-                    "base_eval"}  # taken only when its settings are the run's own
+                    "base_eval",  # taken only when its settings are the run's own
+                    "sharding"}  # like the number of processes: float noise only (tested), and a state resumes only as saved
 
 
 def test_presets_are_yaml_files_in_the_package_loaded_like_config_files():

@@ -180,6 +180,53 @@ def test_training_on_two_processes_matches_one(setup, curated, trained):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3
 
 
+def moved_and_apart(start: dict, a: dict, b: dict) -> tuple[float, float]:
+    """How far training moved the weights (a from start), and how far apart two trainings ended."""
+    return (float(sum(((a[k] - start[k]) ** 2).sum() for k in a) ** 0.5), float(sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5))
+
+
+def test_sharded_training_matches_one_process_and_resumes_exactly_after_a_kill(setup, curated, trained):
+    """--sharding fsdp on two processes: the same model as one process (to DDP's tolerance), written as an
+    ordinary folder; a kill and a rerun end on the same weights; its state resumes only as it was saved."""
+    whole, killed = setup["root"] / "fsdp", setup["root"] / "fsdp-killed"
+    finish(train(setup, curated, whole, 2, "--sharding", "fsdp"))
+    summary = json.loads((whole / "train" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["sharding"] == "fsdp"
+    start, one, sharded = (load_file(d / "model.safetensors") for d in (setup["model"], trained / "model", whole / "model"))
+    assert one.keys() == sharded.keys()
+    moved, apart = moved_and_apart(start, one, sharded)
+    assert moved > 0 and apart / moved < 1e-3, apart / moved
+    kill_when(train(setup, curated, killed, 2, "--sharding", "fsdp"), lambda: (killed / "train" / "state" / "step.json").exists())
+    assert sorted(p.name for p in (killed / "train" / "state").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # each its part
+    for wrong, said in ((train(setup, curated, killed), "was saved with --sharding fsdp; resume it with --sharding fsdp"),
+                        (train(setup, curated, killed, 1, "--sharding", "fsdp"), "--sharding fsdp shards over processes")):
+        _, err = wrong.communicate(timeout=300)
+        assert wrong.returncode == 2 and said in err.strip().splitlines()[-1], err[-2000:]
+    resumed = train(setup, curated, killed, 2, "--sharding", "fsdp")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0 and re.search(r"resuming: training from step \d+ of 12", err), err[-2000:]
+    again = load_file(killed / "model" / "model.safetensors")
+    assert all(torch.equal(sharded[k], again[k]) for k in sharded)
+
+
+def test_sharded_lora_and_bf16_training_match_one_process(setup, curated, tmp_path):
+    """LoRA under FSDP (the adapter disabled is the reference) ends where one process does; bf16 runs in
+    mixed precision on every process, so the first step's policy equals its reference (margin 0)."""
+    for extra in (["--lora-r", "4"], ["--dtype", "bf16"]):
+        name = extra[-1]
+        finish(train(setup, curated, tmp_path / f"one-{name}", 1, *extra))
+        finish(train(setup, curated, tmp_path / f"fsdp-{name}", 2, "--sharding", "fsdp", *extra))
+        rows = {kind: [json.loads(line) for line in (tmp_path / f"{kind}-{name}" / "train" / "metrics.jsonl").read_text().splitlines()]
+                for kind in ("one", "fsdp")}
+        assert rows["fsdp"][0]["gen/rewards/margins"] == 0.0
+        assert abs(rows["fsdp"][0]["loss"] - rows["one"][0]["loss"]) < (1e-5 if name == "4" else 2e-3)
+        if name == "4":
+            start = load_file(setup["model"] / "model.safetensors")
+            one, sharded = (load_file(tmp_path / f"{kind}-4" / "model" / "model.safetensors") for kind in ("one", "fsdp"))
+            moved, apart = moved_and_apart(start, one, sharded)
+            assert moved > 0 and apart / moved < 1e-3, apart / moved
+
+
 ROUNDS = ["--rounds", "2", "--n-train", "16", "--eval-n", "24", "--train-steps", "6", "--save-every", "2", "--batch-size", "4",
           *CURATE]
 

@@ -166,6 +166,9 @@ class Backbone(Protocol):
     def trainable_module(self) -> nn.Module:
         """The module whose parameters training updates (and PEFT wraps)."""
 
+    def shard_units(self) -> list[nn.Module]:
+        """The transformer blocks, each sharded on its own under --sharding fsdp (gathered for its forward)."""
+
     def reference_context(self) -> contextlib.AbstractContextManager:
         """A context in which the model computes the reference's log-probs (LoRA adapter disabled)."""
 
@@ -288,6 +291,9 @@ class BackboneBase(nn.Module):
     def trainable_module(self) -> nn.Module:
         return self
 
+    def shard_units(self) -> list[nn.Module]:
+        raise UsageError(f"{self.model_type}: --sharding fsdp needs the model's transformer blocks, which this adapter does not name")
+
     def prepare_generated(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.prepare_images(list(self.decode(tokens)))
 
@@ -316,8 +322,9 @@ class BackboneBase(nn.Module):
                              "or online reference")
         return self.peft_model.disable_adapter()
 
-    def add_lora(self, r: int, alpha: float, target_modules: Sequence[str] | None = None, dropout: float = 0.0) -> None:
-        """Wrap the trainable module's target layers with LoRA adapters (only they will train)."""
+    def add_lora(self, r: int, alpha: float, target_modules: Sequence[str] | None = None, dropout: float = 0.0, seed: int = 0) -> None:
+        """Wrap the trainable module's target layers with LoRA adapters (only they will train), their
+        random initial weights drawn from `seed`, so that a run is repeatable."""
         from peft import LoraConfig, get_peft_model
 
         targets = list(target_modules or self.lora_targets)
@@ -325,7 +332,9 @@ class BackboneBase(nn.Module):
             raise UsageError(f"{self.model_type}: no LoRA target modules known; pass --lora-target-modules")
         config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout)
         try:
-            self.__dict__["_peft"] = get_peft_model(self.trainable_module(), config)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.__dict__["_peft"] = get_peft_model(self.trainable_module(), config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             raise UsageError(f"{self.model_type}: LoRA target modules {targets} do not fit the model ({e})") from None
 

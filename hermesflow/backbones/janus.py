@@ -193,6 +193,10 @@ class JanusBackbone(BackboneBase):
         return tuple(name for name, _ in self.named_modules()
                      if name.startswith(LANGUAGE_MODEL + ".") and name.rsplit(".", 1)[-1] in LM_PROJECTIONS)
 
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The language model's decoder layers (the vision tower and the image heads stay in the root)."""
+        return list(self.get_submodule(LANGUAGE_MODEL).layers)
+
     def default_estimator(self) -> ImageEstimator:
         return ExactEstimator()
 

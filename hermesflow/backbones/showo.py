@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import DynamicCache, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
@@ -345,6 +346,9 @@ class ShowoBackbone(BackboneBase):
 
     def trainable_module(self) -> PhiForCausalLM:
         return self.showo
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.showo.model.layers)
 
     def default_estimator(self) -> ImageEstimator:
         return OfficialMaskedEstimator()

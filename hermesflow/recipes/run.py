@@ -130,7 +130,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
         return load_backbone(out / "model", cfg.dtype)
     if training.lora_r:
         targets = [t.strip() for t in training.lora_target_modules.split(",") if t.strip()] or None
-        backbone.add_lora(training.lora_r, training.lora_alpha, targets)
+        backbone.add_lora(training.lora_r, training.lora_alpha, targets, seed=cfg.seed)
         if (out / "adapter" / "adapter_config.json").exists():  # trained, not merged: no need to train again
             backbone.load_adapter(out / "adapter")
             backbone.merge_lora()

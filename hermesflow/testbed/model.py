@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from hermesflow.backbones.base import (
     BackboneBase,
@@ -101,6 +102,9 @@ class UnifiedModel(BackboneBase):
 
     def trainable_module(self) -> Transformer:
         return self.net
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.net.blocks)
 
     def default_estimator(self) -> MaskedEstimator:
         return MaskedEstimator()

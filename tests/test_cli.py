@@ -146,3 +146,14 @@ def test_a_deepspeed_launch_is_refused_in_one_line():
     with pytest.raises(UsageError, match="accelerate's DeepSpeed plugin config is not supported"):
         check_launch({"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "2"})
     check_launch({"ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"})  # torchrun-style: fine
+
+
+@pytest.mark.parametrize("name, machines", [("multi_gpu", 1), ("multi_node", 2)])
+def test_shipped_accelerate_configs_launch_plain_processes_of_8_gpus_each(name, machines):
+    """The shipped configs only launch (8 GPUs per machine): no accelerate FSDP or DeepSpeed plugin, which
+    check_launch would refuse; sharding is HermesFlow's own --sharding fsdp."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(Path(__file__).parents[1] / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type == "MULTI_GPU" and not cfg.fsdp_config and not cfg.deepspeed_config
+    assert cfg.num_machines == machines and cfg.num_processes == 8 * machines and cfg.mixed_precision == "no"

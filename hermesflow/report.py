@@ -499,15 +499,15 @@ ABLATION_SECTIONS = ("Table 5 analog", "Table 4 analog", "Scores per arm", "Trai
 def _plot_arms(summary: dict, path: Path) -> None:
     """Understanding, generation and gap of each arm, mean ± std over seeds."""
     arms = list(summary)
-    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(arms)), 3.8), dpi=110)  # room for each arm's name
     x = np.arange(len(arms))
     for offset, key in zip((-0.25, 0, 0.25), ("understanding", "generation", "gap")):
         ax.bar(x + offset, [summary[a][key]["mean"] for a in arms], 0.25, yerr=[summary[a][key]["std"] for a in arms],
                capsize=3, label=key)
-    ax.set_xticks(x, arms, rotation=15)
+    ax.set_xticks(x, arms, rotation=35, ha="right", rotation_mode="anchor")
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)  # above the bars, never on them
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

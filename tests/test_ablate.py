@@ -4,6 +4,7 @@ arms share the base, round-0 data, eval items and sampling seed, with paired int
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,26 @@ def test_the_control_is_the_arm_named_or_the_one_that_changes_nothing():
     assert control_of(None, arms[1:]) is None  # no arm is the default recipe: no control unless named
     with pytest.raises(UsageError, match=r"--control 'dpo' is not one of the arms \['default', 'und', 'sum_r3'\]"):
         control_of("dpo", arms)
+
+
+def test_the_written_rule_picks_an_eligible_arm_only_when_it_beats_the_control():
+    """experiments/pick_default.py reads out experiments/recipes.md's rule from ablation.json rows."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    from pick_default import pick
+
+    def row(und, und_unseen, gen_unseen, vs=None, settings=1):
+        change = {key: {"mean": sum(ci) / 2, "ci95": list(ci)} for key, ci in
+                  (("understanding", und), ("understanding_unseen", und_unseen), ("generation_unseen", gen_unseen))}
+        out = {"change": change, "settings": {f"s{i}": 1 for i in range(settings)}}
+        if vs is not None:
+            out["vs_control"] = {"control": "default", "generation_unseen": {"mean": sum(vs) / 2, "ci95": list(vs)}}
+        return out
+
+    rows = {"base": {}, "default": row((-0.03, 0.01), (-0.04, 0.01), (0.03, 0.09), settings=0),
+            "costly": row((-0.02, 0.0), (-0.02, 0.0), (0.10, 0.2), vs=(0.05, 0.1)),  # buys generation with understanding
+            "small": row((-0.005, 0.0), (-0.005, 0.0), (0.06, 0.08), vs=(-0.01, 0.02))}
+    assert pick(rows)[0] is None  # the only eligible arm does not beat the control: it stays
+    rows["better"] = row((-0.005, 0.0), (-0.009, 0.0), (0.08, 0.1), vs=(0.002, 0.03), settings=2)
+    assert pick(rows)[0] == "better"
+    rows["simpler"] = row((-0.005, 0.0), (-0.009, 0.0), (0.078, 0.096), vs=(0.001, 0.03), settings=1)  # within 0.005: fewer settings
+    assert pick(rows)[0] == "simpler"

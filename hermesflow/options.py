@@ -88,12 +88,13 @@ class CurationOptions:
 
 @dataclass
 class TrainingOptions:
-    """Pair-DPO and its optimiser (DESIGN §2). The defaults are the built-in model's recipe, chosen
-    by the study in experiments/recipes.md: Pair-DPO `sum` with DPOP as the image term and per-token
-    NLL terms on the chosen samples raised generation above the base's (paired interval) while
-    understanding did not fall (so did positive-only images without a caption branch,
-    `--loss-type gen --gen-objective sft`, measured after the choice); per-step masks and homologous rows make arms
-    comparable. Each of these is one flag away, and `--preset paper` is the paper's recipe."""
+    """Pair-DPO and its optimiser (DESIGN §2). The defaults are the built-in model's recipe, kept by
+    the written rule of experiments/recipes.md on the selection draw: Pair-DPO `sum` with DPOP as the
+    image term and per-token NLL terms on the chosen samples raises generation on unseen prompts
+    (paired interval over items and seeds); no eligible arm beat it, though its understanding
+    interval reaches below the rule's floor (the arms without a caption branch, `--loss-type gen`,
+    keep understanding). Per-step masks and homologous rows make arms comparable. Each of these is
+    one flag away, and `--preset paper` is the paper's recipe."""
 
     loss_type: str = option("sum", "product (Eq. 6), sum (Eq. 12), und or gen (Table 5's one-branch DPO), joint (-log σ(Δ_und + Δ_gen))",
                             choices=("product", "sum", "und", "gen", "joint"))

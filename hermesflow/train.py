@@ -173,9 +173,9 @@ def reference_branches(cfg: TrainingOptions, gen_objective_needs_pair: bool) -> 
     return tuple(b for b in needed if b not in online), online
 
 
-def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, dtype: str, estimator: ImageEstimator,
+def reference_cache_key(fingerprint: str, examples: list[Example], cfg: TrainingOptions, dtype: str, estimator: ImageEstimator,
                         branches: tuple[str, ...] = ("und", "gen")) -> str:
-    """Everything the cached reference of `branches` depends on: the weights, the precision, the
+    """Everything the cached reference of `branches` depends on: the weights (their `fingerprint`), the precision, the
     length normalisation and the content of the preference records; for the image branch also the
     estimator, the condition dropout and the mask seeds."""
     h = hashlib.sha1()
@@ -186,7 +186,7 @@ def reference_cache_key(backbone: Backbone, examples: list[Example], cfg: Traini
     settings = f"{'+'.join(branches)}-{dtype}-{'mean' if cfg.length_normalize else 'sum'}"
     if "gen" in branches:
         settings += f"-{estimator.key()}-uncond{cfg.cond_dropout > 0}"
-    return f"{backbone.fingerprint()}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}-{h.hexdigest()[:12]}"
+    return f"{fingerprint}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}-{h.hexdigest()[:12]}"
 
 
 @dataclass
@@ -272,17 +272,17 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 
 def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: TrainingOptions, dtype: str, accelerator,
-                     out: Path) -> ReferenceLogps:
+                     out: Path, fingerprint: str) -> ReferenceLogps:
     """The reference log-probs of this round's examples for the policy's branches, from
     `out/reference-<key>.safetensors` or computed (in parallel across processes) and written there.
     The key names what made them; every example must be there with its branches' values, and, when
     image log-probs are cached, with the mask seed it is trained with."""
-    key = reference_cache_key(policy.backbone, examples, cfg, dtype, policy.estimator, policy.branches)
+    key = reference_cache_key(fingerprint, examples, cfg, dtype, policy.estimator, policy.branches)
     path = out / f"reference-{key}.safetensors"
     if not path.exists():
         refs = reference_logps(policy, examples, cfg, accelerator)
         if accelerator.is_main_process:
-            refs.save(path, {"model": policy.backbone.fingerprint(), "estimator": policy.estimator.key(),
+            refs.save(path, {"model": fingerprint, "estimator": policy.estimator.key(),
                              "branches": ",".join(policy.branches)})
         accelerator.wait_for_everyone()
     refs = ReferenceLogps.load(path)
@@ -293,10 +293,13 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: Training
     return refs
 
 
-def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out: Path, seed: int = 0, dtype: str = "fp32") -> Backbone:
+def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out: Path, seed: int = 0, dtype: str = "fp32",
+          fingerprint: str | None = None) -> Backbone:
     """Train the policy on the examples (resuming from `out/state` if present), with `seed` choosing
     batch order, mask draws and condition dropout, in `dtype` (bf16: mixed precision over fp32
-    weights); returns the backbone."""
+    weights); returns the backbone. `fingerprint`: the starting weights' (`Backbone.fingerprint`),
+    when the caller has it, so that a stage hashes the weights once; a LoRA adapter added since
+    leaves it valid (its zero-initialised output changes no log-prob)."""
     if not examples:
         if cfg.pair_rows == "homologous":
             raise UsageError("no training examples: no preference row has both a caption and an image pair (--pair-rows "
@@ -327,7 +330,8 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
     cached, online = reference_branches(cfg, not positive_only)
     refs, reference = None, None
     if cached:  # computed with whole weights, before sharding
-        refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, dtype, accelerator, out)
+        refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, dtype, accelerator, out,
+                                fingerprint or backbone.fingerprint())
     if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
         reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), online, policy.estimator)
         if cfg.sharding == "fsdp":

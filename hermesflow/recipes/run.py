@@ -140,7 +140,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
         trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation, backbone), cfg.seed, cfg.dtype, out / "train",
                              cfg.curation.choice_score)
     else:
-        trained = train(backbone, examples, training, out / "train", cfg.seed, cfg.dtype)
+        trained = train(backbone, examples, training, out / "train", cfg.seed, cfg.dtype, stage["model"])
     if state.is_main_process:
         if training.lora_r:
             trained.save_adapter(out / "adapter")

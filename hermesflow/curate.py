@@ -119,7 +119,7 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     # Eq. 10 compares scores of one judge.
     candidates = []
     for i, record in enumerate(records):
-        prev = previous.get(record.id)
+        prev = previous.get(record.id) if s.pair_update == "eq10" else None  # redraw: the previous pair is not used
         if perturbed is not None:
             extra = [other[i].tolist()] if i in other else []
         else:
@@ -154,7 +154,7 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         n = s.n_images
         own = slice(offset, offset + len(candidates[i]))
         offset += len(candidates[i])
-        prev = previous.get(record.id)
+        prev = previous.get(record.id) if s.pair_update == "eq10" else None
         # a caption naming a held-out prompt is left out; one the model cannot score (no words, too long) does not compete
         scored = [(c, x) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
                   if world is None or not world.holds_out(c)]

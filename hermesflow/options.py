@@ -81,6 +81,9 @@ class CurationOptions:
     judge_model: str = option("policy", "whose answers rank the images in rounds after the first: policy (the model being trained, "
                               "the paper's) or base (the run's starting model, frozen, so the judge does not drift with the "
                               "policy; loaded beside it)", choices=("policy", "base"))
+    pair_update: str = option("eq10", "pairs in the rounds after the first: eq10 (the paper's Eq. 10: the round's best sample against "
+                              "the previous winner if it beats it, else against the previous loser) or redraw (the round's best "
+                              "against its worst, as in the first round; the previous pair is not used)", choices=("eq10", "redraw"))
     curate_batch_size: int = option(16, "records per curation batch", minimum=1)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))

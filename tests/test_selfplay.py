@@ -436,3 +436,22 @@ def test_training_data_naming_a_held_out_prompt_is_refused_when_the_world_measur
     with pytest.raises(DataError, match=r"records name prompts the world holds out of post-training") as e:
         train_data(base, cfg, tmp_path / "run", partial_state())
     assert "data.jsonl line" in "\n".join(e.value.problems)
+
+
+def test_redrawn_pairs_ignore_the_previous_round_and_eq10_pairs_use_it(tiny):
+    """--pair-update redraw (issue 21's candidate against Eq. 10's "not improved" case): a later round's
+    pairs are best against worst of its own samples, as if there were no previous round; Eq. 10 (the
+    default) pairs the round's best with the previous pair's images."""
+    from hermesflow.prefs import Dropped, ImagePair, Preference
+
+    _, _, data = tiny
+    previous = {}
+    for r in data.records:  # a previous round's pair per record: two of the policy's own images
+        first, second = (tuple(image) for image in policy_images(tiny, r)[:2])
+        previous[r.id] = Preference(r.id, 0, r.caption, Dropped("tie"), ImagePair(first, second, 1.0, 0.0, "initial"))
+    eq10, _ = curated(tiny, "eq10", round_index=1, previous=previous)
+    redrawn, _ = curated(tiny, "redraw", round_index=1, previous=previous, pair_update="redraw")
+    alone, _ = curated(tiny, "no-previous", round_index=1, previous={}, pair_update="redraw")
+    assert redrawn == alone
+    assert {p.gen.reason for p in redrawn.values()} <= {"initial", "tie", "below_threshold"}
+    assert {p.gen.reason for p in eq10.values()} & {"improved", "not_improved", "inverted"}

@@ -571,3 +571,23 @@ def test_the_per_token_choice_score_takes_away_the_sums_pull_towards_short_optio
     assert sum(picked["mean"]) < len(questions)  # per token, the option's length no longer decides alone
     with pytest.raises(UsageError, match="choice score must be one of"):
         backbone.answer(pixels[:1], questions[:1], choices[:1], score="max")
+
+
+def test_greedy_image_tokens_equal_transformers_janus_generate_in_image_mode(backbone):
+    """Our sampling loop against transformers' own `JanusForConditionalGeneration.generate(generation_mode=
+    "image")` at temperature 0, with guidance (its scale s is our 1 + w) and prompts of two lengths
+    (left-padded): the same tokens. The published folders' generation_config.json carries
+    `generation_kwargs.boi_token_id`; the tiny folder does not, so it is given here."""
+    import copy
+
+    prompts = ["a red circle", "two blue squares to the left of a green triangle"]
+    ours = backbone.generate(prompts, 1, GenerationConfig(guidance=2.0, temperature=0.0))
+    ids, mask = backbone._left_pad([backbone._generation_ids(p) for p in prompts])
+    config = copy.deepcopy(backbone.model.generation_config)
+    config.generation_kwargs = {"boi_token_id": backbone.tokens.boi}
+    config.do_sample, config.guidance_scale = False, 3.0
+    config.bos_token_id, config.pad_token_id = backbone.tokens.bos, backbone.tokens.pad
+    with torch.no_grad():
+        theirs = backbone.model.generate(ids, attention_mask=mask, generation_mode="image", generation_config=config)
+    assert theirs.shape == ours.shape == (2, N_IMAGE_TOKENS)
+    assert torch.equal(ours, theirs)

@@ -591,3 +591,19 @@ def test_greedy_image_tokens_equal_transformers_janus_generate_in_image_mode(bac
         theirs = backbone.model.generate(ids, attention_mask=mask, generation_mode="image", generation_config=config)
     assert theirs.shape == ours.shape == (2, N_IMAGE_TOKENS)
     assert torch.equal(ours, theirs)
+
+
+def test_greedy_captions_equal_transformers_janus_generate_in_text_mode(backbone):
+    """Our caption sampler against transformers' `generate(generation_mode="text")` at temperature 0, with
+    the same token budget (ours stops at the model's context: here 128 positions, 65 of them the prompt)."""
+    rng = np.random.default_rng(0)
+    inputs = backbone.prepare_images([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)])
+    ours = backbone.sample_captions(inputs, 1, GenerationConfig(temperature=0.0))
+    ids = torch.tensor([backbone._understanding_ids(CAPTION_QUESTION)] * 2)
+    budget = min(backbone.caption_max_tokens, backbone.context - ids.shape[1])
+    with torch.no_grad():
+        out = backbone.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs, generation_mode="text",
+                                      do_sample=False, max_new_tokens=budget, eos_token_id=backbone.tokens.eos,
+                                      pad_token_id=backbone.tokens.pad)
+    theirs = [[backbone._decode_text(row[ids.shape[1]:].tolist())] for row in out]
+    assert ours == theirs and all(caption for [caption] in ours)

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hermesflow"
 
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = {
-    "base": ("__init__", "errors", "io", "config", "options", "stages", "accel", "api", "results", "stats", "progress"),
+    "base": ("__init__", "errors", "io", "config", "options", "stages", "accel", "sharding", "api", "results", "stats", "progress"),
     "records": ("records", "sources", "data", "tifa", "importer", "prefs"),
     "backbones": ("backbones",),
     "method": ("losses", "selfplay", "scorers", "judges", "loop"),

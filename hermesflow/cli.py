@@ -31,6 +31,7 @@ from hermesflow.settings import (
     EvalConfig,
     ExportConfig,
     ImportOfficialConfig,
+    PlanConfig,
     PretrainConfig,
     QuestionsConfig,
     ReportConfig,
@@ -187,6 +188,16 @@ def run_status(cfg: StatusConfig) -> int:
     return 0
 
 
+def run_plan(cfg: PlanConfig) -> int:
+    from hermesflow.plan import GB, format_plan, plan
+
+    p = plan(cfg.model, cfg.dtype, cfg.lora_r, cfg.sharding, cfg.processes, cfg.batch_size, cfg.reference)
+    settings = (f"{cfg.dtype}, {'LoRA r ' + str(cfg.lora_r) if cfg.lora_r else 'full fine-tuning'}, {cfg.sharding} over "
+                f"{cfg.processes} process{'es' if cfg.processes > 1 else ''}, --batch-size {cfg.batch_size}, {cfg.reference} reference")
+    print(format_plan(p, cfg.model, settings, cfg.gpu_memory * GB if cfg.gpu_memory else None, cfg.processes))
+    return 0
+
+
 def run_ablate(cfg: AblateConfig) -> int:
     from hermesflow.recipes.ablate import ablate
 
@@ -275,6 +286,7 @@ VERBS: dict[str, tuple[type, Callable[..., int]]] = {
     "report": (ReportConfig, run_report),
     "status": (StatusConfig, run_status),
     "ablate": (AblateConfig, run_ablate),
+    "plan": (PlanConfig, run_plan),
     "convert-showo": (ConvertShowoConfig, run_convert_showo),
     "import-official": (ImportOfficialConfig, run_import_official),
     "questions": (QuestionsConfig, run_questions),

@@ -196,6 +196,24 @@ class StatusConfig:
 
 
 @dataclass
+class PlanConfig:
+    """`hermesflow plan`: the memory one training process needs (weights, gradients, AdamW state, reference,
+    activations) and the largest batch that fits, from the model built on the meta device, before a run."""
+
+    model: str = option(None, "a model folder, or a published config: janus-pro-1b, janus-pro-7b, show-o, show-o-512 "
+                        "(hermesflow/presets/models/)", required=True)
+    dtype: str = option("bf16", "precision of the weights as loaded and of the forward (bf16: mixed precision over fp32 "
+                        "trained weights)", choices=("fp32", "bf16"))
+    lora_r: int = option(0, "LoRA rank; 0 trains every weight", minimum=0)
+    sharding: str = option("ddp", "ddp or fsdp (weights, gradients and AdamW state split over the processes)", choices=("ddp", "fsdp"))
+    processes: int = option(1, "processes (GPUs) training together", minimum=1)
+    batch_size: int = option(8, "global batch (split across processes)", minimum=1)
+    reference: str = option("online", "online: full fine-tuning keeps a frozen copy as the reference (the default, per-step "
+                            "image masks); cached: none (--mask-draws round)", choices=("online", "cached"))
+    gpu_memory: float = option(0.0, "memory per process in GB: also print the largest --batch-size that fits (0: do not)", minimum=0.0)
+
+
+@dataclass
 class AblateConfig:
     """`hermesflow ablate`: recipes compared fairly with seeds and paired intervals; by default the paper's Table 5
     arms (one-branch DPO, Pair-DPO sum and product, rounds 2-3), or the arms of a YAML file (--arms)."""

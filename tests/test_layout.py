@@ -24,7 +24,7 @@ LAYERS = {
     "backbones": ("backbones",),
     "method": ("losses", "selfplay", "scorers", "judges", "loop"),
     "components": ("curate", "train", "grpo", "evaluate", "report", "questions", "benchmarks", "convert_showo"),
-    "recipes": ("recipes", "settings", "status"),
+    "recipes": ("recipes", "settings", "status", "plan"),
     "cli": ("cli", "__main__"),
 }
 # Beside the method: the shapes world (its own floor, above the records it writes), and the built-in

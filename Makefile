@@ -28,3 +28,5 @@ bench: setup
 	$(BIN)/python benchmarks/bench_world.py
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_fingerprint.py
+	$(BIN)/python benchmarks/bench_plan.py

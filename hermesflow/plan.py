@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hermesflow.errors import UsageError
+from hermesflow.sharding import SHARDINGS
 
 PUBLISHED_DIR = Path(__file__).resolve().parent / "presets" / "models"
 GB = 1e9
@@ -73,7 +74,7 @@ def _unified(raw: dict, dtype: torch.dtype) -> Anatomy:
         logits, _ = net(tokens, None, extend_cache=False)
         return logits.float().log_softmax(-1).sum()
 
-    return Anatomy(model, list(net.blocks), tuple(model.lora_targets), forward)
+    return Anatomy(model, model.shard_units(), tuple(model.lora_targets), forward)
 
 
 def _showo(raw: dict, dtype: torch.dtype) -> Anatomy:
@@ -87,7 +88,7 @@ def _showo(raw: dict, dtype: torch.dtype) -> Anatomy:
         ids = torch.zeros(4 * n, length, dtype=torch.long)
         return model.showo(input_ids=ids).logits.float().log_softmax(-1).sum()
 
-    return Anatomy(model, list(model.showo.model.layers), tuple(model.lora_targets), forward)
+    return Anatomy(model, model.shard_units(), tuple(model.lora_targets), forward)
 
 
 JANUS_TEXT = 48  # tokens of a prompt or caption with its chat template (the shapes world's are shorter)
@@ -96,7 +97,7 @@ JANUS_TEXT = 48  # tokens of a prompt or caption with its chat template (the sha
 def _janus(raw: dict, dtype: torch.dtype) -> Anatomy:
     from transformers import JanusConfig, JanusForConditionalGeneration
 
-    from hermesflow.backbones.janus import LANGUAGE_MODEL, LM_PROJECTIONS
+    from hermesflow.backbones.janus import LANGUAGE_MODEL, language_model_projections
 
     model = JanusForConditionalGeneration(JanusConfig(**raw)).to(dtype)
     frame = nn.Module()
@@ -104,8 +105,6 @@ def _janus(raw: dict, dtype: torch.dtype) -> Anatomy:
     inner, cfg = model.model, model.config
     side, image = cfg.vision_config.image_size, inner.vision_model.config.num_image_tokens
     lm = frame.get_submodule(LANGUAGE_MODEL)
-    targets = tuple(name for name, _ in frame.named_modules()
-                    if name.startswith(LANGUAGE_MODEL + ".") and name.rsplit(".", 1)[-1] in LM_PROJECTIONS)
 
     def forward(n: int) -> torch.Tensor:
         pixels = torch.zeros(2 * n, 3, side, side, dtype=dtype)  # captions: the image twice, chosen and rejected
@@ -117,7 +116,7 @@ def _janus(raw: dict, dtype: torch.dtype) -> Anatomy:
         hidden = lm(inputs_embeds=torch.cat([text, drawn], dim=1)).last_hidden_state
         return caption + inner.generation_head(hidden[:, -image:]).float().log_softmax(-1).sum()
 
-    return Anatomy(frame, list(lm.layers), targets, forward)
+    return Anatomy(frame, list(lm.layers), language_model_projections(frame), forward)
 
 
 def saved_bytes(forward: Callable[[int], torch.Tensor], n: int, params: set[int]) -> int:
@@ -159,7 +158,7 @@ def plan(model: str, dtype: str = "bf16", lora_r: int = 0, sharding: str = "ddp"
          reference: str = "online") -> Plan:
     """The memory of one training process (see the module docstring). `reference` online: full
     fine-tuning keeps a frozen copy (the default, per-step image masks); cached: it keeps none."""
-    if sharding not in ("ddp", "fsdp"):
+    if sharding not in SHARDINGS:
         raise UsageError(f"--sharding must be ddp or fsdp, got {sharding!r}")
     if processes < 1 or batch_size % processes:
         raise UsageError(f"--batch-size {batch_size} must divide evenly over {processes} processes")
@@ -174,13 +173,10 @@ def plan(model: str, dtype: str = "bf16", lora_r: int = 0, sharding: str = "ddp"
     trainable = [p for p in params if p.requires_grad]
     share = processes if sharding == "fsdp" else 1
     weight = lambda p: 4 if p.requires_grad else p.element_size()  # noqa: E731 - what trains is held in fp32
-    for p in trainable:  # the forward then runs as training runs it (bf16: autocast over fp32 weights)
-        p.data = p.data.float()
     weights = sum(p.numel() * weight(p) for p in params) / share
     grads = sum(p.numel() * 4 for p in trainable) / share
     optimizer = 2 * grads
-    copy = reference == "online" and not lora_r
-    ref = weights if copy else 0.0
+    ref = weights if reference == "online" and not lora_r else 0.0  # LoRA's reference is the adapter disabled
     gathered = 0.0
     if sharding == "fsdp":
         in_units = {id(p) for unit in body.units for p in unit.parameters()}

@@ -323,9 +323,10 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
             param.data = param.data.float()
     if cfg.sharding == "fsdp" and cfg.log_branch_grad_norms:
         raise UsageError("--log-branch-grad-norms takes gradients of whole weights: train with --sharding ddp to log them")
+    backbone.to(accelerator.device)
     if world > 1:  # every process starts from the main process's weights, as DDP makes them (FSDP would not)
-        broadcast_from_main(backbone.to(accelerator.device))
-    policy = PolicyLogps(backbone.to(accelerator.device), branches, estimator_of(backbone, cfg), gen_rejected=not positive_only)
+        broadcast_from_main(backbone)
+    policy = PolicyLogps(backbone, branches, estimator_of(backbone, cfg), gen_rejected=not positive_only)
     frame = meta_copy(backbone) if cfg.sharding == "fsdp" else None  # where the sharded weights are gathered back
     cached, online = reference_branches(cfg, not positive_only)
     refs, reference = None, None

@@ -80,6 +80,13 @@ UNDERSTANDING_TEMPLATE = "<|User|>: {image}\n{question}\n\n<|Assistant|>:"
 GENERATION_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # Janus's image processor config; used when a folder has none
 LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def language_model_projections(root: torch.nn.Module) -> tuple[str, ...]:
+    """The full paths of the language model's attention projections under `root`, a module holding
+    the Janus model at `.model` as the backbone does (JanusBackbone.lora_targets)."""
+    return tuple(name for name, _ in root.named_modules()
+                 if name.startswith(LANGUAGE_MODEL + ".") and name.rsplit(".", 1)[-1] in LM_PROJECTIONS)
 LANGUAGE_MODEL = "model.model.language_model"  # its path inside the backbone, the module PEFT wraps
 
 
@@ -190,8 +197,7 @@ class JanusBackbone(BackboneBase):
         """The language model's attention projections, by full path: PEFT matches a name against
         the end of each module's path, and the SigLIP encoder's projections are also called
         q_proj/k_proj/v_proj, so plain names would put adapters on the vision tower too."""
-        return tuple(name for name, _ in self.named_modules()
-                     if name.startswith(LANGUAGE_MODEL + ".") and name.rsplit(".", 1)[-1] in LM_PROJECTIONS)
+        return language_model_projections(self)
 
     def shard_units(self) -> list[torch.nn.Module]:
         """The language model's decoder layers (the vision tower and the image heads stay in the root)."""

@@ -322,6 +322,17 @@ def test_sampled_captions_are_reproducible_for_a_seed(backbone, world, monkeypat
     assert sample(0) == first and sample(1) != first
 
 
+def test_an_images_captions_share_its_prompt_pass_and_change_nothing(backbone, world, monkeypatch):
+    """n captions of an image run the image and prompt once (their keys and values repeated n times):
+    the same captions, draw for draw, as n copies of the image each sampled once."""
+    monkeypatch.setattr(backbone, "caption_max_tokens", 12)
+    pixels = backbone.prepare_images(world[1][:2])
+    gen = GenerationConfig(temperature=1.0, seed=5)
+    shared = backbone.sample_captions(pixels, 3, gen)
+    copies = backbone.sample_captions(pixels.repeat_interleave(3, dim=0), 1, gen)
+    assert [c for row in shared for c in row] == [c for [c] in copies]
+
+
 # ----- generation ---------------------------------------------------------------------------------
 
 

@@ -293,6 +293,9 @@ def test_generation_and_captions_are_seeded(model, world):
     captions = model.sample_captions(codes, 2, GenerationConfig(seed=9))
     assert len(captions) == 2 and all(len(c) == 2 and all(isinstance(t, str) for t in c) for c in captions)
     assert captions == model.sample_captions(codes, 2, GenerationConfig(seed=9))
+    # an image's n captions share its prefix pass: the same draws as n copies of the image, once each
+    copies = model.sample_captions(codes.repeat_interleave(2, dim=0), 1, GenerationConfig(seed=9))
+    assert [c for row in captions for c in row] == [c for [c] in copies]
 
 
 def test_the_shared_sampler_is_available(folder):

@@ -34,11 +34,13 @@ TINY_MAGVIT_256 = MagvitConfig(ch=32, encoder_ch_mult=[1] * 5, encoder_res_block
                                decoder_ch_mult=[1] * 5, decoder_res_blocks=[1, 0, 0, 0, 0], bits=6)
 
 
-def tiny_phi_tokenizer() -> PreTrainedTokenizerFast:
-    """The stand-in for Phi-1.5's tokenizer: word-level, <|endoftext|> 0, <unk> 1, then the words."""
+def tiny_phi_tokenizer(size: int | None = None) -> PreTrainedTokenizerFast:
+    """The stand-in for Phi-1.5's tokenizer: word-level, <|endoftext|> 0, <unk> 1, then the words
+    (and, to make it `size` ids long, unused fillers: 50295 is Phi-1.5's own size)."""
     defaults = ShowoConfig()
     templates = re.sub(r"\{\w+\}", " ", defaults.caption_prompt + " " + defaults.question_template)
     words = sorted(set(world_words()) | set(re.findall(r"\w+|[^\w\s]+", templates.lower())))
+    words += [f"<unused{i}>" for i in range((size or 0) - 2 - len(words))]
     vocab = {token: i for i, token in enumerate([ENDOFTEXT, UNK] + words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     backend.normalizer = normalizers.Lowercase()
@@ -59,10 +61,10 @@ def tiny_phi_bpe_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT)
 
 
-def tiny_showo_tokenizer(bpe: bool = False) -> PreTrainedTokenizerFast:
-    """`tiny_phi_tokenizer` (or with `bpe`, `tiny_phi_bpe_tokenizer`) with [PAD] and Show-o's nine
-    tokens added after its words."""
-    tokenizer = tiny_phi_bpe_tokenizer() if bpe else tiny_phi_tokenizer()
+def tiny_showo_tokenizer(bpe: bool = False, size: int | None = None) -> PreTrainedTokenizerFast:
+    """`tiny_phi_tokenizer` (`size` ids long; or with `bpe`, `tiny_phi_bpe_tokenizer`) with [PAD] and
+    Show-o's nine tokens added after its words."""
+    tokenizer = tiny_phi_bpe_tokenizer() if bpe else tiny_phi_tokenizer(size)
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})  # as UniversalPrompting extends Phi's tokenizer
     tokenizer.add_tokens(list(SPECIAL_TOKENS))
     return tokenizer

@@ -179,6 +179,15 @@ class Backbone(Protocol):
         """Weights (safetensors) and config.json with its `model_type`, no pickle."""
 
 
+def repeated_cache(prefix, n: int, into):
+    """`into` (a transformers Cache) filled with the keys and values of `prefix` (a DynamicCache),
+    each row repeated `n` times, adjacent: n samples that continue one prompt share the prompt's
+    forward pass (an image's captions: its whole image block)."""
+    for i, layer in enumerate(prefix.layers):
+        into.update(layer.keys.repeat_interleave(n, dim=0), layer.values.repeat_interleave(n, dim=0), i)
+    return into
+
+
 def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
     """One token id per row of `logits` (B, V): the argmax at temperature 0, else a draw from
     softmax(logits / temperature) over the `top_k` largest logits (all when 0). The draw happens on

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import DynamicCache, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
+from transformers import DynamicCache, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast, StaticCache
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 from hermesflow.backbones.base import (
@@ -66,6 +66,7 @@ from hermesflow.backbones.base import (
     check_rgb,
     choice_scores,
     per_question,
+    repeated_cache,
     rgb_problems,
     sample_token,
     short,
@@ -521,15 +522,17 @@ class ShowoBackbone(BackboneBase):
         return per_question(torch.cat(scores) if scores else torch.zeros(0), choices)
 
     def continue_text(self, ids: torch.Tensor, max_new: int, temperature: float, top_k: int,
-                      generator: torch.Generator | None, text_only: bool = True) -> torch.Tensor:
-        """(B, ≤ max_new) tokens sampled after understanding sequences `ids` (B, T) of equal length,
-        with a KV cache; rows that reached <eos> repeat it. `text_only` keeps draws among text ids."""
+                      generator: torch.Generator | None, text_only: bool = True, n: int = 1) -> torch.Tensor:
+        """(B·n, ≤ max_new) tokens, `n` samples (adjacent) after each of the understanding sequences
+        `ids` (B, T) of equal length, which runs once; with a KV cache allocated once. Rows that
+        reached <eos> repeat it. `text_only` keeps draws among text ids."""
         eos = self.cfg.eos_id
-        cache = DynamicCache(config=self.showo.config)
+        prefix = DynamicCache(config=self.showo.config)
         out = self.showo.model(input_ids=ids, attention_mask=additive_mask(self.mmu_allowed(ids), self.dtype),
-                               cache=cache, use_cache=True)
-        hidden, tokens = out.last_hidden_state[:, -1], []
-        done = torch.zeros(len(ids), dtype=torch.bool, device=self.device)
+                               cache=prefix, use_cache=True)
+        cache = repeated_cache(prefix, n, StaticCache(config=self.showo.config, max_cache_len=ids.shape[1] + max_new))
+        hidden, tokens = out.last_hidden_state[:, -1].repeat_interleave(n, dim=0), []
+        done = torch.zeros(len(hidden), dtype=torch.bool, device=self.device)
         for step in track(range(max_new), "token"):
             logits = self.showo.lm_head(hidden).float()
             if text_only:
@@ -547,14 +550,14 @@ class ShowoBackbone(BackboneBase):
         """`n` captions per image, sampled after the caption prompt until <eos> or `caption_max_tokens`."""
         if n < 1:
             raise UsageError(f"sample_captions: n must be at least 1, got {n}")
-        codes = self._check_codes(inputs).repeat_interleave(n, dim=0)
+        codes = self._check_codes(inputs)
         prompt = self._encode(self.cfg.caption_prompt)
         budget = min(self.caption_max_tokens, self.showo.config.max_position_embeddings - self.n_image_tokens - 5
                      - len(prompt))
         generator = torch.Generator().manual_seed(gen.seed)
         with self.sampling():
             ids = self.mmu_ids(codes, [prompt] * len(codes))
-            out = self.continue_text(ids, budget, gen.temperature, gen.top_k, generator) if len(ids) else None
+            out = self.continue_text(ids, budget, gen.temperature, gen.top_k, generator, n=n) if len(ids) else None
         captions = [self._decode_text(row) for row in out.tolist()] if out is not None else []
         return [captions[i * n : (i + 1) * n] for i in range(len(inputs))]
 

@@ -471,8 +471,8 @@ class JanusBackbone(BackboneBase):
         return torch.cat([embeds[:, :start], features.to(embeds.dtype), embeds[:, end:]], dim=1)
 
     def _cache(self, length: int) -> StaticCache:
-        """A KV cache of `length` positions allocated once: a growing one copies itself at every token
-        (bench_samplers.py: 30% of a decode step at Janus-Pro-1B's width, 576 image tokens)."""
+        """A KV cache of `length` positions allocated once, as transformers' `generate` allocates it:
+        a growing one copies itself at every token (benchmarks/bench_samplers.py times both loops)."""
         return StaticCache(config=self.model.config.text_config, max_cache_len=length)
 
     def _language_model(self, embeds: torch.Tensor, mask: torch.Tensor,

@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tiny models' builders and tokeniz
 
 # The official pipeline's images/s and captions/s at each width's settings, from a run with
 # --showo-reference, printed when no checkout is given.
-SHOWO_RECORDED = {"tiny": {"images": 1.69, "captions": 3.5}, "real": {"images": 0.568, "captions": 0.0398}}
+SHOWO_RECORDED = {("tiny", 256): {"images": 1.69, "captions": 3.5}, ("real", 256): {"images": 0.568, "captions": 0.0398},
+                  ("real", 512): {"images": 0.183}}
 SHOWO_RECORDED_FROM = "showlab/Show-o 45a5a2d, 2026-12-07, 2-core CPU"
 
 @dataclass(frozen=True)
@@ -221,19 +222,21 @@ def ours_images_step(backbone, n: int, gen) -> float:
 PHI_VOCAB = 50295  # Phi-1.5's text vocabulary; Show-o's image codes and special tokens follow it
 
 
-def showo(width: str, layers: int, dtype: torch.dtype):
-    """A random Show-o backbone at 256 px (256 image tokens, 8192 codes): Phi at the tests' tiny size,
-    or Phi-1.5's (hidden 2048, 32 heads, MLP 8192, its 50295-id text vocabulary) with `layers`
-    layers. The MAGVIT-v2 tokenizer is the tests' tiny one with 13 bits: sampling never runs it."""
+def showo(width: str, layers: int, dtype: torch.dtype, side: int = 256):
+    """A random Show-o backbone at `side` px, 16 px per token (256 px: 256 image tokens, Show-o's;
+    512 px: 1024, Show-o-512's), 8192 codes: Phi at the tests' tiny size, or Phi-1.5's (hidden
+    2048, 32 heads, MLP 8192, its 50295-id text vocabulary) with `layers` layers. The MAGVIT-v2
+    tokenizer is the tests' tiny one with 13 bits: sampling never runs it."""
     from tiny_showo import TINY_MAGVIT_256, TINY_PHI, tiny_showo_tokenizer
 
     from hermesflow.backbones.showo import PHI_1_5, SPECIAL_TOKENS, ShowoBackbone, ShowoConfig
 
     tokenizer = tiny_showo_tokenizer(size=PHI_VOCAB if width == "real" else None)
+    tokens = (side // 16) ** 2
     phi = {**PHI_1_5, "num_hidden_layers": layers} if width == "real" else {**TINY_PHI, "max_position_embeddings": 512}
     magvit = replace(TINY_MAGVIT_256, bits=13)
     cfg = ShowoConfig(phi=phi, magvit=magvit.to_dict(), llm_vocab_size=len(tokenizer) - 1 - len(SPECIAL_TOKENS),
-                      bos_id=0, eos_id=0)
+                      num_vq_tokens=tokens, image_size=side, bos_id=0, eos_id=0)
     torch.manual_seed(0)
     model = ShowoBackbone(cfg, tokenizer)
     model.showo.to(dtype)
@@ -241,41 +244,47 @@ def showo(width: str, layers: int, dtype: torch.dtype):
 
 
 def bench_showo(width: str, args) -> None:
+    """Images at 256 tokens and captions; at real width also images at 1024 tokens (Show-o-512)."""
     from hermesflow.backbones import GenerationConfig
 
     dtype, steps = WIDTHS[width].dtype, WIDTHS[width].maskgit_steps
-    backbone = showo(width, args.layers, dtype)
-    n = WIDTHS[width].batch
     gen = GenerationConfig(guidance=5.0, temperature=1.0, steps=steps)
     label = f"Show-o {width:<4} {str(dtype)[6:]}"
-    images = lambda: backbone.generate([PROMPT], n, gen)
-    codes = torch.randint(0, backbone.cfg.codebook_size, (n // CAPTIONS, backbone.n_image_tokens))
-    captions = lambda: backbone.sample_captions(codes, CAPTIONS, GenerationConfig(temperature=1.0))
-    ours = {"images": n / best_of(images, args.repeats), "captions": n / best_of(captions, args.repeats)}
-    same = ""
-    if args.showo_reference:
-        peer = showo_peer(backbone, codes, width, args)
-        theirs, source = {"images": n / peer["images_seconds"], "captions": 1 / peer["caption_seconds"]}, "official"
-        if dtype == torch.float32:  # the two draw the same codes from one generator (bf16 rounds differently in each)
-            same = "   same codes: " + ("yes" if torch.equal(peer["codes"], backbone.generate([PROMPT], n, gen)) else "NO")
-    else:
-        theirs, source = SHOWO_RECORDED[width], f"official (recorded: {SHOWO_RECORDED_FROM})"
-    vs = {k: f"{source} {theirs[k]:7.3g}/s   ours/official {ours[k] / theirs[k]:5.2f}x" for k in ours}
-    print(f"{label} images, 1 prompt x {n}, 256 tokens, {steps} steps, guidance 5: ours {ours['images']:7.3g}/s   "
-          f"{vs['images']}{same}")
-    print(f"{label} captions, {n // CAPTIONS} image(s) x {CAPTIONS} samples x {backbone.caption_max_tokens} tokens: "
-          f"ours {ours['captions']:7.3g}/s   {vs['captions']} (one at a time, as inference_mmu.py does)")
-    if width == "real":
-        batched = lambda: backbone.generate([PROMPT], UTILISATION_BATCH, gen)
-        flops, seconds, bound = counted_flops(batched), best_of(batched, 1), matmul_flops(dtype)
-        print(f"{label} batched MaskGIT step ({2 * UTILISATION_BATCH} rows): {flops / seconds / 1e9:6.0f} GFLOP/s "
-              f"= {flops / seconds / bound:4.0%} of the {str(dtype)[6:]} matmul measured beside it "
-              f"({bound / 1e9:.0f} GFLOP/s)")
+    for side in (256, 512) if width == "real" else (256,):
+        backbone = showo(width, args.layers, dtype, side)
+        n = WIDTHS[width].batch if side == 256 else WIDTHS[width].batch // 2
+        images = lambda: backbone.generate([PROMPT], n, gen)  # noqa: B023 (called within this iteration)
+        ours = {"images": n / best_of(images, args.repeats)}
+        codes = torch.randint(0, backbone.cfg.codebook_size, (n // CAPTIONS, backbone.n_image_tokens))
+        if side == 256:
+            captions = lambda: backbone.sample_captions(codes, CAPTIONS, GenerationConfig(temperature=1.0))  # noqa: B023
+            ours["captions"] = n / best_of(captions, args.repeats)
+        same = ""
+        if args.showo_reference:
+            peer = showo_peer(backbone, codes if side == 256 else None, n, width, args)
+            theirs, source = {"images": n / peer["images_seconds"], "captions": 1 / (peer["caption_seconds"] or 1)}, "official"
+            if dtype == torch.float32:  # the two draw the same codes from one generator (bf16 rounds differently in each)
+                same = "   same codes: " + ("yes" if torch.equal(peer["codes"], images()) else "NO")
+        else:
+            theirs, source = SHOWO_RECORDED[(width, side)], f"official (recorded: {SHOWO_RECORDED_FROM})"
+        vs = {k: f"{source} {theirs[k]:7.3g}/s   ours/official {ours[k] / theirs[k]:5.2f}x" for k in ours}
+        print(f"{label} images, 1 prompt x {n}, {backbone.n_image_tokens} tokens, {steps} steps, guidance 5: "
+              f"ours {ours['images']:7.3g}/s   {vs['images']}{same}")
+        if side == 256:
+            print(f"{label} captions, {n // CAPTIONS} image(s) x {CAPTIONS} samples x {backbone.caption_max_tokens} "
+                  f"tokens: ours {ours['captions']:7.3g}/s   {vs['captions']} (one at a time, as inference_mmu.py does)")
+        if width == "real" and side == 256:
+            batched = lambda: backbone.generate([PROMPT], UTILISATION_BATCH, gen)  # noqa: B023
+            flops, seconds, bound = counted_flops(batched), best_of(batched, 1), matmul_flops(dtype)
+            print(f"{label} batched MaskGIT step ({2 * UTILISATION_BATCH} rows): {flops / seconds / 1e9:6.0f} GFLOP/s "
+                  f"= {flops / seconds / bound:4.0%} of the {str(dtype)[6:]} matmul measured beside it "
+                  f"({bound / 1e9:.0f} GFLOP/s)")
 
 
-def showo_peer(backbone, codes: torch.Tensor, width: str, args) -> dict:
-    """The official pipeline's seconds per batched image call and per caption, and its codes for
-    seed 0, from `showo_reference.py` run by `--showo-python` over the same weights and sequences."""
+def showo_peer(backbone, codes: torch.Tensor | None, n: int, width: str, args) -> dict:
+    """The official pipeline's seconds per batched image call of `n` and per caption of `codes[0]`
+    (None: no captions), and its codes for seed 0, from `showo_reference.py` run by
+    `--showo-python` over the same weights and sequences."""
     from safetensors.torch import save_file
 
     from hermesflow.backbones.maskgit import MASKED
@@ -288,18 +297,18 @@ def showo_peer(backbone, codes: torch.Tensor, width: str, args) -> dict:
                "tie_word_embeddings": False, "bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id}
         (work / "phi" / "config.json").write_text(json.dumps(phi))
         save_file({k: v.contiguous() for k, v in backbone.showo.state_dict().items()}, work / "weights.safetensors")
-        n = WIDTHS[width].batch
         masked = torch.full((n, backbone.n_image_tokens), MASKED)
         prompt = backbone._encode(PROMPT)
         settings = {"dtype": str(next(backbone.showo.parameters()).dtype)[6:], "vocab_size": cfg.vocab_size,
                     "llm_vocab_size": cfg.llm_vocab_size, "codebook_size": cfg.codebook_size,
                     "num_vq_tokens": cfg.num_vq_tokens, "max_seq_length": cfg.max_seq_length, "pad_id": cfg.pad_id,
                     "soi_id": cfg.special_id("<|soi|>"), "eoi_id": cfg.special_id("<|eoi|>"), "guidance": 5.0,
-                    "steps": WIDTHS[width].maskgit_steps, "caption_tokens": backbone.caption_max_tokens, "repeats": WIDTHS[width].repeats,
+                    "steps": WIDTHS[width].maskgit_steps, "caption_tokens": backbone.caption_max_tokens if codes is not None else 0, "repeats": WIDTHS[width].repeats,
                     "seed": 0}
         torch.save({"settings": settings, "t2i_cond": backbone.t2i_ids([prompt] * n, masked),
                     "t2i_uncond": backbone.t2i_ids([[]] * n, masked),
-                    "mmu": backbone.mmu_ids(codes[:1], [backbone._encode(cfg.caption_prompt)])}, work / "inputs.pt")
+                    "mmu": backbone.mmu_ids(codes[:1], [backbone._encode(cfg.caption_prompt)]) if codes is not None else None},
+                   work / "inputs.pt")
         subprocess.run([args.showo_python, str(Path(__file__).with_name("showo_reference.py")), args.showo_reference,
                         str(work)], check=True)
         return torch.load(work / "outputs.pt")

@@ -9,7 +9,7 @@ same weights as ours, under Phi's names) and `inputs.pt` (the sequences and sett
 builds `Showo` over them, times `Showo.t2i_generate` (the text-to-image call of
 `inference_t2i.py`: the unconditional rows in the same batch, guidance in MUSE's form, the cosine
 schedule) and `Showo.mmu_generate` (the captioning call of `inference_mmu.py`, one image at a time
-as there), each the best of `repeats` (after a warm-up call when more than one), and writes `outputs.pt`: the seconds and the
+as there), each the best of `repeats` (after a warm-up call when more than one), and writes `outputs.pt` (no captions when `caption_tokens` is 0): the seconds and the
 codes t2i_generate drew with `torch.Generator().manual_seed(seed)`.
 """
 
@@ -65,15 +65,13 @@ def main() -> None:
                                   guidance_scale=s["guidance"], temperature=1.0, timesteps=s["steps"],
                                   generator=generator, config=config)
 
-    mmu = inputs["mmu"]  # one understanding sequence: [mmu][soi] image [eoi][bos] prompt
-    mmu_mask = create_attention_mask_for_mmu(mmu, eoi_id=s["eoi_id"]).to(dtype)
-
-    def caption():
-        return model.mmu_generate(mmu, attention_mask=mmu_mask, max_new_tokens=s["caption_tokens"], temperature=1.0,
-                                  top_k=None, eot_token=None)
-
-    out = {"images_seconds": best_of(images, s["repeats"]), "caption_seconds": best_of(caption, s["repeats"]),
-           "codes": images(s["seed"])}
+    out = {"images_seconds": best_of(images, s["repeats"]), "caption_seconds": None, "codes": images(s["seed"])}
+    if s["caption_tokens"]:
+        mmu = inputs["mmu"]  # one understanding sequence: [mmu][soi] image [eoi][bos] prompt
+        mmu_mask = create_attention_mask_for_mmu(mmu, eoi_id=s["eoi_id"]).to(dtype)
+        out["caption_seconds"] = best_of(lambda: model.mmu_generate(
+            mmu, attention_mask=mmu_mask, max_new_tokens=s["caption_tokens"], temperature=1.0, top_k=None, eot_token=None),
+            s["repeats"])
     torch.save(out, work / "outputs.pt")
 
 

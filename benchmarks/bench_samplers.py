@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_model import best_of  # this folder is on the path of a script run from it
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,17 +69,6 @@ CAPTIONS = 8  # samples per image, as curation draws them (`hermesflow run --n-c
 UTILISATION_BATCH = 16  # images per batched MaskGIT call when utilisation is measured
 
 PROMPT = "a photo of a red circle to the left of a blue square"
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of `repeats` calls after one warm-up call (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return min(times)
 
 
 def side_by_side(ours: Callable[[], object], theirs: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -1,8 +1,10 @@
 """Homologous preference curation (paper §3.1): the model judges its own captions and images.
 
 For each homologous record (image x, caption y, questions):
-- understanding: the model samples n captions of x; each is scored by sentence similarity to y;
-  best -> chosen y_w, worst -> rejected y_l;
+- understanding: the model samples n captions of x; each is scored by sentence similarity to y
+  (or, with `caption_score="drawn"`, by the self-VQA accuracy on the record's questions of one image
+  the model draws from it, so captions that say the same thing tie); best -> chosen y_w, worst ->
+  rejected y_l;
 - generation: the model draws n images for y; it answers the record's questions about each image
   itself (self-VQA); a score ranks them; best -> chosen x_w (kept only if its self-VQA accuracy is
   above the threshold), worst -> rejected x_l. The score (`image_score`) is the hard accuracy, or
@@ -34,7 +36,7 @@ one. Shards are merged in input order into `prefs.jsonl`, with a `manifest.json`
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -103,10 +105,23 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     inputs = backbone.prepare_images([r.load_image() for r in records])
     caption_gen = GenerationConfig(temperature=s.caption_temperature, top_k=s.caption_top_k, seed=batch_seed)
     captions = backbone.sample_captions(inputs, s.n_captions, caption_gen)
-    flat = [c for cs in captions for c in cs]
-    cap_scores = similarity.similarity(flat, [r.caption for r in records for _ in range(s.n_captions)]).tolist()
-
     image_gen = GenerationConfig(guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed)
+    judge = judge or backbone
+    qa = tuple(r.qa for r in records)
+    # Eq. 10's previous caption pairs keep their scores, unless captions are scored by drawing: then
+    # they are drawn and judged again with this round's model, as the previous image pairs are.
+    before = {i: p.und for i, p in ((i, previous.get(r.id)) for i, r in enumerate(records))
+              if s.pair_update == "eq10" and p is not None and p.has("und")}
+    if s.caption_score == "drawn":
+        texts = [list(cs) + ([before[i].chosen, before[i].rejected] if i in before else []) for i, cs in enumerate(captions)]
+        drawn = drawn_scores(backbone, judge, texts, qa, s, replace(image_gen, seed=batch_seed + 15_485_863))
+        cap_scores = [x for xs in drawn for x in xs[: s.n_captions]]
+        before_scores = {i: tuple(drawn[i][s.n_captions :]) for i in before}
+    else:
+        flat = [c for cs in captions for c in cs]
+        cap_scores = similarity.similarity(flat, [r.caption for r in records for _ in range(s.n_captions)]).tolist()
+        before_scores = {i: (u.chosen_score, u.rejected_score) for i, u in before.items()}
+
     tokens = backbone.generate([r.caption for r in records], s.n_images, image_gen).cpu()
     perturbed = [world.perturbed(r.caption, f"{s.seed}/{s.round}/{r.id}") for r in records] \
         if s.rejected_from == "perturbed" else None
@@ -127,8 +142,6 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         candidates.append(tokens[i * s.n_images : (i + 1) * s.n_images].tolist() + extra)
     owners = [i for i, c in enumerate(candidates) for _ in c]
     all_tokens = torch.tensor([t for c in candidates for t in c])
-    qa = tuple(r.qa for r in records)
-    judge = judge or backbone
     scores = self_vqa(judge, judge.prepare_generated(all_tokens), qa, owners, s.choice_score)
     self_acc, graded = scores.accuracy.tolist(), scores.graded.tolist()
     # the oracle judges only data it knows (the world's scenes): to measure the self-judge, or to
@@ -160,12 +173,14 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
                   if world is None or not world.holds_out(c)]
         held = len(captions[i]) - len(scored)
         mine = [c for c, _ in scored]
-        und_samples = [Sample(c, float(x)) for c, x in scored if c.strip() and not backbone.fit_problems(None, [c])]
+        und_samples = [Sample(c, float(x)) for c, x in scored
+                       if x is not None and c.strip() and not backbone.fit_problems(None, [c])]
         if not scored:
             und_pair, und_reason = None, HELD_OUT
         elif und_samples:
-            prev_und = Pair(Sample(prev.und.chosen, prev.und.chosen_score), Sample(prev.und.rejected, prev.und.rejected_score)) \
-                if prev is not None and prev.has("und") else None
+            known = i in before and None not in before_scores[i]  # a previous caption it cannot draw: no previous pair
+            prev_und = Pair(Sample(before[i].chosen, before_scores[i][0]), Sample(before[i].rejected, before_scores[i][1])) \
+                if known else None
             und_pair, und_reason = _choose(prev_und, und_samples, None, s.round)
         else:
             und_pair, und_reason = None, UNSCORABLE
@@ -190,6 +205,23 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         first = slice(own.start, own.start + n)
         out.append(Preference(record.id, s.round, record.caption, und, gen, tuple(mine), tuple(self_acc[first]),
                               tuple(true_acc[first]) if judged else None, tuple(graded[first]), held_out_samples=held))
+    return out
+
+
+def drawn_scores(backbone: Backbone, judge: Backbone, texts: list[list[str]], qa: tuple, s: CurationSettings,
+                 gen: GenerationConfig) -> list[list[float | None]]:
+    """Each record's texts scored by drawing one image from each with the policy and answering the
+    record's questions about it with the judge: its self-VQA accuracy (the graded self-score with
+    `image_score` graded). None for a text the model cannot take as a prompt."""
+    drawable = [(i, j) for i, ts in enumerate(texts) for j, t in enumerate(ts) if t.strip() and not backbone.prompt_problems([t])]
+    out: list[list[float | None]] = [[None] * len(ts) for ts in texts]
+    if not drawable:
+        return out
+    tokens = backbone.generate([texts[i][j] for i, j in drawable], 1, gen).cpu()
+    scores = self_vqa(judge, judge.prepare_generated(tokens), qa, [i for i, _ in drawable], s.choice_score)
+    values = (scores.graded if s.image_score == "graded" else scores.accuracy).tolist()
+    for (i, j), x in zip(drawable, values):
+        out[i][j] = x
     return out
 
 

@@ -84,6 +84,10 @@ class CurationOptions:
     pair_update: str = option("eq10", "pairs in the rounds after the first: eq10 (the paper's Eq. 10: the round's best sample against "
                               "the previous winner if it beats it, else against the previous loser) or redraw (the round's best "
                               "against its worst, as in the first round; the previous pair is not used)", choices=("eq10", "redraw"))
+    caption_score: str = option("similarity", "how sampled captions are ranked: similarity (to the record's caption, by the sentence "
+                                "encoder; the paper's) or drawn (the self-VQA accuracy, on the record's questions, of one image "
+                                "the policy draws from each caption: captions that say the same thing tie and pair with nothing)",
+                                choices=("similarity", "drawn"))
     curate_batch_size: int = option(16, "records per curation batch", minimum=1)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))

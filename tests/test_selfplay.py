@@ -286,8 +286,8 @@ def curated(tiny, name: str, round_index: int = 0, previous=None, judge=None, **
     from hermesflow.prefs import read_prefs
 
     root, backbone, data = tiny
-    s = CurationSettings(n_captions=2, n_images=4, steps=2, curate_batch_size=6, min_chosen_accuracy=0.0,
-                         round=round_index, **options)
+    s = CurationSettings(**{"n_captions": 2, "n_images": 4, "steps": 2, "curate_batch_size": 6, "min_chosen_accuracy": 0.0,
+                            "round": round_index, **options})
     with torch.no_grad():
         curate(backbone, LengthSimilarity(), data, root / name, s, previous or {}, world=WORLD, judge=judge)
     manifest = merge(root / name, data, 1, {})
@@ -455,3 +455,38 @@ def test_redrawn_pairs_ignore_the_previous_round_and_eq10_pairs_use_it(tiny):
     assert redrawn == alone
     assert {p.gen.reason for p in redrawn.values()} <= {"initial", "tie", "below_threshold"}
     assert {p.gen.reason for p in eq10.values()} & {"improved", "not_improved", "inverted"}
+
+
+def test_drawn_caption_scores_are_the_self_vqa_of_an_image_drawn_from_each_caption(tiny):
+    """--caption-score drawn (issue 21's candidate, after sentence similarity was seen to pair captions
+    that differ only in their template's words): a caption scores the self-VQA accuracy, on its
+    record's questions, of an image the policy draws from it. The images and their pairs do not change."""
+    from hermesflow.backbones import GenerationConfig
+    from hermesflow.curate import CurationSettings, drawn_scores
+    from hermesflow.judges import self_vqa
+
+    root, backbone, data = tiny
+    # graded self-scores: this untrained model's drawn images would all tie on hard accuracy
+    similar, _ = curated(tiny, "by-similarity", n_captions=6, image_score="graded")
+    drawn, _ = curated(tiny, "by-drawing", n_captions=6, image_score="graded", caption_score="drawn")
+    records = list(data.records)
+    for r in records:
+        a, b = similar[r.id], drawn[r.id]
+        assert a.gen == b.gen and a.caption_samples == b.caption_samples and a.graded_scores == b.graded_scores
+        if b.has("und"):
+            assert 0 <= b.und.rejected_score < b.und.chosen_score <= 1
+    assert any(drawn[r.id].has("und") and drawn[r.id].und != similar[r.id].und for r in records)
+    # in a later round Eq. 10's previous captions are drawn and judged again, beside the new ones
+    later, _ = curated(tiny, "by-drawing-r1", round_index=1, previous=drawn, n_captions=6, image_score="graded",
+                       caption_score="drawn")
+    kept = [later[r.id].und for r in records if later[r.id].has("und")]
+    assert kept and all(u.chosen_score > u.rejected_score for u in kept)
+    assert any(u.reason in ("improved", "not_improved") for u in kept)
+    # each text's image is judged on its own record's questions; a text the model cannot draw scores None
+    gen = GenerationConfig(guidance=2.0, steps=2, seed=3)
+    qa = (records[0].qa, records[1].qa)
+    scores = drawn_scores(backbone, backbone, [[records[0].caption, " "], [records[1].caption]], qa, CurationSettings(), gen)
+    with torch.no_grad():
+        images = backbone.generate([records[0].caption, records[1].caption], 1, gen)
+        expected = self_vqa(backbone, backbone.prepare_generated(images), qa, [0, 1]).accuracy.tolist()
+    assert scores == [[expected[0], None], [expected[1]]]

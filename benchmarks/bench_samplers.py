@@ -2,26 +2,29 @@
 batched sampling call comes to the bound that binds it on this machine.
 
 Janus (Janus-Pro's architecture): images with our `JanusBackbone.generate` against transformers'
-own `JanusForConditionalGeneration.generate(generation_mode="image")`, captions against its
-`generate(generation_mode="text")`: same prompt, batch, guidance, temperature and image-token count
-(576, Janus-Pro's 384 px), timed alternately, best of `--repeats` after a warm-up.
+own `JanusForConditionalGeneration.generate(generation_mode="image")`, captions (8 per image, as
+curation draws them) against its `generate(generation_mode="text", num_return_sequences=8)`: same
+prompt, batch, guidance, temperature and token counts, timed alternately, best of `--repeats` after
+a warm-up.
 
-Show-o: our MaskGIT sampler and caption sampler; the official pipeline (`Showo.t2i_generate`,
-`Showo.mmu_generate`) needs its own environment (transformers 4.41), so with `--showo-reference DIR
---showo-python PY` (a checkout of showlab/Show-o and a Python that can import it) it is timed in a
-subprocess by `benchmarks/showo_reference.py`, alternately with ours; without them the figure recorded
-in `SHOWO_RECORDED` is printed with its date and commit.
+Show-o: our MaskGIT sampler (256 image tokens; at real width also Show-o-512's 1024) and caption
+sampler; the official pipeline (`Showo.t2i_generate`, `Showo.mmu_generate`) needs its own
+environment (transformers 4.41), so with `--showo-reference DIR --showo-python PY` (a checkout of
+showlab/Show-o and a Python that can import it) it is timed in a subprocess by
+`benchmarks/showo_reference.py`, over the same weights and sequences, after ours; without them the
+figures recorded in `SHOWO_RECORDED` are printed with their date and commit.
 
-Two widths: "tiny" (hidden 64: measures per-call overhead) and "real" (Janus-Pro-1B's and Phi-1.5's
-layer widths, hidden 2048, vocabularies and heads as published, with `--layers` decoder layers so
-they fit the CPU). Random weights: speed does not depend on them, and nothing is downloaded.
+Two widths (`Width` below): "tiny" (hidden 64, fp32: per-call overhead) and "real" (Janus-Pro-1B's
+and Phi-1.5's layer widths, hidden 2048, vocabularies and heads as published, `--layers` decoder
+layers so they fit the CPU; bf16). Random weights: speed does not depend on them, and nothing is
+downloaded.
 
 Utilisation, at real width: a batched MaskGIT step is a matmul-bound call, so its FLOPs (counted by
 `torch.utils.flop_counter`) per second over this machine's matmul FLOP/s in the same dtype; an
 autoregressive decode step reads every weight once for a handful of rows, so its weight bytes per
 second over this machine's memory bandwidth (a large copy).
 
-Run: `python benchmarks/bench_samplers.py` (a few minutes; `--only janus` or `--only showo`).
+Run: `python benchmarks/bench_samplers.py` (about 4 minutes; `--only janus` or `--only showo`).
 """
 
 from __future__ import annotations
@@ -175,11 +178,8 @@ def bench_janus(width: str, args) -> None:
                                            num_return_sequences=CAPTIONS, max_new_tokens=budget, min_new_tokens=budget,
                                            eos_token_id=backbone.tokens.eos, pad_token_id=backbone.tokens.pad)
 
-    def ours_captions():
-        captions = backbone.sample_captions(pixels, CAPTIONS, GenerationConfig(temperature=1.0))
-        return captions
-
     # Random weights rarely say <eos>, so ours runs the whole budget too; theirs is held to it.
+    ours_captions = lambda: backbone.sample_captions(pixels, CAPTIONS, GenerationConfig(temperature=1.0))
     ours, theirs = side_by_side(ours_captions, theirs_captions, args.repeats)
     print(f"{label} captions, {m} image(s) x {CAPTIONS} samples x {budget} tokens: ours {n / ours:7.2f}/s   "
           f"transformers {n / theirs:7.2f}/s   ours/theirs {theirs / ours:5.2f}x")

@@ -5,6 +5,9 @@ For each homologous record (image x, caption y, questions):
   (or, with `caption_score="drawn"`, by the self-VQA accuracy on the record's questions of one image
   the model draws from it, so captions that say the same thing tie); best -> chosen y_w, worst ->
   rejected y_l;
+  With `und_pairs="answers"` no captions are sampled: the pair is the record's right answer over
+  the model's strongest wrong choice to the question about x it is least sure of (`answer_pairs`),
+  re-derived from the policy every round;
 - generation: the model draws n images for y; it answers the record's questions about each image
   itself (self-VQA); a score ranks them; best -> chosen x_w (kept only if its self-VQA accuracy is
   above the threshold), worst -> rejected x_l. The score (`image_score`) is the hard accuracy, or
@@ -47,7 +50,7 @@ from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import NOT_SELF_CURATED, World, self_judge_agreement, self_vqa
 from hermesflow.options import CurationOptions
-from hermesflow.prefs import PREFS, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
+from hermesflow.prefs import PREFS, AnswerPair, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.records import HomologousData, Record
 from hermesflow.selfplay import Pair, Sample, contrast_pair, initial_pair, update_pair
 from hermesflow.stages import say
@@ -56,6 +59,7 @@ MANIFEST = "manifest.json"
 UNSCORABLE = "unscorable"  # every sampled caption is one the model cannot score
 HELD_OUT = "held_out_captions"  # every sampled caption names a prompt held out of post-training
 NO_SEEN_PERTURBATION = "no_seen_perturbation"  # every one-attribute swap of the caption is held out
+NO_QUESTION = "no_question"  # answer pairs: the record has no question with two or more choices
 RANKED_BY = {("self", "hard"): "self_accuracy", ("self", "graded"): "self_graded", ("oracle", "hard"): "oracle"}
 
 
@@ -78,6 +82,8 @@ class CurationSettings(CurationOptions):
 def check_curation_data(data: HomologousData, s: CurationOptions, world: World | None = None, limit: int = 20) -> None:
     """Refuse, before any work, options the data (and the `world` that knows it, if any) cannot
     serve, naming the records."""
+    if s.und_pairs == "answers" and s.caption_score != "similarity":
+        raise UsageError("--caption-score ranks sampled captions; --und-pairs answers samples none: choose one")
     if s.pair_source == "oracle" and s.image_score != "hard":
         raise UsageError("--pair-source oracle ranks images by the oracle's accuracy; --image-score graded ranks by the "
                          "model's own scores: choose one (--image-score hard with the oracle)")
@@ -103,24 +109,13 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
     data has one, judges the images too and perturbs captions; `judge` (default: `backbone`) is the
     model whose answers rank the images."""
     inputs = backbone.prepare_images([r.load_image() for r in records])
-    caption_gen = GenerationConfig(temperature=s.caption_temperature, top_k=s.caption_top_k, seed=batch_seed)
-    captions = backbone.sample_captions(inputs, s.n_captions, caption_gen)
     image_gen = GenerationConfig(guidance=s.guidance, temperature=s.image_temperature, steps=s.steps, seed=batch_seed)
     judge = judge or backbone
     qa = tuple(r.qa for r in records)
-    # Eq. 10's previous caption pairs keep their scores, unless captions are scored by drawing: then
-    # they are drawn and judged again with this round's model, as the previous image pairs are.
-    before = {i: p.und for i, p in ((i, previous.get(r.id)) for i, r in enumerate(records))
-              if s.pair_update == "eq10" and p is not None and p.has("und")}
-    if s.caption_score == "drawn":
-        texts = [list(cs) + ([before[i].chosen, before[i].rejected] if i in before else []) for i, cs in enumerate(captions)]
-        drawn = drawn_scores(backbone, judge, texts, qa, s, replace(image_gen, seed=batch_seed + 15_485_863))
-        cap_scores = [x for xs in drawn for x in xs[: s.n_captions]]
-        before_scores = {i: tuple(drawn[i][s.n_captions :]) for i in before}
+    if s.und_pairs == "answers":
+        understanding = [(pair, (), 0) for pair in answer_pairs(backbone, inputs, qa, s.choice_score)]
     else:
-        flat = [c for cs in captions for c in cs]
-        cap_scores = similarity.similarity(flat, [r.caption for r in records for _ in range(s.n_captions)]).tolist()
-        before_scores = {i: (u.chosen_score, u.rejected_score) for i, u in before.items()}
+        understanding = caption_pairs(backbone, similarity, inputs, records, previous, s, batch_seed, image_gen, judge, world)
 
     tokens = backbone.generate([r.caption for r in records], s.n_images, image_gen).cpu()
     perturbed = [world.perturbed(r.caption, f"{s.seed}/{s.round}/{r.id}") for r in records] \
@@ -167,23 +162,6 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         n = s.n_images
         own = slice(offset, offset + len(candidates[i]))
         offset += len(candidates[i])
-        prev = previous.get(record.id) if s.pair_update == "eq10" else None
-        # a caption naming a held-out prompt is left out; one the model cannot score (no words, too long) does not compete
-        scored = [(c, x) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
-                  if world is None or not world.holds_out(c)]
-        held = len(captions[i]) - len(scored)
-        mine = [c for c, _ in scored]
-        und_samples = [Sample(c, float(x)) for c, x in scored
-                       if x is not None and c.strip() and not backbone.fit_problems(None, [c])]
-        if not scored:
-            und_pair, und_reason = None, HELD_OUT
-        elif und_samples:
-            known = i in before and None not in before_scores[i]  # a previous caption it cannot draw: no previous pair
-            prev_und = Pair(Sample(before[i].chosen, before_scores[i][0]), Sample(before[i].rejected, before_scores[i][1])) \
-                if known else None
-            und_pair, und_reason = _choose(prev_und, und_samples, None, s.round)
-        else:
-            und_pair, und_reason = None, UNSCORABLE
         new_samples = [sample(j, own) for j in range(n)]
         if perturbed is not None and perturbed[i] is None:
             gen_pair, gen_reason = None, NO_SEEN_PERTURBATION
@@ -192,8 +170,6 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
         else:
             gen_prev = Pair(sample(n, own), sample(n + 1, own)) if len(candidates[i]) > n else None
             gen_pair, gen_reason = _choose(gen_prev, new_samples, s.min_chosen_accuracy, s.round)
-        und = Dropped(und_reason) if und_pair is None else CaptionPair(
-            und_pair.chosen.key, und_pair.rejected.key, und_pair.chosen.score, und_pair.rejected.score, und_reason)
         if gen_pair is None:
             gen = Dropped(gen_reason)
         else:
@@ -202,10 +178,74 @@ def curate_batch(backbone: Backbone, similarity, records: list[Record], previous
                             self_acc[c], self_acc[r], gen_reason,
                             true_acc[c] if judged else None, true_acc[r] if judged else None,
                             graded[c], graded[r], ranked_by, perturbed[i] if perturbed is not None else None)
+        und, mine, held = understanding[i]
         first = slice(own.start, own.start + n)
-        out.append(Preference(record.id, s.round, record.caption, und, gen, tuple(mine), tuple(self_acc[first]),
+        out.append(Preference(record.id, s.round, record.caption, und, gen, mine, tuple(self_acc[first]),
                               tuple(true_acc[first]) if judged else None, tuple(graded[first]), held_out_samples=held))
     return out
+
+
+def caption_pairs(backbone: Backbone, similarity, inputs: torch.Tensor, records: list[Record], previous: dict[str, Preference],
+                  s: CurationSettings, batch_seed: int, image_gen: GenerationConfig, judge: Backbone,
+                  world: World | None) -> list[tuple[CaptionPair | Dropped, tuple[str, ...], int]]:
+    """Each record's caption pair (best against worst of the captions the model samples of its
+    image, by Eq. 10 from round 1 on), the sampled captions kept, and how many were left out for
+    naming a held-out prompt."""
+    captions = backbone.sample_captions(inputs, s.n_captions, GenerationConfig(
+        temperature=s.caption_temperature, top_k=s.caption_top_k, seed=batch_seed))
+    # Eq. 10's previous caption pairs keep their scores, unless captions are scored by drawing: then
+    # they are drawn and judged again with this round's model, as the previous image pairs are.
+    before = {i: p.und for i, p in ((i, previous.get(r.id)) for i, r in enumerate(records))
+              if s.pair_update == "eq10" and p is not None and p.has("und")}
+    if s.caption_score == "drawn":
+        texts = [list(cs) + ([before[i].chosen, before[i].rejected] if i in before else []) for i, cs in enumerate(captions)]
+        drawn = drawn_scores(backbone, judge, texts, tuple(r.qa for r in records), s, replace(image_gen, seed=batch_seed + 15_485_863))
+        cap_scores = [x for xs in drawn for x in xs[: s.n_captions]]
+        before_scores = {i: tuple(drawn[i][s.n_captions :]) for i in before}
+    else:
+        flat = [c for cs in captions for c in cs]
+        cap_scores = similarity.similarity(flat, [r.caption for r in records for _ in range(s.n_captions)]).tolist()
+        before_scores = {i: (u.chosen_score, u.rejected_score) for i, u in before.items()}
+    out = []
+    for i in range(len(records)):
+        # a caption naming a held-out prompt is left out; one the model cannot score (no words, too long) does not compete
+        scored = [(c, x) for c, x in zip(captions[i], cap_scores[i * s.n_captions : (i + 1) * s.n_captions])
+                  if world is None or not world.holds_out(c)]
+        samples = [Sample(c, float(x)) for c, x in scored if x is not None and c.strip() and not backbone.fit_problems(None, [c])]
+        if not scored:
+            pair, reason = None, HELD_OUT
+        elif samples:
+            known = i in before and None not in before_scores[i]  # a previous caption it cannot draw: no previous pair
+            prev = Pair(Sample(before[i].chosen, before_scores[i][0]), Sample(before[i].rejected, before_scores[i][1])) \
+                if known else None
+            pair, reason = _choose(prev, samples, None, s.round)
+        else:
+            pair, reason = None, UNSCORABLE
+        und = Dropped(reason) if pair is None else CaptionPair(pair.chosen.key, pair.rejected.key, pair.chosen.score,
+                                                               pair.rejected.score, reason)
+        out.append((und, tuple(c for c, _ in scored), len(captions[i]) - len(scored)))
+    return out
+
+
+def answer_pairs(backbone: Backbone, inputs: torch.Tensor, qa: tuple, score: str) -> list[AnswerPair | Dropped]:
+    """Each record's answer pair: of its questions about its own image, the one the model is least
+    sure of (the smallest probability of the right answer above its strongest wrong choice, a softmax
+    over its `choice_logps`), with the right answer chosen over that wrong choice; "answered_wrong"
+    where the wrong one wins. A record without a question of two or more choices has none."""
+    asked = [(i, q) for i, questions in enumerate(qa) for q in questions if len(q.choices) > 1]
+    logps = backbone.choice_logps(inputs[[i for i, _ in asked]], [q.question for _, q in asked],
+                                  [q.choices for _, q in asked], score) if asked else []
+    least: dict[int, tuple[float, AnswerPair]] = {}
+    for (i, q), row in zip(asked, logps):
+        p = torch.tensor(row).softmax(-1).tolist()
+        right = q.choices.index(q.answer)
+        wrong = max((k for k in range(len(q.choices)) if k != right), key=lambda k: p[k])
+        gap = p[right] - p[wrong]
+        if i not in least or gap < least[i][0]:
+            answered_wrong = p[wrong] > p[right] or (p[wrong] == p[right] and wrong < right)  # `answer` takes the first of equals
+            reason = "answered_wrong" if answered_wrong else "answered_right"
+            least[i] = (gap, AnswerPair(q.question, q.answer, q.choices[wrong], p[right], p[wrong], reason))
+    return [least[i][1] if i in least else Dropped(NO_QUESTION) for i in range(len(qa))]
 
 
 def drawn_scores(backbone: Backbone, judge: Backbone, texts: list[list[str]], qa: tuple, s: CurationSettings,

@@ -88,6 +88,10 @@ class CurationOptions:
                                 "encoder; the paper's) or drawn (the self-VQA accuracy, on the record's questions, of one image "
                                 "the policy draws from each caption: captions that say the same thing tie and pair with nothing)",
                                 choices=("similarity", "drawn"))
+    und_pairs: str = option("captions", "the understanding branch's pairs: captions (sampled captions of the true image, the paper's) "
+                            "or answers (the record's right answer to the question about the true image the model is least sure "
+                            "of, over its strongest wrong choice; trains log π(answer | image, question); every round re-derives "
+                            "them from the policy)", choices=("captions", "answers"))
     curate_batch_size: int = option(16, "records per curation batch", minimum=1)
     encoder: Path = option(None, "local sentence encoder folder for caption similarity (default: shipped MiniLM-L6)")
     pooling: str = option("mean", "sentence encoder pooling", choices=("mean", "cls"))

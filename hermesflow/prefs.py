@@ -6,6 +6,7 @@ with its reason. On disk it is one JSON line of `prefs.jsonl`:
 
     {"format", "id", "round", "caption",
      "und": {"chosen", "rejected", "chosen_score", "rejected_score", "reason", "samples"}
+            or {"question", "chosen", "rejected", "chosen_score", "rejected_score", "reason", "samples"}
             or {"dropped", "samples"},
      "gen": {"chosen", "rejected" (image token ids), "chosen_score", "rejected_score", "reason",
              "ranked_by", "chosen_graded", "rejected_graded", "rejected_caption",
@@ -18,8 +19,14 @@ accuracy (present only when the data has scenes it can judge). `ranked_by` says 
 the pair: "self_accuracy", "self_graded" or "oracle" (a control, NOT self-curated).
 `rejected_caption` is the perturbed caption the rejected image was drawn for, when it was.
 
+The understanding pair is a caption pair (sentence-similarity scores), or, with "question", an
+answer pair: the record's right answer to one of its questions over the model's strongest wrong
+choice, scored by the model's probabilities of each (`--und-pairs answers`).
+
 Format 1 (no "format" field) lacks the graded scores, `ranked_by` (it was "self_accuracy") and
-`rejected_caption`; it is still read. Format 2 adds them.
+`rejected_caption`; it is still read. Format 2 adds them. Format 3 adds answer pairs; a row without
+one is written as format 2 (byte for byte as before), so only rows an older reader would misread
+are refused by it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 from hermesflow.errors import DataError
 
 PREFS = "prefs.jsonl"
-FORMAT = 2
+FORMAT = 3
 RANKED_BY = ("self_accuracy", "self_graded", "oracle")
 
 
@@ -46,6 +53,20 @@ class Dropped:
 class CaptionPair:
     """y_w over y_l: captions scored by sentence similarity to the record's caption."""
 
+    chosen: str
+    rejected: str
+    chosen_score: float
+    rejected_score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class AnswerPair:
+    """y_w over y_l as answers to `question` about the record's image: the record's right answer
+    over the model's strongest wrong choice, each scored by the model's probability of it (a softmax
+    over the question's choices)."""
+
+    question: str
     chosen: str
     rejected: str
     chosen_score: float
@@ -86,7 +107,7 @@ class Preference:
     id: str
     round: int
     caption: str
-    und: CaptionPair | Dropped
+    und: CaptionPair | AnswerPair | Dropped
     gen: ImagePair | Dropped
     caption_samples: tuple[str, ...] = ()
     self_scores: tuple[float, ...] = ()
@@ -102,6 +123,8 @@ class Preference:
         und = ({"dropped": self.und.reason} if isinstance(self.und, Dropped) else
                {"chosen": self.und.chosen, "rejected": self.und.rejected, "reason": self.und.reason,
                 "chosen_score": self.und.chosen_score, "rejected_score": self.und.rejected_score})
+        if isinstance(self.und, AnswerPair):
+            und = {"question": self.und.question, **und}
         gen = ({"dropped": self.gen.reason} if isinstance(self.gen, Dropped) else
                {"chosen": list(self.gen.chosen), "rejected": list(self.gen.rejected), "reason": self.gen.reason,
                 "chosen_score": self.gen.chosen_score, "rejected_score": self.gen.rejected_score})
@@ -118,7 +141,8 @@ class Preference:
             gen["graded_scores"] = list(self.graded_scores)
         if self.oracle_scores is not None:
             gen["oracle_scores"] = list(self.oracle_scores)
-        return {**self.extra, "format": FORMAT, "id": self.id, "round": self.round, "caption": self.caption, "und": und, "gen": gen}
+        version = FORMAT if isinstance(self.und, AnswerPair) else 2
+        return {**self.extra, "format": version, "id": self.id, "round": self.round, "caption": self.caption, "und": und, "gen": gen}
 
     @classmethod
     def from_json(cls, obj: dict) -> "Preference":
@@ -131,6 +155,9 @@ class Preference:
         und_pair = (Dropped(str(und["dropped"])) if "dropped" in und else
                     CaptionPair(str(und["chosen"]), str(und["rejected"]), float(und["chosen_score"]),
                                 float(und["rejected_score"]), str(und.get("reason", "unrecorded"))))
+        if "question" in und and "dropped" not in und:
+            und_pair = AnswerPair(str(und["question"]), *(getattr(und_pair, f) for f in
+                                                          ("chosen", "rejected", "chosen_score", "rejected_score", "reason")))
         gen_pair = (Dropped(str(gen["dropped"])) if "dropped" in gen else
                     ImagePair(tuple(int(t) for t in gen["chosen"]), tuple(int(t) for t in gen["rejected"]),
                               float(gen["chosen_score"]), float(gen["rejected_score"]), str(gen.get("reason", "unrecorded")),

@@ -279,8 +279,10 @@ def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path, seed: i
     # the user's data is read as the run read it (its column map, --questions, --follow-symlinks)
     options = DataOptions() if data == run / "data" else _run_options(run)
     records = {r.id: r for r in read_data(data, options).records}
-    true_of = (lambda caption, record: None) if world is None else world.true_of  # noqa: E731
-    true_rejected = [true_of(r["und"]["rejected"], records[r["id"]]) for r in kept if r["id"] in records]
+    def true_of(und: dict, record) -> bool | None:  # whether a rejected caption is true of the image (answer pairs: no caption)
+        return None if world is None or "question" in und else world.true_of(und["rejected"], record)
+
+    true_rejected = [true_of(r["und"], records[r["id"]]) for r in kept if r["id"] in records]
     judged = [t for t in true_rejected if t is not None]
     backbone = load_backbone(model)
     cards = []
@@ -294,7 +296,7 @@ def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path, seed: i
             _save_image(image, out / images[side])
         cards.append({"number": i + 1, "id": row["id"], "caption": row["caption"], "images": images, "und": row["und"],
                       "gen": {"chosen_oracle": None, "rejected_oracle": None, **row["gen"]},
-                      "flags": _flags(row, true_of(row["und"]["rejected"], records[row["id"]]))})
+                      "flags": _flags(row, true_of(row["und"], records[row["id"]]))})
     return {"shown": len(picked), "kept": len(kept), "seed": seed, "caption_note": CAPTION_NOTE, "cards": cards,
             "judged": len(judged), "judged_true": sum(judged)}
 

@@ -32,7 +32,7 @@ from hermesflow.io import atomic_write_bytes, atomic_write_json
 from hermesflow.loop import TrainingLoop
 from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
 from hermesflow.options import TrainingOptions
-from hermesflow.prefs import Preference, to_line
+from hermesflow.prefs import AnswerPair, Preference, to_line
 from hermesflow.records import HomologousData, Record
 from hermesflow.sharding import broadcast_from_main, gathered, meta_copy, shard
 
@@ -117,8 +117,8 @@ class PolicyLogps(nn.Module):
         branches = self.branches if branches is None else branches
         if "und" in branches:
             inputs = b.prepare_images([e.record.load_image() for e in batch])
-            captions = [e.pref.und.chosen for e in batch] + [e.pref.und.rejected for e in batch]
-            lp = b.caption_logps(torch.cat([inputs, inputs]), captions)
+            lp = understanding_logps(b, torch.cat([inputs, inputs]), [e.pref.und for e in batch] * 2,
+                                     [e.pref.und.chosen for e in batch] + [e.pref.und.rejected for e in batch])
             out["und"] = (lp[:n], lp[n:])
         if "gen" in branches:
             uncond = uncond or [False] * n
@@ -129,6 +129,21 @@ class PolicyLogps(nn.Module):
             lp = b.image_logps(prompts, torch.tensor(images, device=b.device), self.estimator, list(seeds) * sides)
             out["gen"] = (lp[:n], lp[n:] if self.gen_rejected else None)
         return out
+
+
+def understanding_logps(backbone: Backbone, inputs: torch.Tensor, pairs: list, texts: list[str]) -> LogProbs:
+    """log π(text | image) of each row's text: a caption pair's caption, or an answer pair's answer
+    given its question (`prefs.AnswerPair`), in order."""
+    asks = [i for i, p in enumerate(pairs) if isinstance(p, AnswerPair)]
+    if not asks:
+        return backbone.caption_logps(inputs, texts)
+    if len(asks) == len(pairs):
+        return backbone.answer_logps(inputs, [p.question for p in pairs], texts)
+    says = [i for i in range(len(pairs)) if i not in set(asks)]
+    answers = backbone.answer_logps(inputs[asks], [pairs[i].question for i in asks], [texts[i] for i in asks])
+    captions = backbone.caption_logps(inputs[says], [texts[i] for i in says])
+    order = torch.argsort(torch.tensor(asks + says, device=answers.total.device))
+    return LogProbs(torch.cat([answers.total, captions.total])[order], torch.cat([answers.count, captions.count])[order])
 
 
 def logp_values(lp: LogProbs, cfg: TrainingOptions) -> torch.Tensor:

@@ -125,11 +125,13 @@ def test_a_run_folder_made_before_the_grouping_resumes_with_the_same_settings(tm
     assert now.pop("judge_model") == "policy"  # (nor before the judge was a setting: the policy, as then)
     assert now.pop("pair_update") == "eq10"  # (nor before the pairs' update was a setting: Eq. 10, as then)
     assert now.pop("caption_score") == "similarity"  # (nor before the caption score was a setting: similarity, as then)
+    assert now.pop("und_pairs") == "captions"  # (nor before answer pairs were a setting: captions, as then)
     assert now == {k: v for k, v in curate.items() if k not in ("model", "model_type", "data", "previous")}
     stage = {**config.to_dict(curation_settings(cfg, 0)), **{k: curate[k] for k in ("model", "model_type", "data", "previous")}}
     with pytest.raises(UsageError, match=r"other settings:\n  caption_score: None -> 'similarity'\n  choice_score: None -> 'sum'\n"
                                           r"  held_out_filter: None -> True\n"
-                                          r"  judge_model: None -> 'policy'\n  pair_update: None -> 'eq10'\n"):
+                                          r"  judge_model: None -> 'policy'\n  pair_update: None -> 'eq10'\n"
+                                          r"  und_pairs: None -> 'captions'\n"):
         claim(run / "round-1", "curate", "round 1 curation", stage, ())
     train = json.loads((OLD_RUN / "round-1" / "train" / "train-settings.json").read_text())["settings"]
     assert {**config.results_settings(cfg.training), "seed": cfg.seed, "dtype": cfg.dtype} == {

@@ -99,6 +99,25 @@ def test_the_answer_is_the_argmax_of_the_choice_scores(backbone, world):
     assert backbone.choice_logps(inputs[:0], [], []) == []
 
 
+def test_an_answer_log_prob_is_its_choice_score_and_trains(backbone, world):
+    # answer pairs (--und-pairs answers) train log π(answer | image, question): the quantity whose
+    # argmax over the choices is the model's answer, now with gradients
+    records, images = world
+    inputs = backbone.prepare_images(images)
+    rows = [(i, q, c) for i, r in enumerate(records) for q in r["qa"] for c in q["choices"]]
+    owners = [i for i, _, _ in rows]
+    with torch.no_grad():
+        scores = [x for i, r in enumerate(records) for x in sum(backbone.choice_logps(
+            inputs[[i] * len(r["qa"])], [q["question"] for q in r["qa"]], [list(q["choices"]) for q in r["qa"]]), [])]
+    backbone.zero_grad()
+    lp = backbone.answer_logps(inputs[owners], [q["question"] for _, q, _ in rows], [c for _, _, c in rows])
+    torch.testing.assert_close(lp.total.detach().float(), torch.tensor(scores), atol=1e-4, rtol=1e-5)
+    assert (lp.count >= 2).all()  # the answer's tokens and its end token
+    lp.total.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
+    backbone.zero_grad()
+
+
 def test_chosen_and_rejected_share_masks_and_an_identical_reference_gives_zero_margins(backbone, world):
     records, _ = world
     caption = records[0]["caption"]

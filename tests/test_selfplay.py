@@ -13,7 +13,7 @@ import torch
 from hermesflow.curate import check_curation_data
 from hermesflow.errors import DataError, UsageError
 from hermesflow.judges import self_vqa
-from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
+from hermesflow.prefs import AnswerPair, CaptionPair, Dropped, ImagePair, Preference, read_lines, to_line
 from hermesflow.records import QA, HomologousData, Record
 from hermesflow.selfplay import (
     BELOW_THRESHOLD,
@@ -242,6 +242,18 @@ def test_prefs_round_trip_with_graded_scores_and_perturbed_captions(tmp_path):
     assert not read_lines(path)[1].gen.self_curated
 
 
+def test_answer_pairs_round_trip_as_format_3_and_older_rows_stay_format_2(tmp_path):
+    answer = Preference("a", 1, "a red circle", AnswerPair("what colour is the circle?", "red", "blue", 0.4, 0.6, "answered_wrong"),
+                        ImagePair((1, 2), (3, 4), 1.0, 0.5, "initial"))
+    caption = Preference("b", 1, "a square", CaptionPair("a square", "a circle", 0.9, 0.1, "initial"), Dropped("tie"))
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(to_line(answer) + to_line(caption))
+    assert read_lines(path) == [answer, caption]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["format"] for r in rows] == [3, 2]  # a reader of format 2 refuses the answer pair rather than misread it
+    assert rows[0]["und"]["question"] == "what colour is the circle?" and "question" not in rows[1]["und"]
+
+
 def test_prefs_of_format_1_are_still_read(tmp_path):
     old = {"id": "a", "round": 0, "caption": "a red circle",
            "und": {"chosen": "a red circle", "rejected": "a square", "reason": "initial", "chosen_score": 0.9,
@@ -254,8 +266,8 @@ def test_prefs_of_format_1_are_still_read(tmp_path):
     assert pref.gen == ImagePair((1, 2), (3, 4), 1.0, 0.5, "initial", 1.0, 0.0)
     assert pref.gen.ranked_by == "self_accuracy" and pref.gen.chosen_graded is None and pref.graded_scores is None
     assert pref.extra == {}
-    path.write_text(json.dumps({**old, "format": 3}) + "\n")
-    with pytest.raises(DataError, match="format 3 is newer"):
+    path.write_text(json.dumps({**old, "format": 4}) + "\n")
+    with pytest.raises(DataError, match="format 4 is newer"):
         read_lines(path)
 
 
@@ -490,3 +502,40 @@ def test_drawn_caption_scores_are_the_self_vqa_of_an_image_drawn_from_each_capti
         images = backbone.generate([records[0].caption, records[1].caption], 1, gen)
         expected = self_vqa(backbone, backbone.prepare_generated(images), qa, [0, 1]).accuracy.tolist()
     assert scores == [[expected[0], None], [expected[1]]]
+
+
+def test_answer_pairs_put_the_right_answer_over_the_models_strongest_wrong_choice(tiny):
+    """--und-pairs answers (issue 21's candidate: understanding pairs from the record's own questions).
+    No captions are sampled; each record's pair answers the question about its true image the model is
+    least sure of; the images and their pairs do not change; later rounds re-derive the pairs."""
+    from hermesflow.curate import NO_QUESTION, answer_pairs
+
+    root, backbone, data = tiny
+    captions, _ = curated(tiny, "captions")
+    answers, manifest = curated(tiny, "answers", und_pairs="answers")
+    records = list(data.records)
+    for r in records:
+        a = answers[r.id]
+        assert a.gen == captions[r.id].gen and a.caption_samples == () and a.held_out_samples == 0
+        pair = a.und
+        assert isinstance(pair, AnswerPair)
+        [q] = [q for q in r.qa if q.question == pair.question]
+        assert pair.chosen == q.answer and pair.rejected in q.choices and pair.rejected != q.answer
+        inputs = backbone.prepare_images([r.load_image()] * len(r.qa))
+        with torch.no_grad():
+            probs = [torch.tensor(x).softmax(-1).tolist() for x in backbone.choice_logps(
+                inputs, [x.question for x in r.qa], [x.choices for x in r.qa])]
+        gaps = [p[x.choices.index(x.answer)] - max(v for k, v in enumerate(p) if x.choices[k] != x.answer)
+                for x, p in zip(r.qa, probs)]
+        assert pair.chosen_score - pair.rejected_score == pytest.approx(min(gaps), abs=1e-6)  # the least sure question
+        assert (pair.reason == "answered_wrong") == (backbone.answer(inputs[:1], [q.question], [q.choices])[0] != q.answer)
+    assert manifest["counts"]["und_kept"] == len(records)
+    later, _ = curated(tiny, "answers-r1", round_index=1, previous=answers, und_pairs="answers")
+    assert [later[r.id].und for r in records] == [answers[r.id].und for r in records]  # the same model: the same pairs
+    # a record without a question of two choices has no pair
+    assert answer_pairs(backbone, backbone.prepare_images([records[0].load_image()]), ((),), "sum") == [Dropped(NO_QUESTION)]
+
+
+def test_answer_pairs_refuse_a_caption_score(tiny):
+    with pytest.raises(UsageError, match="--und-pairs answers samples none"):
+        curated(tiny, "answers-drawn", und_pairs="answers", caption_score="drawn")

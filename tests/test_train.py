@@ -19,7 +19,7 @@ from hermesflow.data import read_homologous
 from hermesflow.errors import UsageError
 from hermesflow.losses import BranchLogps, PairDPOLoss
 from hermesflow.options import TrainingOptions
-from hermesflow.prefs import CaptionPair, Dropped, ImagePair, Preference
+from hermesflow.prefs import AnswerPair, CaptionPair, Dropped, ImagePair, Preference
 from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.train import (
     PolicyLogps,
@@ -248,3 +248,39 @@ def test_a_training_state_saved_with_its_scheduler_by_the_earlier_loop_resumes(t
     again = TrainingLoop(tmp_path, options, "fp32", "train", "training")
     again.prepare(torch.nn.Linear(2, 2))
     assert again.start == 2 and not (tmp_path / "state" / "custom_checkpoint_0.pkl").exists()
+
+
+def test_answer_pairs_train_the_answer_given_its_question(tmp_path, data):
+    """--und-pairs answers: the understanding branch scores log π(answer | image, question) of an
+    answer pair and log π(caption | image) of a caption pair, row by row in a mixed batch, and DPO
+    on answer pairs raises the right answer over the wrong one."""
+    model = tiny()
+    records = data.records
+    questions = [next(q for q in r.qa if len(q.choices) > 1) for r in records]
+    wrong = [next(c for c in q.choices if c != q.answer) for q in questions]
+    prefs = [replace(p, und=AnswerPair(q.question, q.answer, w, 0.4, 0.6, "answered_wrong") if i % 3 else p.und)
+             for i, (p, q, w) in enumerate(zip(prefs_of(data, model), questions, wrong))]
+    examples = examples_from(prefs, data, "und", 0, "branch")
+    assert [type(e.pref.und) for e in examples][:3] == [CaptionPair, AnswerPair, AnswerPair]
+    policy = PolicyLogps(model, ("und",), model.default_estimator())
+    with torch.no_grad():
+        chosen, rejected = policy(examples)["und"]
+        for k, e in enumerate(examples):
+            inputs = model.prepare_images([e.record.load_image()])
+            for text, got in ((e.pref.und.chosen, chosen), (e.pref.und.rejected, rejected)):
+                alone = (model.answer_logps(inputs, [e.pref.und.question], [text]) if isinstance(e.pref.und, AnswerPair)
+                         else model.caption_logps(inputs, [text]))
+                torch.testing.assert_close(got.total[k : k + 1], alone.total, atol=1e-4, rtol=1e-5)
+                assert got.count[k] == alone.count[0]
+
+    answers = [e for e in examples if isinstance(e.pref.und, AnswerPair)]
+
+    def margins() -> torch.Tensor:
+        with torch.no_grad():
+            chosen, rejected = policy(answers)["und"]
+        return chosen.total - rejected.total
+
+    before = margins()
+    cfg = TrainingOptions(loss_type="und", train_steps=12, batch_size=4, warmup=1, save_every=0, lr=3e-3, sft_und=0.0)
+    train(model, answers, cfg, tmp_path)
+    assert (margins() - before).mean() > 1.0

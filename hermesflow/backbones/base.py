@@ -138,6 +138,10 @@ class Backbone(Protocol):
         """log π(caption | image) for each row of `inputs` and its caption, over the caption's tokens
         and its end token."""
 
+    def answer_logps(self, inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
+        """log π(answer <eos> | image, question) for each row of `inputs`, its question and its answer,
+        with gradients (the quantity `choice_logps` sums for each option)."""
+
     def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
                      score: str = "sum") -> list[list[float]]:
         """Multiple choice scores: for each (image, question), log π(option <eos> | image, question) of

@@ -254,6 +254,13 @@ class JanusBackbone(BackboneBase):
         features = self._image_features(inputs)
         return self._answer_logps(features, [CAPTION_QUESTION] * len(captions), captions)
 
+    def answer_logps(self, inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
+        if not len(inputs) == len(questions) == len(answers):
+            raise UsageError(f"answer_logps: {len(inputs)} images, {len(questions)} questions, {len(answers)} answers")
+        if not answers:
+            return self._no_logps()
+        return self._answer_logps(self._image_features(inputs), questions, answers)
+
     def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
                      score: str = "sum", batch_size: int = 64) -> list[list[float]]:
         """log π(choice <eos> | image, question) of each choice, summed over its tokens (or their mean)."""

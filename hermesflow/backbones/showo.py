@@ -505,13 +505,22 @@ class ShowoBackbone(BackboneBase):
         return self.text_logps(self._check_codes(inputs), [prompt] * len(captions),
                                [self._answer_ids(c) for c in captions])
 
+    def _question_ids(self, question: str) -> list[int]:
+        return self._encode(self.cfg.question_template.format(question=question))
+
+    def answer_logps(self, inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
+        if not len(inputs) == len(questions) == len(answers):
+            raise UsageError(f"answer_logps: {len(inputs)} images, {len(questions)} questions, {len(answers)} answers")
+        return self.text_logps(self._check_codes(inputs), [self._question_ids(q) for q in questions],
+                               [self._answer_ids(a) for a in answers])
+
     def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
                      score: str = "sum", batch_size: int = 64) -> list[list[float]]:
         """log π(" choice" <eos> | image, question) of each choice, summed over its tokens (or their mean)."""
         check_choices(inputs, questions, choices)
         codes = self._check_codes(inputs)
         rows = [(i, option) for i, options in enumerate(choices) for option in options]
-        prompts = [self._encode(self.cfg.question_template.format(question=q)) for q in questions]
+        prompts = [self._question_ids(q) for q in questions]
         scores = []
         with self.sampling():
             for s in track(range(0, len(rows), batch_size), "batch"):

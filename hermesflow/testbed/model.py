@@ -276,6 +276,19 @@ class UnifiedModel(BackboneBase):
 
     # ----- understanding ------------------------------------------------------------------------
 
+    def _question_ids(self, question: str) -> list[int]:
+        return self.encode_text(question, self.cfg.text_len - 2) + [self.text.ans]
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        return self.encode_text(answer) + [self.text.eos]
+
+    def answer_logps(self, inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
+        """log π(answer [EOS] | image, question [ANS]), summed over the answer's tokens and [EOS]."""
+        if not len(inputs) == len(questions) == len(answers):
+            raise UsageError(f"answer_logps: {len(inputs)} images, {len(questions)} questions, {len(answers)} answers")
+        return self.text_logprob(self.check_codes(inputs), [self._question_ids(q) for q in questions],
+                                 [self._answer_ids(a) for a in answers])
+
     def choice_logps(self, inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]],
                      score: str = "sum", batch_size: int = 512) -> list[list[float]]:
         """log π(option [EOS] | image, question [ANS]) of each option of each question, summed over tokens
@@ -283,11 +296,11 @@ class UnifiedModel(BackboneBase):
         check_choices(inputs, questions, choices)
         rows, prefixes, targets = [], [], []
         for i, (q, options) in enumerate(zip(questions, choices)):
-            prefix = self.encode_text(q, self.cfg.text_len - 2) + [self.text.ans]
+            prefix = self._question_ids(q)
             for c in options:
                 rows.append(i)
                 prefixes.append(prefix)
-                targets.append(self.encode_text(c) + [self.text.eos])
+                targets.append(self._answer_ids(c))
         if not rows:
             return []
         scores = []

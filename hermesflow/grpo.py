@@ -36,6 +36,7 @@ from hermesflow.judges import self_vqa
 from hermesflow.loop import TrainingLoop
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.records import QUESTIONS_HINT, Record
+from hermesflow.sharding import broadcast_from_main, gathered, meta_copy, shard
 from hermesflow.train import batch_indices, estimator_of
 
 REWARDS = ("hard", "graded")
@@ -175,8 +176,6 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
     settings. Writes `out/metrics.jsonl`; returns the backbone.
     With --grpo-beta-kl the reference is the backbone as passed in (the round's starting model), so a
     resumed run is given the same starting model, as a round's training is."""
-    if training.sharding != "ddp":  # its sampling calls the model outside the forward that gathers sharded weights
-        raise UsageError("--recipe grpo with --sharding fsdp is not built yet: train GRPO with --sharding ddp")
     records = [r for r in records if r.qa]
     if not records:
         raise UsageError(f"GRPO rewards images by the records' questions: no record has any; {QUESTIONS_HINT}")
@@ -191,61 +190,73 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
         if param.requires_grad:
             param.data = param.data.float()
     estimator = grpo_estimator(backbone, grpo, training, sampler)
-    policy = ImageLogps(backbone.to(accelerator.device), estimator)
+    backbone.to(accelerator.device)
+    if world > 1 and loop.sharded:  # every process starts from the main process's weights, as DDP makes them
+        broadcast_from_main(backbone)
+    policy = ImageLogps(backbone, estimator)
+    frame = meta_copy(backbone) if loop.sharded else None  # where the sharded weights are gathered
     reference = None
     if grpo.grpo_beta_kl > 0 and backbone.peft_model is None:  # with LoRA: the adapter disabled
         reference = ImageLogps(copy.deepcopy(backbone).eval().requires_grad_(False), estimator)
-    policy, inner = loop.prepare(policy)
+        if loop.sharded:
+            shard(reference, reference.backbone.shard_units())
+    policy, inner = loop.prepare(policy, backbone.shard_units() if loop.sharded else ())
     for step in loop.steps():
         loop.set_lr(step)  # the μ updates of a step share its learning rate
-        row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step, choice_score)
+        # sampling and rewards call the model outside the forward that gathers sharded weights: under
+        # FSDP they run on the whole weights, gathered once a step (as ZeRO-3 trainers generate)
+        actor = gathered(policy, frame, "backbone.") if loop.sharded else inner.backbone
+        row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step, choice_score,
+                        actor)
         row = {"step": step + 1, **row, "lr": loop.lr_at(step + 1)}
         loop.record(step, row, {"mean reward": f"{row['reward/mean']:.3f}", "groups without signal": f"{row['groups/dropped']:.2f}"})
     loop.finish()
-    return accelerator.unwrap_model(policy).backbone
+    return gathered(policy, frame, "backbone.") if loop.sharded else accelerator.unwrap_model(policy).backbone
 
 
 def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, accelerator, records: list[Record],
               grpo: GRPOOptions, training: TrainingOptions, sampler: GenerationConfig, seed: int, step: int,
-              choice_score: str = "sum") -> dict:
-    """One GRPO step: sample, reward, normalise, then μ clipped-ratio updates; returns its metrics."""
+              choice_score: str = "sum", actor: Backbone | None = None) -> dict:
+    """One GRPO step: `actor` (default: the policy's backbone; under FSDP its whole weights, gathered)
+    samples and rewards, then μ clipped-ratio updates of the policy; returns its metrics."""
+    actor = actor or inner.backbone
     world, rank = accelerator.num_processes, accelerator.process_index
     indices = batch_indices(step, len(records), grpo.grpo_prompts, seed)
     local = [records[i] for i in indices[rank::world]]
     backbone = inner.backbone
     gen = replace(sampler, seed=step_seed("sample", seed, step, rank))
-    rollout = sample_rollout(backbone, local, grpo.grpo_group, gen, isinstance(inner.estimator, TrajectoryEstimator),
+    rollout = sample_rollout(actor, local, grpo.grpo_group, gen, isinstance(inner.estimator, TrajectoryEstimator),
                              step_seed("mask", seed, step, rank))
     owners = [r for r in local for _ in range(grpo.grpo_group)]
-    with backbone.sampling():
-        rewards = self_vqa_rewards(backbone, rollout.tokens, owners, grpo.grpo_reward, choice_score).to(accelerator.device)
+    with actor.sampling():
+        rewards = self_vqa_rewards(actor, rollout.tokens, owners, grpo.grpo_reward, choice_score).to(accelerator.device)
     advantages, kept = group_advantages(rewards.view(len(local), grpo.grpo_group), grpo.grpo_eps)
     keep = kept.repeat_interleave(grpo.grpo_group)
     metrics = {"reward/mean": rewards.mean(), "reward/std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
                "groups/dropped": 1 - kept.float().mean()}
     losses, clip_fractions, kls, ratios = [], [], [], []
     if accelerator.reduce(keep.any().float().reshape(1), reduction="sum").item() > 0:  # some process has signal
-        batch, adv = rollout.select(keep), advantages.flatten()[keep]
-        old = ref = None
-        if len(batch.prompts):
-            with torch.no_grad(), accelerator.autocast():
-                old = inner(batch).mean().float()
-                if reference is not None:
-                    ref = reference(batch).mean().float()
-                elif grpo.grpo_beta_kl > 0:  # LoRA: the starting model is the adapter disabled
-                    with backbone.reference_context():
-                        ref = inner(batch).mean().float()
+        batch, adv, weight = rollout.select(keep), advantages.flatten()[keep], 1.0
+        if not len(batch.prompts):  # no signal here but elsewhere: every process runs the forward (DDP's and FSDP's
+            # collectives are in it), on one sample weighted 0
+            batch, adv, weight = rollout.select(torch.arange(len(keep)) == 0), advantages.flatten()[:1], 0.0
+        ref = None
+        with torch.no_grad(), accelerator.autocast():
+            old = inner(batch).mean().float()
+            if reference is not None:
+                ref = reference(batch).mean().float()
+            elif grpo.grpo_beta_kl > 0:  # LoRA: the starting model is the adapter disabled
+                with backbone.reference_context():
+                    ref = inner(batch).mean().float()
         for _ in range(grpo.grpo_inner_steps):
-            if old is not None:
-                with accelerator.autocast():
-                    logps = policy(batch).mean().float()
-                out = clipped_objective(logps, old, adv, grpo.grpo_clip, ref, grpo.grpo_beta_kl)
-                loss = out.loss.mean()
+            with accelerator.autocast():
+                logps = policy(batch).mean().float()
+            out = clipped_objective(logps, old, adv, grpo.grpo_clip, ref, grpo.grpo_beta_kl)
+            loss = out.loss.mean() * weight
+            if weight:
                 clip_fractions.append(out.clipped.float().mean())
                 kls.append(out.kl.detach().mean())
                 ratios.append(out.ratio.detach().mean())
-            else:  # no signal here but elsewhere: a zero loss keeps DDP's gradient all-reduce in step
-                loss = sum(p.sum() for p in policy.parameters() if p.requires_grad) * 0.0
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if training.max_grad_norm > 0:

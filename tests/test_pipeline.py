@@ -227,6 +227,31 @@ def test_sharded_lora_and_bf16_training_match_one_process(setup, curated, tmp_pa
             assert moved > 0 and apart / moved < 1e-3, apart / moved
 
 
+GRPO = ["--n-train", "8", "--eval-n", "8", "--n-captions", "2", "--n-images", "2", "--steps", "3", "--curate-batch-size", "4",
+        "--min-chosen-accuracy", "0", "--recipe", "grpo", "--train-steps", "4", "--grpo-prompts", "2", "--grpo-group", "4",
+        "--grpo-reward", "hard", "--grpo-beta-kl", "0.05", "--lr", "1e-3", "--warmup", "1"]
+
+
+def test_sharded_grpo_matches_ddp_on_two_processes(setup, tmp_path):
+    """GRPO under --sharding fsdp: sampling and rewards run on the whole weights gathered once a step,
+    the updates on the shards; the same metrics and weights as DDP at the same world size (the
+    sampling seeds are per process). A step where one process has no signal and the other has
+    (groups/dropped 0.5) runs on both: each takes part in the forward passes whose collectives it holds."""
+    runs = {}
+    for sharding in ("ddp", "fsdp"):
+        out = tmp_path / sharding
+        finish(hermesflow("run", "--model", str(setup["model"]), "--out", str(out), *GRPO, "--sharding", sharding, procs=2))
+        runs[sharding] = [json.loads(line) for line in (out / "round-1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in runs["fsdp"]] == [1, 2, 3, 4]
+    assert any(r["groups/dropped"] == 0.5 for r in runs["ddp"])
+    for a, b in zip(runs["ddp"], runs["fsdp"]):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a), (a, b)
+    start = load_file(setup["model"] / "model.safetensors")
+    one, sharded = (load_file(tmp_path / kind / "round-1" / "model" / "model.safetensors") for kind in ("ddp", "fsdp"))
+    moved, apart = moved_and_apart(start, one, sharded)
+    assert moved > 0 and apart / moved < 1e-6, apart / moved
+
+
 ROUNDS = ["--rounds", "2", "--n-train", "16", "--eval-n", "24", "--train-steps", "6", "--save-every", "2", "--batch-size", "4",
           *CURATE]
 

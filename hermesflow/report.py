@@ -46,6 +46,8 @@ TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).res
                                autoescape=True, keep_trailing_newline=True)
 CAPTION_NOTE = ("The caption preference is sentence similarity to the record's one reference caption, so it rewards "
                 "phrasing: a rejected caption is often a correct description of the image worded differently.")
+ANSWER_NOTE = ("The understanding pairs are answers (--und-pairs answers): of the record's questions about the true image, "
+               "the one the model is least sure of, with the model's probability of each answer.")
 
 
 def _rounds(run: Path) -> list[tuple[str, Path]]:
@@ -297,7 +299,8 @@ def _gallery(run: Path, round_dir: Path, out: Path, n: int, model: Path, seed: i
         cards.append({"number": i + 1, "id": row["id"], "caption": row["caption"], "images": images, "und": row["und"],
                       "gen": {"chosen_oracle": None, "rejected_oracle": None, **row["gen"]},
                       "flags": _flags(row, true_of(row["und"], records[row["id"]]))})
-    return {"shown": len(picked), "kept": len(kept), "seed": seed, "caption_note": CAPTION_NOTE, "cards": cards,
+    return {"shown": len(picked), "kept": len(kept), "seed": seed, "caption_note": ANSWER_NOTE if any("question" in r["und"] for r in kept) else CAPTION_NOTE,
+            "cards": cards,
             "judged": len(judged), "judged_true": sum(judged)}
 
 

@@ -137,6 +137,10 @@ class TrainingOptions:
     reference: str = option("cached", "cached: reference log-probs precomputed once per round (caption ones always; image ones only with "
                             "--mask-draws round, else online); online: all computed each step, by a frozen copy or with the LoRA "
                             "adapter disabled", choices=("cached", "online"))
+    reference_model: str = option("round", "whose log-probs the DPO terms are measured against: round (the round's starting model, a "
+                                  "fresh reference each round, the paper's) or base (the run's starting model in every round, so "
+                                  "later rounds stay anchored to it; loaded beside the policy; not with LoRA or GRPO)",
+                                  choices=("round", "base"))
     lr: float = option(1e-4, "peak AdamW learning rate (the built-in model's recipe; the paper used 2e-5 for Show-o)", minimum=1e-12)
     weight_decay: float = option(0.01, "AdamW weight decay", minimum=0.0)
     warmup: int = option(10, "linear warm-up steps before the cosine decay", minimum=0)

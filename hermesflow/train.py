@@ -309,12 +309,13 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: Training
 
 
 def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out: Path, seed: int = 0, dtype: str = "fp32",
-          fingerprint: str | None = None) -> Backbone:
+          fingerprint: str | None = None, reference_model: Backbone | None = None) -> Backbone:
     """Train the policy on the examples (resuming from `out/state` if present), with `seed` choosing
     batch order, mask draws and condition dropout, in `dtype` (bf16: mixed precision over fp32
     weights); returns the backbone. `fingerprint`: the starting weights' (`Backbone.fingerprint`),
     when the caller has it, so that a stage hashes the weights once; a LoRA adapter added since
-    leaves it valid (its zero-initialised output changes no log-prob)."""
+    leaves it valid (its zero-initialised output changes no log-prob). `reference_model` (--reference-model
+    base): the model the DPO terms are measured against, in place of the starting weights."""
     if not examples:
         if cfg.pair_rows == "homologous":
             raise UsageError("no training examples: no preference row has both a caption and an image pair (--pair-rows "
@@ -336,6 +337,9 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
     for param in backbone.parameters():  # fp32 master weights for what trains; frozen (LoRA base) weights stay as loaded
         if param.requires_grad:
             param.data = param.data.float()
+    if reference_model is not None and backbone.peft_model is not None:
+        raise UsageError("--reference-model base with --lora-r: the LoRA reference is the adapter disabled, the round's "
+                         "starting model; train without LoRA, or with --reference-model round")
     if cfg.sharding == "fsdp" and cfg.log_branch_grad_norms:
         raise UsageError("--log-branch-grad-norms takes gradients of whole weights: train with --sharding ddp to log them")
     backbone.to(accelerator.device)
@@ -345,11 +349,15 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
     frame = meta_copy(backbone) if cfg.sharding == "fsdp" else None  # where the sharded weights are gathered back
     cached, online = reference_branches(cfg, not positive_only)
     refs, reference = None, None
+    if reference_model is not None:  # frozen, in the precision of the policy's master weights
+        reference_model = reference_model.to(accelerator.device).float().eval().requires_grad_(False)
+    anchor = reference_model or backbone
     if cached:  # computed with whole weights, before sharding
-        refs = cached_reference(PolicyLogps(policy.backbone, cached, policy.estimator), examples, cfg, dtype, accelerator, out,
-                                fingerprint or backbone.fingerprint())
+        refs = cached_reference(PolicyLogps(anchor, cached, policy.estimator), examples, cfg, dtype, accelerator, out,
+                                anchor.fingerprint() if reference_model is not None else fingerprint or backbone.fingerprint())
     if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
-        reference = PolicyLogps(copy.deepcopy(backbone).eval().requires_grad_(False), online, policy.estimator)
+        frozen = reference_model or copy.deepcopy(backbone).eval().requires_grad_(False)
+        reference = PolicyLogps(frozen, online, policy.estimator)
         if cfg.sharding == "fsdp":
             shard(reference, reference.backbone.shard_units())
     policy, inner = loop.prepare(policy, backbone.shard_units() if cfg.sharding == "fsdp" else ())

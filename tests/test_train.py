@@ -284,3 +284,35 @@ def test_answer_pairs_train_the_answer_given_its_question(tmp_path, data):
     cfg = TrainingOptions(loss_type="und", train_steps=12, batch_size=4, warmup=1, save_every=0, lr=3e-3, sft_und=0.0)
     train(model, answers, cfg, tmp_path)
     assert (margins() - before).mean() > 1.0
+
+
+def test_a_base_reference_measures_the_margins_against_the_given_model(tmp_path, data):
+    """--reference-model base: the DPO terms are measured against the given model (the run's start) in
+    place of the round's starting weights, so a later round's first margins are how far the policy
+    has moved from it; the default's first margins are zero."""
+    import copy
+
+    model = tiny()
+    base = tiny()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    examples = examples_from(prefs_of(data, model), data, "sum", 0)
+    cfg = TrainingOptions(train_steps=1, batch_size=len(examples), warmup=1, save_every=0)
+    start = copy.deepcopy(model)
+    train(copy.deepcopy(model), examples, cfg, tmp_path / "round")
+    train(model, examples, cfg, tmp_path / "base", reference_model=base)
+    first = {kind: json.loads((tmp_path / kind / "metrics.jsonl").read_text().splitlines()[0]) for kind in ("round", "base")}
+    assert first["round"]["und/rewards/margins"] == 0.0 and first["round"]["gen/rewards/margins"] == 0.0
+    seeds = mask_seeds(examples, 0, "step")
+    with torch.no_grad():
+        policy = PolicyLogps(start, ("und", "gen"), start.default_estimator())(examples, None, seeds)
+        anchor = PolicyLogps(base, ("und", "gen"), base.default_estimator())(examples, None, seeds)
+    for b in ("und", "gen"):
+        (pc, pr), (rc, rr) = policy[b], anchor[b]
+        expected = (0.2 * ((pc.total - rc.total) - (pr.total - rr.total))).mean().item()
+        assert first["base"][f"{b}/rewards/margins"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        assert abs(expected) > 1e-3
+    model.add_lora(4, 8.0)
+    with pytest.raises(UsageError, match="--reference-model base with --lora-r"):
+        train(model, examples, cfg, tmp_path / "lora", reference_model=base)

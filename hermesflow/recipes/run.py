@@ -111,6 +111,18 @@ def round_judge(cfg, settings: CurationSettings, state) -> Backbone | None:
     return judge
 
 
+def round_reference(cfg, training, grpo) -> Backbone | None:
+    """With --reference-model base, the model the DPO terms are measured against in every round: the
+    run's starting model (None: the round's own starting weights)."""
+    if training.reference_model == "round":
+        return None
+    if grpo is not None and grpo.recipe == "grpo":
+        raise UsageError("--reference-model base applies to Pair-DPO; GRPO's KL is to the round's starting model (use round)")
+    reference = load_backbone(cfg.model or BASE_MODEL, cfg.dtype)
+    settle(cfg, reference)  # it reads over-long prompts as the policy does
+    return reference
+
+
 def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, state, out: Path | None = None) -> Backbone:
     """Pair-DPO on the round's preferences (reference cached in `out/train`); writes the trained
     model to `out/model` (default: the round folder), with LoRA also its adapter to `out/adapter`,
@@ -118,7 +130,9 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
     out = Path(out) if out is not None else round_dir
     cfg = settle(cfg, backbone)
     training, grpo = cfg.training, cfg.grpo if isinstance(cfg, RunConfig) else None  # `hermesflow train` has no GRPO
+    reference = round_reference(cfg, training, grpo)
     stage = {**config.results_settings(training), "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(),
+             **({"reference_weights": reference.fingerprint()} if reference is not None else {}),
              "model_type": backbone.model_type, "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path),
              **(grpo_settings(grpo, cfg.curation) if grpo is not None and grpo.recipe == "grpo" else {})}
     if state.is_main_process:
@@ -140,7 +154,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
         trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation, backbone), cfg.seed, cfg.dtype, out / "train",
                              cfg.curation.choice_score)
     else:
-        trained = train(backbone, examples, training, out / "train", cfg.seed, cfg.dtype, stage["model"])
+        trained = train(backbone, examples, training, out / "train", cfg.seed, cfg.dtype, stage["model"], reference)
     if state.is_main_process:
         if training.lora_r:
             trained.save_adapter(out / "adapter")

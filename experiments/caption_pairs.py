@@ -35,7 +35,7 @@ def tally(data: Path, folder: Path) -> Counter:
     for line in (folder / "prefs.jsonl").read_text(encoding="utf-8").splitlines():
         pref = json.loads(line)
         und = pref.get("und") or {}
-        if "chosen" not in und:
+        if "chosen" not in und or "question" in und:  # no pair, or an answer pair (--und-pairs answers)
             continue
         scene = read_scene(records[pref["id"]]["scene"])
         chosen, rejected = truth(und["chosen"], scene), truth(und["rejected"], scene)

@@ -412,8 +412,8 @@ def base_and_world_data(tmp_path_factory):
     return root, load_backbone().eval(), read_homologous(write_world(root / "data", n=16, seed=1, split="train", prompts="seen"))
 
 
-@pytest.mark.parametrize("options", [{}, {"pair_source": "oracle"}, {"rejected_from": "perturbed"}],
-                         ids=["self-curated", "oracle-ranked", "perturbed-rejections"])
+@pytest.mark.parametrize("options", [{}, {"pair_source": "oracle"}, {"rejected_from": "perturbed"}, {"und_pairs": "answers"}],
+                         ids=["self-curated", "oracle-ranked", "perturbed-rejections", "answer-pairs"])
 def test_no_held_out_prompt_reaches_the_preferences_in_any_field(base_and_world_data, options):
     from hermesflow.curate import CurationSettings, curate, merge
 
@@ -427,8 +427,11 @@ def test_no_held_out_prompt_reaches_the_preferences_in_any_field(base_and_world_
     for line in (out / "prefs.jsonl").read_text().splitlines():
         row = json.loads(line)
         texts += [row["caption"], *row["und"].get("samples", []), row["und"].get("chosen", ""), row["und"].get("rejected", ""),
-                  row["gen"].get("rejected_caption") or ""]
+                  row["und"].get("question", ""), row["gen"].get("rejected_caption") or ""]
     assert not [t for t in texts if WORLD.holds_out(t)]
+    if options.get("und_pairs") == "answers":  # no captions sampled, none left out
+        assert manifest["counts"]["held_out_captions"] == 0
+        return
     # the shipped model does sample held-out prompts (about one caption in four): they were left out, and counted
     assert manifest["counts"]["held_out_captions"] > 0
     assert manifest["counts"]["held_out_captions"] == sum(8 - len(json.loads(line)["und"]["samples"])

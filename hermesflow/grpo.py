@@ -268,7 +268,15 @@ def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, acce
     if grpo.grpo_beta_kl > 0:  # the k3 KL to the reference, computed only when it is penalised
         named.append(("kl", kls))
     metrics.update({name: torch.stack(values).mean() if values else zero for name, values in named})
-    return {k: accelerator.gather_for_metrics(v.float().reshape(1).to(accelerator.device)).mean().item() for k, v in metrics.items()}
+    # the loss is every process's (0 without signal: what the gradient averages); the update's own
+    # figures are the mean over the processes that had signal (0 when none had)
+    measured = {"clip_fraction", "ratio/mean", "kl"}
+    had = accelerator.gather(torch.tensor([float(bool(ratios))], device=accelerator.device))
+    out = {}
+    for k, v in metrics.items():
+        values = accelerator.gather_for_metrics(v.float().reshape(1).to(accelerator.device))
+        out[k] = ((values * had).sum() / had.sum()).item() if k in measured and had.sum() > 0 else values.mean().item()
+    return out
 
 
 def grpo_settings(grpo: GRPOOptions, curation: CurationOptions) -> dict:

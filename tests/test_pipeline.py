@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hermesflow.backbones import load_backbone
 from hermesflow.report import ABLATION_SECTIONS, SECTIONS
 from hermesflow.settings import PretrainConfig
 from hermesflow.testbed.pretrain import pretrain
@@ -252,6 +253,10 @@ def test_sharded_grpo_matches_ddp_on_two_processes(setup, tmp_path):
     one, sharded = (load_file(tmp_path / kind / "round-1" / "model" / "model.safetensors") for kind in ("ddp", "fsdp"))
     moved, apart = moved_and_apart(start, one, sharded)
     assert moved > 0 and apart / moved < 1e-6, apart / moved
+    # the exported folder loads in one process, and the round's evaluation (sampled, judged) is DDP's
+    assert load_backbone(tmp_path / "fsdp" / "round-1" / "model").fingerprint() == load_backbone(tmp_path / "ddp" / "round-1" / "model").fingerprint()
+    evaluations = [json.loads((tmp_path / kind / "round-1" / "eval" / "metrics.json").read_text()) for kind in ("ddp", "fsdp")]
+    assert evaluations[0]["per_example"] == evaluations[1]["per_example"]
 
 
 ROUNDS = ["--rounds", "2", "--n-train", "16", "--eval-n", "24", "--train-steps", "6", "--save-every", "2", "--batch-size", "4",

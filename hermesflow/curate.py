@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from hermesflow.backbones import Backbone, GenerationConfig
+from hermesflow.backbones.base import best_choices
 from hermesflow.errors import DataError, UsageError
 from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import NOT_SELF_CURATED, World, self_judge_agreement, self_vqa
@@ -242,8 +243,7 @@ def answer_pairs(backbone: Backbone, inputs: torch.Tensor, qa: tuple, score: str
         wrong = max((k for k in range(len(q.choices)) if k != right), key=lambda k: p[k])
         gap = p[right] - p[wrong]
         if i not in least or gap < least[i][0]:
-            answered_wrong = p[wrong] > p[right] or (p[wrong] == p[right] and wrong < right)  # `answer` takes the first of equals
-            reason = "answered_wrong" if answered_wrong else "answered_right"
+            reason = "answered_wrong" if best_choices([row], [q.choices])[0] != q.answer else "answered_right"
             least[i] = (gap, AnswerPair(q.question, q.answer, q.choices[wrong], p[right], p[wrong], reason))
     return [least[i][1] if i in least else Dropped(NO_QUESTION) for i in range(len(qa))]
 

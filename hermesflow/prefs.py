@@ -152,12 +152,12 @@ class Preference:
         if version > FORMAT:
             raise ValueError(f"format {version} is newer than this hermesflow reads ({FORMAT}): upgrade hermesflow")
         und, gen = obj["und"], obj["gen"]
-        und_pair = (Dropped(str(und["dropped"])) if "dropped" in und else
-                    CaptionPair(str(und["chosen"]), str(und["rejected"]), float(und["chosen_score"]),
-                                float(und["rejected_score"]), str(und.get("reason", "unrecorded"))))
-        if "question" in und and "dropped" not in und:
-            und_pair = AnswerPair(str(und["question"]), *(getattr(und_pair, f) for f in
-                                                          ("chosen", "rejected", "chosen_score", "rejected_score", "reason")))
+        if "dropped" in und:
+            und_pair = Dropped(str(und["dropped"]))
+        else:
+            pair = (str(und["chosen"]), str(und["rejected"]), float(und["chosen_score"]), float(und["rejected_score"]),
+                    str(und.get("reason", "unrecorded")))
+            und_pair = AnswerPair(str(und["question"]), *pair) if "question" in und else CaptionPair(*pair)
         gen_pair = (Dropped(str(gen["dropped"])) if "dropped" in gen else
                     ImagePair(tuple(int(t) for t in gen["chosen"]), tuple(int(t) for t in gen["rejected"]),
                               float(gen["chosen_score"]), float(gen["rejected_score"]), str(gen.get("reason", "unrecorded")),

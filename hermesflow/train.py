@@ -139,7 +139,7 @@ def understanding_logps(backbone: Backbone, inputs: torch.Tensor, pairs: list, t
         return backbone.caption_logps(inputs, texts)
     if len(asks) == len(pairs):
         return backbone.answer_logps(inputs, [p.question for p in pairs], texts)
-    says = [i for i in range(len(pairs)) if i not in set(asks)]
+    says = sorted(set(range(len(pairs))) - set(asks))
     answers = backbone.answer_logps(inputs[asks], [pairs[i].question for i in asks], [texts[i] for i in asks])
     captions = backbone.caption_logps(inputs[says], [texts[i] for i in says])
     order = torch.argsort(torch.tensor(asks + says, device=answers.total.device))

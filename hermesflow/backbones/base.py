@@ -205,6 +205,12 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int, generator
     return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
+def check_answers(inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> None:
+    """The arguments of `Backbone.answer_logps`: one image, question and answer per row."""
+    if not len(inputs) == len(questions) == len(answers):
+        raise UsageError(f"answer_logps: {len(inputs)} images, {len(questions)} questions, {len(answers)} answers")
+
+
 def check_choices(inputs: torch.Tensor, questions: Sequence[str], choices: Sequence[Sequence[str]]) -> None:
     """The arguments of `Backbone.choice_logps` and `answer`: one image, question and non-empty
     choice list per row."""

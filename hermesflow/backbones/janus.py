@@ -64,6 +64,7 @@ from hermesflow.backbones.base import (
     GenerationConfig,
     ImageEstimator,
     LogProbs,
+    check_answers,
     check_choices,
     check_rgb,
     choice_scores,
@@ -255,8 +256,7 @@ class JanusBackbone(BackboneBase):
         return self._answer_logps(features, [CAPTION_QUESTION] * len(captions), captions)
 
     def answer_logps(self, inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
-        if not len(inputs) == len(questions) == len(answers):
-            raise UsageError(f"answer_logps: {len(inputs)} images, {len(questions)} questions, {len(answers)} answers")
+        check_answers(inputs, questions, answers)
         if not answers:
             return self._no_logps()
         return self._answer_logps(self._image_features(inputs), questions, answers)

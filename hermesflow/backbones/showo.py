@@ -62,6 +62,7 @@ from hermesflow.backbones.base import (
     ImageEstimator,
     LogProbs,
     MaskedEstimator,
+    check_answers,
     check_choices,
     check_rgb,
     choice_scores,
@@ -509,8 +510,7 @@ class ShowoBackbone(BackboneBase):
         return self._encode(self.cfg.question_template.format(question=question))
 
     def answer_logps(self, inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
-        if not len(inputs) == len(questions) == len(answers):
-            raise UsageError(f"answer_logps: {len(inputs)} images, {len(questions)} questions, {len(answers)} answers")
+        check_answers(inputs, questions, answers)
         return self.text_logps(self._check_codes(inputs), [self._question_ids(q) for q in questions],
                                [self._answer_ids(a) for a in answers])
 

@@ -29,6 +29,7 @@ from hermesflow.backbones.base import (
     GenerationConfig,
     LogProbs,
     MaskedEstimator,
+    check_answers,
     check_choices,
     check_rgb,
     choice_scores,
@@ -284,8 +285,7 @@ class UnifiedModel(BackboneBase):
 
     def answer_logps(self, inputs: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> LogProbs:
         """log π(answer [EOS] | image, question [ANS]), summed over the answer's tokens and [EOS]."""
-        if not len(inputs) == len(questions) == len(answers):
-            raise UsageError(f"answer_logps: {len(inputs)} images, {len(questions)} questions, {len(answers)} answers")
+        check_answers(inputs, questions, answers)
         return self.text_logprob(self.check_codes(inputs), [self._question_ids(q) for q in questions],
                                  [self._answer_ids(a) for a in answers])
 

@@ -142,6 +142,8 @@ def run_train(cfg: TrainConfig) -> int:
     from hermesflow.recipes.run import settle, train_round
     from hermesflow.world.judge import read_world_data
 
+    if cfg.training.replay:
+        raise UsageError("--replay trains on a run's earlier rounds, which `hermesflow train` is not given: use hermesflow run")
     data = read_world_data(cfg.data, cfg.reading)
     backbone = load_backbone(cfg.model)
     cfg = settle(cfg, backbone)  # GRPO samples with the curation's guidance

@@ -141,6 +141,9 @@ class TrainingOptions:
                                   "fresh reference each round, the paper's) or base (the run's starting model in every round, so "
                                   "later rounds stay anchored to it; loaded beside the policy; not with LoRA or GRPO)",
                                   choices=("round", "base"))
+    replay: int = option(0, "train each round also on the pairs of up to this many earlier rounds of the run, each with the "
+                         "round's reference (0: the round's own pairs only, the paper's); not with GRPO or `hermesflow train`",
+                         minimum=0)
     lr: float = option(1e-4, "peak AdamW learning rate (the built-in model's recipe; the paper used 2e-5 for Show-o)", minimum=1e-12)
     weight_decay: float = option(0.01, "AdamW weight decay", minimum=0.0)
     warmup: int = option(10, "linear warm-up steps before the cosine decay", minimum=0)

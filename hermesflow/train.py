@@ -45,10 +45,17 @@ class Example:
     record: Record
     pref: Preference
     mask_seed: int
+    replayed: bool = False  # a pair of an earlier round, trained again (--replay)
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    @property
+    def key(self) -> str:
+        """The example's name among a round's examples: its record's id, and for a replayed pair also
+        the round it was curated in (the record's own pair of this round may train beside it)."""
+        return f"{self.record.id}@round-{self.pref.round + 1}" if self.replayed else self.record.id
 
 
 PAIR_ROWS = ("homologous", "branch")
@@ -56,7 +63,7 @@ MASK_DRAWS = ("step", "round")
 
 
 def examples_from(prefs: list[Preference], data: HomologousData, loss_type: str, seed: int,
-                  pair_rows: str = "homologous") -> list[Example]:
+                  pair_rows: str = "homologous", replayed: bool = False) -> list[Example]:
     """Training tuples: each preference joined with its data record by id. `pair_rows` "homologous"
     keeps the rows with both a caption and an image pair whatever the loss trains, so that arms
     differing only in their loss train on the same tuples; "branch" keeps every row with a pair in
@@ -69,7 +76,7 @@ def examples_from(prefs: list[Preference], data: HomologousData, loss_type: str,
         raise DataError([f"preference rows name ids that the data does not hold: {missing[:5]} ({len(missing)} in all); "
                          "pass the --data the round was curated from"])
     needed = ("und", "gen") if pair_rows == "homologous" else BRANCHES[loss_type]
-    return [Example(records[p.id], p, _mask_seed(seed, p.round, p.id)) for p in prefs if all(p.has(b) for b in needed)]
+    return [Example(records[p.id], p, _mask_seed(seed, p.round, p.id), replayed) for p in prefs if all(p.has(b) for b in needed)]
 
 
 def _mask_seed(seed: int, round_index: int, example_id: str) -> int:
@@ -220,7 +227,7 @@ class ReferenceLogps:
 
     def pair(self, branch: str, batch: list[Example], uncond: list[bool], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) of `batch`'s examples; an image pair scored under the empty prompt where `uncond`."""
-        rows = torch.tensor([self.row[e.id] for e in batch])
+        rows = torch.tensor([self.row[e.key] for e in batch])
         values = self.values[branch][rows]
         if branch == "gen" and any(uncond):
             values = torch.where(torch.tensor(uncond)[:, None], self.values["gen_uncond"][rows], values)
@@ -262,7 +269,7 @@ def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainingO
                 out["gen_uncond"] = uncond
         pairs = {key: torch.stack([logp_values(chosen, cfg), logp_values(rejected, cfg)], dim=1).cpu()
                  for key, (chosen, rejected) in out.items()}
-        refs += [(e.id, e.mask_seed, {key: v[i] for key, v in pairs.items()}) for i, e in enumerate(chunk)]
+        refs += [(e.key, e.mask_seed, {key: v[i] for key, v in pairs.items()}) for i, e in enumerate(chunk)]
     policy.train(was_training)
     gathered = gather_object(refs)
     return ReferenceLogps([item for item, _, _ in gathered], torch.tensor([seed for _, seed, _ in gathered], dtype=torch.int64),
@@ -271,7 +278,7 @@ def reference_logps(policy: PolicyLogps, examples: list[Example], cfg: TrainingO
 
 def dropped_conditions(step: int, batch: list[Example], p: float, seed: int) -> list[bool]:
     """Which examples of a step train their image pair unconditionally (seeded per step and id)."""
-    return [p > 0 and random.Random(f"cond-dropout/{seed}/{step}/{e.id}").random() < p for e in batch]
+    return [p > 0 and random.Random(f"cond-dropout/{seed}/{step}/{e.key}").random() < p for e in batch]
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
@@ -301,8 +308,8 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: Training
                              "branches": ",".join(policy.branches)})
         accelerator.wait_for_everyone()
     refs = ReferenceLogps.load(path)
-    wrong = [e.id for e in examples if e.id not in refs.row or any(b not in refs.values for b in policy.branches)
-             or ("gen" in policy.branches and int(refs.mask_seeds[refs.row[e.id]]) != e.mask_seed)]
+    wrong = [e.key for e in examples if e.key not in refs.row or any(b not in refs.values for b in policy.branches)
+             or ("gen" in policy.branches and int(refs.mask_seeds[refs.row[e.key]]) != e.mask_seed)]
     if wrong:
         raise DataError([f"{path}: cached reference log-probs do not match the examples (first: {wrong[0]}); delete the file"])
     return refs
@@ -396,7 +403,8 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
     identical = bool((accelerator.gather(digest[None]) == digest).all())
     if accelerator.is_main_process:
         summary = {"steps": cfg.train_steps, "processes": world, "sharding": cfg.sharding, "ranks_identical": identical,
-                   "skipped_nonfinite": loop.skipped, "examples": len(examples), "pair_rows": cfg.pair_rows,
+                   "skipped_nonfinite": loop.skipped, "examples": len(examples),
+                   "examples_replayed": sum(e.replayed for e in examples), "pair_rows": cfg.pair_rows,
                    "branches": list(branches), "gen_objective": cfg.gen_objective if "gen" in branches else None,
                    "mask_draws": cfg.mask_draws, "sft_norm": cfg.sft_norm,
                    "reference": {"cached": list(cached), "online": list(online)}}

@@ -136,6 +136,7 @@ def test_a_run_folder_made_before_the_grouping_resumes_with_the_same_settings(tm
     train = json.loads((OLD_RUN / "round-1" / "train" / "train-settings.json").read_text())["settings"]
     now = {**config.results_settings(cfg.training), "seed": cfg.seed, "dtype": cfg.dtype}
     assert now.pop("reference_model") == "round"  # trainings made before the reference was a setting are redone, not reused
+    assert now.pop("replay") == 0  # (nor before replay was a setting: none, as then)
     assert now == {k: v for k, v in train.items() if k not in ("model", "model_type", "prefs", "data")}
     evaluation = json.loads((OLD_RUN / "base" / "eval" / "eval-settings.json").read_text())["settings"]
     now = eval_settings(cfg, cfg.seed)

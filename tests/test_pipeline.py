@@ -260,7 +260,7 @@ def test_sharded_grpo_matches_ddp_on_two_processes(setup, tmp_path):
 
 
 ROUNDS = ["--rounds", "2", "--n-train", "16", "--eval-n", "24", "--train-steps", "6", "--save-every", "2", "--batch-size", "4",
-          *CURATE]
+          "--replay", "1", *CURATE]
 
 
 def rounds(setup, out: Path) -> subprocess.Popen:
@@ -287,6 +287,8 @@ def test_self_play_rounds_resume_after_a_kill_in_the_second_round(setup):
         assert (whole / name / "prefs.jsonl").read_bytes() == (killed / name / "prefs.jsonl").read_bytes()
     second = [json.loads(line) for line in (whole / "round-2" / "prefs.jsonl").read_text().splitlines()]
     assert all(row["round"] == 1 for row in second)
+    trained = [json.loads((whole / name / "train" / "summary.json").read_text()) for name in ("round-1", "round-2")]
+    assert trained[0]["examples_replayed"] == 0 and trained[1]["examples_replayed"] == trained[0]["examples"] > 0  # --replay 1
     kept_by = json.loads((whole / "round-2" / "manifest.json").read_text())["counts"]["und_kept_by"]
     assert set(kept_by) <= {"improved", "not_improved", "initial"} and sum(kept_by.values()) > 0
 

@@ -23,6 +23,7 @@ from hermesflow.prefs import AnswerPair, CaptionPair, Dropped, ImagePair, Prefer
 from hermesflow.testbed.model import UnifiedConfig, UnifiedModel
 from hermesflow.train import (
     PolicyLogps,
+    ReferenceLogps,
     branch_grad_norms,
     branch_logps,
     examples_from,
@@ -316,3 +317,29 @@ def test_a_base_reference_measures_the_margins_against_the_given_model(tmp_path,
     model.add_lora(4, 8.0)
     with pytest.raises(UsageError, match="--reference-model base with --lora-r"):
         train(model, examples, cfg, tmp_path / "lora", reference_model=base)
+
+
+def test_replayed_pairs_train_beside_the_rounds_own_each_with_its_own_reference_row(tmp_path, data):
+    """--replay: an earlier round's pairs train again beside the round's own. A record with a pair in
+    both rounds is two examples, named apart by round, with their own mask seeds and cached reference
+    rows (the same caption pair scores the same; the image pair under its own masks differs)."""
+    model = tiny()
+    earlier = prefs_of(data, model)
+    current = [replace(p, round=1) for p in earlier]
+    examples = examples_from(current, data, "sum", 0) + examples_from(earlier, data, "sum", 0, replayed=True)
+    n = len(examples) // 2
+    own, again = examples[:n], examples[n:]
+    assert [e.id for e in own] == [e.id for e in again] and [e.key for e in own] == [e.id for e in own]
+    assert [e.key for e in again] == [f"{e.id}@round-1" for e in again]
+    assert all(a.mask_seed != b.mask_seed for a, b in zip(own, again))
+    cfg = TrainingOptions(train_steps=2, batch_size=4, warmup=1, save_every=0, mask_draws="round")
+    train(model, examples, cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["examples"], summary["examples_replayed"]) == (2 * n, n)
+    [cache] = tmp_path.glob("reference-*.safetensors")
+    refs = ReferenceLogps.load(cache)
+    assert sorted(refs.ids) == sorted(e.key for e in examples)
+    for a, b in zip(own, again):
+        i, j = refs.row[a.key], refs.row[b.key]
+        assert torch.equal(refs.values["und"][i], refs.values["und"][j])
+        assert not torch.equal(refs.values["gen"][i], refs.values["gen"][j])

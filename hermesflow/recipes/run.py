@@ -111,28 +111,41 @@ def round_judge(cfg, settings: CurationSettings, state) -> Backbone | None:
     return judge
 
 
-def round_reference(cfg, training, grpo) -> Backbone | None:
+def check_grpo_options(training, grpo) -> None:
+    """Refuse, in one line, the Pair-DPO options a GRPO round has no use for (before any work in `run`)."""
+    if grpo is None or grpo.recipe != "grpo":
+        return
+    if training.reference_model == "base":
+        raise UsageError("--reference-model base applies to Pair-DPO; GRPO's KL is to the round's starting model (use round)")
+    if training.replay:
+        raise UsageError("--replay trains again on earlier rounds' pairs; GRPO trains on fresh samples, not pairs (leave --replay at 0)")
+
+
+def round_reference(cfg, training) -> Backbone | None:
     """With --reference-model base, the model the DPO terms are measured against in every round: the
     run's starting model (None: the round's own starting weights)."""
     if training.reference_model == "round":
         return None
-    if grpo is not None and grpo.recipe == "grpo":
-        raise UsageError("--reference-model base applies to Pair-DPO; GRPO's KL is to the round's starting model (use round)")
     reference = load_backbone(cfg.model or BASE_MODEL, cfg.dtype)
     settle(cfg, reference)  # it reads over-long prompts as the policy does
     return reference
 
 
-def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, state, out: Path | None = None) -> Backbone:
-    """Pair-DPO on the round's preferences (reference cached in `out/train`); writes the trained
-    model to `out/model` (default: the round folder), with LoRA also its adapter to `out/adapter`,
-    and returns it. A finished round is loaded instead of trained again."""
+def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, state, out: Path | None = None,
+                earlier: list[Path] = ()) -> Backbone:
+    """Pair-DPO on the round's preferences (reference cached in `out/train`), with --replay also on
+    those of the last rounds of `earlier` (the run's earlier round folders, oldest first); writes the
+    trained model to `out/model` (default: the round folder), with LoRA also its adapter to
+    `out/adapter`, and returns it. A finished round is loaded instead of trained again."""
     out = Path(out) if out is not None else round_dir
     cfg = settle(cfg, backbone)
     training, grpo = cfg.training, cfg.grpo if isinstance(cfg, RunConfig) else None  # `hermesflow train` has no GRPO
-    reference = round_reference(cfg, training, grpo)
+    check_grpo_options(training, grpo)
+    replayed = list(earlier)[-training.replay:] if training.replay else []
+    reference = round_reference(cfg, training)
     stage = {**config.results_settings(training), "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(),
              **({"reference_weights": reference.fingerprint()} if reference is not None else {}),
+             **({"replayed": [file_digest(Path(d) / PREFS) for d in replayed]} if replayed else {}),
              "model_type": backbone.model_type, "prefs": file_digest(Path(round_dir) / PREFS), "data": file_digest(data.path),
              **(grpo_settings(grpo, cfg.curation) if grpo is not None and grpo.recipe == "grpo" else {})}
     if state.is_main_process:
@@ -150,6 +163,8 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
             backbone.merge_lora()
             return backbone
     examples = examples_from(list(read_prefs(round_dir).values()), data, training.loss_type, cfg.seed, training.pair_rows)
+    for folder in replayed:
+        examples += examples_from(list(read_prefs(folder).values()), data, training.loss_type, cfg.seed, training.pair_rows, replayed=True)
     if grpo is not None and grpo.recipe == "grpo":  # online GRPO on fresh samples: the curated pairs are not used
         trained = train_grpo(backbone, list(data.records), grpo, training, sampler_of(cfg.curation, backbone), cfg.seed, cfg.dtype, out / "train",
                              cfg.curation.choice_score)
@@ -434,6 +449,7 @@ def run(cfg: RunConfig) -> list[dict]:
     from hermesflow.accel import partial_state
     from hermesflow.scorers.similarity import SentenceSimilarity
 
+    check_grpo_options(cfg.training, cfg.grpo)
     state = partial_state()
     out = Path(cfg.out)
     backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()  # a bad --model writes nothing
@@ -461,7 +477,7 @@ def run(cfg: RunConfig) -> list[dict]:
             base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
         rows.append(summary_row("base", base, None))
         print(format_summary(rows), flush=True)
-    previous = None
+    previous, done = None, []  # the last round's folder, and every round's so far
     for r in range(1, cfg.rounds + 1):
         round_dir = out / f"round-{r}"
         if state.is_main_process:
@@ -469,7 +485,7 @@ def run(cfg: RunConfig) -> list[dict]:
         with timings.stage(f"round-{r}/curate", round_dir / MANIFEST):
             manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, previous, state)
         with timings.stage(f"round-{r}/train", round_dir / "model" / "config.json"):
-            backbone = train_round(backbone, data, round_dir, cfg, state).to(state.device).eval()
+            backbone = train_round(backbone, data, round_dir, cfg, state, earlier=done).to(state.device).eval()
         if cfg.dtype == "bf16":
             backbone = backbone.bfloat16()  # trained over fp32 weights; sampled and scored in bf16
         if state.is_main_process:
@@ -480,6 +496,7 @@ def run(cfg: RunConfig) -> list[dict]:
             print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
         state.wait_for_everyone()
         previous = round_dir
+        done.append(round_dir)
     if state.is_main_process:
         from hermesflow.report import build_report, verdict
 

@@ -187,16 +187,15 @@ def ablate(cfg: AblateConfig) -> dict:
                 model = train_round(load_backbone(base_dir, cfg.dtype), data, arm_round0, arm_cfg, state, out=folder)
             runs.setdefault(arm.name, []).append(evaluated(model, folder))
             curated.setdefault(arm.name, []).append(arm_round0)
-            previous, done = arm_round0, [arm_round0]
+            done = [arm_round0]  # the arm's round folders so far, for Eq. 10 and --replay
             for r in range(2, arm.rounds + 1):  # self-play: the arm's model curates against its previous pairs (Eq. 10)
                 folder = out / arm.row(r) / f"seed-{seed}"
                 with timings.stage(f"{arm.row(r)}/seed-{seed}/curate", folder / MANIFEST):
-                    curate_round(model.eval(), similarity, data, folder, arm_cfg, r - 1, previous, state)
+                    curate_round(model.eval(), similarity, data, folder, arm_cfg, r - 1, done[-1], state)
                 with timings.stage(f"{arm.row(r)}/seed-{seed}/train", folder / "model" / "config.json"):
                     model = train_round(model, data, folder, arm_cfg, state, earlier=done)
                 runs.setdefault(arm.row(r), []).append(evaluated(model, folder))
                 curated.setdefault(arm.row(r), []).append(folder)
-                previous = folder
                 done.append(folder)
     train_steps = cfg.training.train_steps
     summary = {}

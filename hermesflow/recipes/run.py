@@ -477,13 +477,13 @@ def run(cfg: RunConfig) -> list[dict]:
             base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
         rows.append(summary_row("base", base, None))
         print(format_summary(rows), flush=True)
-    previous, done = None, []  # the last round's folder, and every round's so far
+    done = []  # the folders of the rounds run so far
     for r in range(1, cfg.rounds + 1):
         round_dir = out / f"round-{r}"
         if state.is_main_process:
             say(f"round {r} of {cfg.rounds}: curate, train, evaluate")
         with timings.stage(f"round-{r}/curate", round_dir / MANIFEST):
-            manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, previous, state)
+            manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, done[-1] if done else None, state)
         with timings.stage(f"round-{r}/train", round_dir / "model" / "config.json"):
             backbone = train_round(backbone, data, round_dir, cfg, state, earlier=done).to(state.device).eval()
         if cfg.dtype == "bf16":
@@ -495,7 +495,6 @@ def run(cfg: RunConfig) -> list[dict]:
             rows.append(summary_row(str(r), result, manifest, json.loads(trained.read_text()).get("examples") if trained.exists() else None))
             print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
         state.wait_for_everyone()
-        previous = round_dir
         done.append(round_dir)
     if state.is_main_process:
         from hermesflow.report import build_report, verdict

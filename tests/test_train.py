@@ -219,7 +219,7 @@ def test_branch_grad_norms_leave_out_what_the_loss_leaves_out():
 
 def test_cached_reference_log_probs_are_typed_tensors_that_round_trip_exactly(tmp_path):
     """The round's reference cache: (chosen, rejected) per branch as float32 tensors, read back bit for
-    bit, looked up by example id; an image pair scored under the empty prompt where its condition drops."""
+    bit, looked up by example key; an image pair scored under the empty prompt where its condition drops."""
     from hermesflow.train import ReferenceLogps
 
     values = {"und": torch.tensor([[-1.5, -2.25], [-3.0, -4.125]]), "gen": torch.tensor([[-10.0, -11.0], [-12.0, -13.0]]),
@@ -229,7 +229,7 @@ def test_cached_reference_log_probs_are_typed_tensors_that_round_trip_exactly(tm
     back = ReferenceLogps.load(tmp_path / "reference.safetensors")
     assert back.ids == ["a", "b"] and back.mask_seeds.tolist() == [7, 8]
     assert all(torch.equal(back.values[k], v) and back.values[k].dtype == torch.float32 for k, v in values.items())
-    batch = [SimpleNamespace(id="b"), SimpleNamespace(id="a")]
+    batch = [SimpleNamespace(key="b"), SimpleNamespace(key="a")]
     chosen, rejected = back.pair("und", batch, [False, False], "cpu")
     assert chosen.tolist() == [-3.0, -1.5] and rejected.tolist() == [-4.125, -2.25]
     chosen, rejected = back.pair("gen", batch, [True, False], "cpu")

@@ -49,6 +49,7 @@ def test_arms_take_rounds_and_mark_those_that_curate(tmp_path):
     ("a:\n  n_images: many\n", "arm 'a': n_images must be int, got 'many'"),
     ("a:\n  train_steps: 10\n", "arm 'a': train_steps cannot differ between arms (the step budget is shared"),
     ("a:\n  rounds: 0\n", "arm 'a': rounds must be a whole number of at least 1"),
+    ("a:\n  recipe: grpo\n  replay: 1\n", "arm 'a': --replay trains again on earlier rounds' pairs; GRPO trains on fresh samples"),
     ("a: [1, 2]\n", "arm 'a': expected a mapping of setting: value"),
     ("base: {}\n", "arm 'base': 'base' is the starting model's row"),
     ("a b: {}\n", "arm 'a b': an arm name is a folder name"),

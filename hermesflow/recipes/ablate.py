@@ -43,7 +43,16 @@ from hermesflow.io import atomic_write_json, atomic_write_text
 from hermesflow.judges import self_judge_agreement
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.prefs import read_prefs
-from hermesflow.recipes.run import Timings, claim_folder, curate_round, evaluate_into, settle, train_data, train_round
+from hermesflow.recipes.run import (
+    Timings,
+    check_grpo_options,
+    claim_folder,
+    curate_round,
+    evaluate_into,
+    settle,
+    train_data,
+    train_round,
+)
 from hermesflow.report import ablation_tables
 from hermesflow.results import Evaluation, Interval
 from hermesflow.settings import AblateConfig, RunConfig
@@ -123,8 +132,9 @@ def load_arms(path: Path) -> list[Arm]:
                 hint = f"; did you mean {close[0]!r}?" if close else f"; an arm may set rounds or any of {sorted(ARM_SETTINGS)}"
                 raise UsageError(f"{where}: unknown setting {key!r}{hint}")
         values = {k: config._coerce(RunConfig, k, v, where) for k, v in settings.items()}
-        try:  # ranges and choices, checked exactly as for a run's flags and config files
-            config.complete(RunConfig, {"out": Path("."), **values})
+        try:  # ranges, choices and combinations, checked exactly as for a run's flags and config files
+            run = config.complete(RunConfig, {"out": Path("."), **values})
+            check_grpo_options(run.training, run.grpo)
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None
         arms.append(Arm(name, values, rounds))

@@ -8,12 +8,23 @@ a vision tower). Only the optimizer goes through `accelerator.prepare`.
 
 Each process then holds 1/N of the weights, gradients and AdamW state. A checkpoint is sharded too
 (`torch.distributed.checkpoint`, each process writing its own part); the trained model is gathered
-into an ordinary, unsharded module (`gathered`) that every process gets back, as after DDP.
+into an ordinary, unsharded module on the main process only (`gathered`), which writes it.
+
+Inference (curation, evaluation, GRPO's sampling) runs on sharded weights too (`sharded_inference`):
+the root's own parameters whole for the phase, each block gathered for its forward by FSDP's hook.
+Every process must then issue the same all-gathers in the same order, yet processes sample different
+numbers of forward passes (a batch more, a caption that stops early, the main process evaluating
+alone). So each forward first all-reduces an "I have work" flag, and a process whose work is done
+drains: it issues the flag's all-reduce and each block's gather, as a forward would, until the flag
+sums to zero and every process leaves at the same collective. This holds while every forward runs
+each block once, in order (the transformer stacks of every backbone, KV-cached decoding included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -59,15 +70,58 @@ def meta_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def gathered(sharded: nn.Module, frame: nn.Module, prefix: str = "") -> nn.Module:
+def is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def gathered(sharded: nn.Module, frame: nn.Module, prefix: str = "", main_only: bool = False) -> nn.Module | None:
     """The whole weights of a sharded module (a collective: every process calls it), put into `frame`
-    (a `meta_copy` of the module taken before sharding, or of its submodule at `prefix`); returns the frame."""
+    (a `meta_copy` of the module taken before sharding, or of its submodule at `prefix`); returns the
+    frame. `main_only`: only the main process receives them, in CPU memory (the others get None)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True))
+    full = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=main_only))
+    if main_only and torch.distributed.get_rank() != 0:
+        return None
     own = {key[len(prefix):]: value.detach().clone() for key, value in full.items() if key.startswith(prefix)}
     frame.load_state_dict(own, assign=True)
     return frame
+
+
+@contextlib.contextmanager
+def sharded_inference(root: nn.Module, units: list[nn.Module]) -> Iterator[None]:
+    """Forward passes on a sharded `root` (its blocks `units`, in forward order), each process as many
+    as it has work for; on leaving, a process drains until every process has left (module docstring).
+    Every process enters; a module that is not sharded runs as it is."""
+    if not is_sharded(root):
+        yield
+        return
+    device = next(root.parameters()).device
+
+    def others_working(mine: int) -> bool:
+        flag = torch.tensor([mine], device=device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item())
+
+    def working(module: nn.Module, args: tuple) -> None:
+        others_working(1)
+
+    hook = units[0].register_forward_pre_hook(working, prepend=True)  # before FSDP's gather
+    # FSDP makes root the first module to run forward, and a root keeps its weights after it; the root
+    # here never runs forward, so it is made root first (else each block would be, and stay whole)
+    root._get_fsdp_state()._lazy_init()
+    root.unshard()
+    try:
+        yield
+        while others_working(0):  # the collectives of another process's forward
+            for unit in units:
+                unit.unshard()
+                unit.reshard()
+    finally:
+        hook.remove()
+        root.reshard()
 
 
 def save_state(model: nn.Module, opt: torch.optim.Optimizer, folder: Path) -> None:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from hermesflow.errors import UsageError
+from hermesflow.sharding import gathered, is_sharded, meta_copy, shard, sharded_inference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -179,6 +180,15 @@ class Backbone(Protocol):
     def fingerprint(self) -> str:
         """A short digest of the weights, so cached log-probs are never reused for another model."""
 
+    def shard(self) -> Backbone:
+        """These weights sharded over the processes for inference (--sharding fsdp); frozen from then on."""
+
+    def whole(self) -> Backbone:
+        """The whole weights on every process: itself, or gathered into a new model if sharded."""
+
+    def inference(self) -> contextlib.AbstractContextManager:
+        """The context every process enters for a phase of forward passes (curation, evaluation)."""
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Weights (safetensors) and config.json with its `model_type`, no pickle."""
 
@@ -321,13 +331,35 @@ class BackboneBase(nn.Module):
         return best_choices(self.choice_logps(inputs, questions, choices, **kwargs), choices)
 
     def fingerprint(self) -> str:
-        """sha1 over every parameter and buffer's name, dtype and bytes (bf16 included)."""
+        """sha1 over every parameter and buffer's name, dtype and bytes (bf16 included); a sharded
+        model's is the one its whole weights had (taken by `shard`, so the same at any world size)."""
+        if "_whole" in self.__dict__:
+            return self.__dict__["_whole"][0]
         h = hashlib.sha1()
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()[:12]
+
+    # ----- sharded inference (--sharding fsdp) --------------------------------------------------------
+
+    def shard(self) -> Backbone:
+        """Shard these weights over the processes (FSDP2, each of `shard_units` on its own), in place:
+        each process keeps 1/N of them, and curation and evaluation run in `inference()`. The model
+        is frozen from then on; its fingerprint and an empty frame to gather it into are taken first."""
+        self.__dict__["_whole"] = (self.fingerprint(), meta_copy(self))
+        shard(self, self.shard_units())
+        return self
+
+    def whole(self) -> Backbone:
+        """Itself, or if sharded its whole weights gathered into a new model on every process (a collective)."""
+        if "_whole" not in self.__dict__:
+            return self
+        return gathered(self, meta_copy(self.__dict__["_whole"][1]))
+
+    def inference(self) -> contextlib.AbstractContextManager:
+        return sharded_inference(self, self.shard_units()) if is_sharded(self) else contextlib.nullcontext()
 
     # ----- LoRA -------------------------------------------------------------------------------------
 

@@ -1,0 +1,45 @@
+"""Inference on sharded weights (`Backbone.shard`, `Backbone.inference`): under `torchrun
+--nproc_per_node 2` (gloo, CPU), each backbone sharded over the two processes samples images and
+captions and scores multiple choice exactly as its whole weights in one process, while the processes
+do different numbers of calls (one drains while the other works); each holds half of each block
+between calls, and the fingerprint is the whole weights'. The work is tests/sharded_inference_run.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_models import make_tiny_janus
+from tiny_showo import make_tiny_showo
+
+from hermesflow.backbones import BASE_MODEL
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+SCRIPT = Path(__file__).with_name("sharded_inference_run.py")
+MODELS = {"built-in": lambda tmp: BASE_MODEL, "janus": lambda tmp: make_tiny_janus(tmp / "janus", image_size=64),
+          "show-o": lambda tmp: make_tiny_showo(tmp / "showo", image_size=32)}
+
+
+@pytest.mark.parametrize("model, dtype", [("built-in", "fp32"), ("janus", "bf16"), ("show-o", "fp32")])
+def test_a_sharded_model_samples_and_scores_as_its_whole_weights(tmp_path, model, dtype):
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547", str(SCRIPT),
+           str(MODELS[model](tmp_path)), dtype, str(out)]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert [r["calls"] for r in ranks] == [1, 2]  # rank 1 worked on while rank 0 drained
+    for r in ranks:
+        assert r["same_outputs"] and r["blocks_sharded_between_calls"]
+        assert r["fingerprint_sharded"] == r["fingerprint_whole"] == r["fingerprint_regathered"]
+    held = [r["held_fraction"] for r in ranks]
+    assert held[0].keys() == held[1].keys() and held[0]
+    for name in held[0]:  # the two halves make the whole (a parameter of an odd number of rows splits unevenly)
+        assert held[0][name] + held[1][name] == pytest.approx(1.0)
+        assert 0.3 <= held[0][name] <= 0.7

@@ -20,6 +20,7 @@ draws is a function of (seed, step), so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from dataclasses import asdict, dataclass, replace
@@ -36,7 +37,7 @@ from hermesflow.judges import self_vqa
 from hermesflow.loop import TrainingLoop
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.records import QUESTIONS_HINT, Record
-from hermesflow.sharding import broadcast_from_main, gathered, meta_copy, shard
+from hermesflow.sharding import broadcast_from_main, gathered, is_sharded, meta_copy, shard, sharded_inference
 from hermesflow.train import batch_indices, estimator_of
 
 REWARDS = ("hard", "graded")
@@ -170,10 +171,11 @@ def step_seed(kind: str, seed: int, step: int, rank: int) -> int:
 
 
 def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, training: TrainingOptions,
-               sampler: GenerationConfig, seed: int, dtype: str, out: Path, choice_score: str = "sum") -> Backbone:
+               sampler: GenerationConfig, seed: int, dtype: str, out: Path, choice_score: str = "sum") -> Backbone | None:
     """GRPO on the records' captions and questions (resuming from `out/state` if present), sampling
     with `sampler` (its seed is drawn per step from `seed`) and optimising with `training`'s optimiser
-    settings. Writes `out/metrics.jsonl`; returns the backbone.
+    settings. Writes `out/metrics.jsonl`; returns the backbone (under --sharding fsdp gathered on the
+    main process only: None on the others).
     With --grpo-beta-kl the reference is the backbone as passed in (the round's starting model), so a
     resumed run is given the same starting model, as a round's training is."""
     records = [r for r in records if r.qa]
@@ -203,33 +205,30 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
     policy, inner = loop.prepare(policy, backbone.shard_units() if loop.sharded else ())
     for step in loop.steps():
         loop.set_lr(step)  # the μ updates of a step share its learning rate
-        # sampling and rewards call the model outside the forward that gathers sharded weights: under
-        # FSDP they run on the whole weights, gathered once a step (as ZeRO-3 trainers generate)
-        actor = gathered(policy, frame, "backbone.") if loop.sharded else inner.backbone
-        row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step, choice_score,
-                        actor)
+        row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step, choice_score)
         row = {"step": step + 1, **row, "lr": loop.lr_at(step + 1)}
         loop.record(step, row, {"mean reward": f"{row['reward/mean']:.3f}", "groups without signal": f"{row['groups/dropped']:.2f}"})
     loop.finish()
-    return gathered(policy, frame, "backbone.") if loop.sharded else accelerator.unwrap_model(policy).backbone
+    return gathered(policy, frame, "backbone.", main_only=True) if loop.sharded else accelerator.unwrap_model(policy).backbone
 
 
 def grpo_step(policy, inner: ImageLogps, reference: ImageLogps | None, opt, accelerator, records: list[Record],
               grpo: GRPOOptions, training: TrainingOptions, sampler: GenerationConfig, seed: int, step: int,
-              choice_score: str = "sum", actor: Backbone | None = None) -> dict:
-    """One GRPO step: `actor` (default: the policy's backbone; under FSDP its whole weights, gathered)
-    samples and rewards, then μ clipped-ratio updates of the policy; returns its metrics."""
-    actor = actor or inner.backbone
+              choice_score: str = "sum") -> dict:
+    """One GRPO step: the policy samples and rewards (under FSDP on its shards, each block gathered for
+    its forward), then μ clipped-ratio updates of the policy; returns its metrics."""
     world, rank = accelerator.num_processes, accelerator.process_index
     indices = batch_indices(step, len(records), grpo.grpo_prompts, seed)
     local = [records[i] for i in indices[rank::world]]
     backbone = inner.backbone
     gen = replace(sampler, seed=step_seed("sample", seed, step, rank))
-    rollout = sample_rollout(actor, local, grpo.grpo_group, gen, isinstance(inner.estimator, TrajectoryEstimator),
-                             step_seed("mask", seed, step, rank))
-    owners = [r for r in local for _ in range(grpo.grpo_group)]
-    with actor.sampling():
-        rewards = self_vqa_rewards(actor, rollout.tokens, owners, grpo.grpo_reward, choice_score).to(accelerator.device)
+    sharded = sharded_inference(policy, backbone.shard_units()) if is_sharded(policy) else contextlib.nullcontext()
+    with sharded:  # a caption that stops early is fewer forward passes on one process than on another
+        rollout = sample_rollout(backbone, local, grpo.grpo_group, gen, isinstance(inner.estimator, TrajectoryEstimator),
+                                 step_seed("mask", seed, step, rank))
+        owners = [r for r in local for _ in range(grpo.grpo_group)]
+        with backbone.sampling():
+            rewards = self_vqa_rewards(backbone, rollout.tokens, owners, grpo.grpo_reward, choice_score).to(accelerator.device)
     advantages, kept = group_advantages(rewards.view(len(local), grpo.grpo_group), grpo.grpo_eps)
     keep = kept.repeat_interleave(grpo.grpo_group)
     metrics = {"reward/mean": rewards.mean(), "reward/std": rewards.std() if len(rewards) > 1 else torch.zeros(()),

@@ -316,10 +316,11 @@ def cached_reference(policy: PolicyLogps, examples: list[Example], cfg: Training
 
 
 def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out: Path, seed: int = 0, dtype: str = "fp32",
-          fingerprint: str | None = None, reference_model: Backbone | None = None) -> Backbone:
+          fingerprint: str | None = None, reference_model: Backbone | None = None) -> Backbone | None:
     """Train the policy on the examples (resuming from `out/state` if present), with `seed` choosing
     batch order, mask draws and condition dropout, in `dtype` (bf16: mixed precision over fp32
-    weights); returns the backbone. `fingerprint`: the starting weights' (`Backbone.fingerprint`),
+    weights); returns the backbone (under --sharding fsdp gathered on the main process only: None on
+    the others). `fingerprint`: the starting weights' (`Backbone.fingerprint`),
     when the caller has it, so that a stage hashes the weights once; a LoRA adapter added since
     leaves it valid (its zero-initialised output changes no log-prob). `reference_model` (--reference-model
     base): the model the DPO terms are measured against, in place of the starting weights."""
@@ -394,13 +395,12 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
         loop.record(step, row, {"loss": f"{row['loss']:.4f}", **{f"{b} margin": f"{row[f'{b}/rewards/margins']:.3f}" for b in branches
                                                                  if f"{b}/rewards/margins" in row}})
     loop.finish()
-    if frame is not None:
-        backbone = gathered(policy, frame, "backbone.")
-    else:
+    if frame is not None:  # one copy, on the main process
+        backbone, identical = gathered(policy, frame, "backbone.", main_only=True), True
+    else:  # DDP should keep every rank's parameters identical; check it rather than trust it
         backbone = accelerator.unwrap_model(policy).backbone
-    # DDP should keep every rank's parameters identical (gathered FSDP weights are one copy); check it rather than trust it.
-    digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])
-    identical = bool((accelerator.gather(digest[None]) == digest).all())
+        digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])
+        identical = bool((accelerator.gather(digest[None]) == digest).all())
     if accelerator.is_main_process:
         summary = {"steps": cfg.train_steps, "processes": world, "sharding": cfg.sharding, "ranks_identical": identical,
                    "skipped_nonfinite": loop.skipped, "examples": len(examples),

@@ -234,8 +234,8 @@ GRPO = ["--n-train", "8", "--eval-n", "8", "--n-captions", "2", "--n-images", "2
 
 
 def test_sharded_grpo_matches_ddp_on_two_processes(setup, tmp_path):
-    """GRPO under --sharding fsdp: sampling and rewards run on the whole weights gathered once a step,
-    the updates on the shards; the same metrics and weights as DDP at the same world size (the
+    """GRPO under --sharding fsdp: sampling, rewards and updates run on the shards (each block gathered
+    for its forward); the same metrics and weights as DDP at the same world size (the
     sampling seeds are per process). A step where one process has no signal and the other has
     (groups/dropped 0.5) runs on both: each takes part in the forward passes whose collectives it holds."""
     runs = {}
@@ -257,6 +257,25 @@ def test_sharded_grpo_matches_ddp_on_two_processes(setup, tmp_path):
     assert load_backbone(tmp_path / "fsdp" / "round-1" / "model").fingerprint() == load_backbone(tmp_path / "ddp" / "round-1" / "model").fingerprint()
     evaluations = [json.loads((tmp_path / kind / "round-1" / "eval" / "metrics.json").read_text()) for kind in ("ddp", "fsdp")]
     assert evaluations[0]["per_example"] == evaluations[1]["per_example"]
+
+
+def test_sharded_rounds_curate_and_evaluate_on_the_shards_as_ddp_does(setup, tmp_path):
+    """`run --sharding fsdp` on two processes: the base evaluation (the main process's forward passes,
+    the other process draining), each round's curation (three batches: one process curates two, the
+    other one) and evaluation run on sharded weights, and give DDP's files at the same world size; round
+    2 is curated by round 1's model as the main process wrote it (its fingerprint)."""
+    args = ["--rounds", "2", "--n-train", "12", "--eval-n", "8", "--train-steps", "3", "--batch-size", "4", *CURATE]
+    for sharding in ("ddp", "fsdp"):
+        finish(hermesflow("run", "--model", str(setup["model"]), "--out", str(tmp_path / sharding), *args, "--sharding", sharding, procs=2))
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    for file in ("base/eval/metrics.json", "round-1/prefs.jsonl"):  # the base model's work: byte for byte
+        assert (ddp / file).read_bytes() == (fsdp / file).read_bytes(), file
+    evaluations = [json.loads((run / "round-1" / "eval" / "metrics.json").read_text()) for run in (ddp, fsdp)]
+    assert evaluations[0]["per_example"] == evaluations[1]["per_example"]
+    manifest = json.loads((fsdp / "round-2" / "manifest.json").read_text())
+    assert manifest["model_sha1"] == load_backbone(fsdp / "round-1" / "model").fingerprint()
+    assert manifest["counts"]["records"] == 12
+    assert [row["round"] for row in json.loads((fsdp / "summary.json").read_text())] == ["base", "1", "2"]
 
 
 ROUNDS = ["--rounds", "2", "--n-train", "16", "--eval-n", "24", "--train-steps", "6", "--save-every", "2", "--batch-size", "4",

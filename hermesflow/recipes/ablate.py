@@ -45,10 +45,11 @@ from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.prefs import read_prefs
 from hermesflow.recipes.run import (
     Timings,
-    check_grpo_options,
+    check_training_options,
     claim_folder,
     curate_round,
     evaluate_into,
+    placed,
     settle,
     train_data,
     train_round,
@@ -134,7 +135,7 @@ def load_arms(path: Path) -> list[Arm]:
         values = {k: config._coerce(RunConfig, k, v, where) for k, v in settings.items()}
         try:  # ranges, choices and combinations, checked exactly as for a run's flags and config files
             run = config.complete(RunConfig, {"out": Path("."), **values})
-            check_grpo_options(run.training, run.grpo)
+            check_training_options(run.training, run.grpo)
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None
         arms.append(Arm(name, values, rounds))
@@ -176,10 +177,10 @@ def ablate(cfg: AblateConfig) -> dict:
     timings = Timings(out / "timings.json", state.is_main_process)
 
     def evaluated(model, folder: Path) -> Evaluation:  # the same items, sampling settings, seed and precision for every arm
-        if cfg.dtype == "bf16":
-            model = model.bfloat16()  # trained over fp32 weights; sampled and scored in bf16, as the base
-        return evaluate_into(model.eval(), folder / "eval", base_cfg, similarity, cfg.seed)
+        with model.inference():
+            return evaluate_into(model, folder / "eval", base_cfg, similarity, cfg.seed)
 
+    base = placed(base, base_cfg, state)  # in bf16 runs the base too is sampled and scored in bf16, as every arm
     runs: dict[str, list[Evaluation]] = {"base": [evaluated(base, out / "base")]}
     curated: dict[str, list[Path]] = {}  # the round folders each row trained on
     round0 = out / "round-0"
@@ -194,16 +195,16 @@ def ablate(cfg: AblateConfig) -> dict:
             arm_cfg = _run_config(cfg, preset, **arm.settings, seed=seed)
             folder = out / arm.name / f"seed-{seed}"
             with timings.stage(f"{arm.name}/seed-{seed}/train", folder / "model" / "config.json"):
-                model = train_round(load_backbone(base_dir, cfg.dtype), data, arm_round0, arm_cfg, state, out=folder)
+                model = placed(train_round(load_backbone(base_dir, cfg.dtype), data, arm_round0, arm_cfg, state, out=folder), arm_cfg, state)
             runs.setdefault(arm.name, []).append(evaluated(model, folder))
             curated.setdefault(arm.name, []).append(arm_round0)
             done = [arm_round0]  # the arm's round folders so far, for Eq. 10 and --replay
             for r in range(2, arm.rounds + 1):  # self-play: the arm's model curates against its previous pairs (Eq. 10)
                 folder = out / arm.row(r) / f"seed-{seed}"
                 with timings.stage(f"{arm.row(r)}/seed-{seed}/curate", folder / MANIFEST):
-                    curate_round(model.eval(), similarity, data, folder, arm_cfg, r - 1, done[-1], state)
+                    curate_round(model, similarity, data, folder, arm_cfg, r - 1, done[-1], state)
                 with timings.stage(f"{arm.row(r)}/seed-{seed}/train", folder / "model" / "config.json"):
-                    model = train_round(model, data, folder, arm_cfg, state, earlier=done)
+                    model = placed(train_round(model, data, folder, arm_cfg, state, earlier=done), arm_cfg, state)
                 runs.setdefault(arm.row(r), []).append(evaluated(model, folder))
                 curated.setdefault(arm.row(r), []).append(folder)
                 done.append(folder)

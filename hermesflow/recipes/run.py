@@ -81,7 +81,8 @@ def curate_round(backbone: Backbone, similarity, data: HomologousData, round_dir
     if (round_dir / MANIFEST).exists():
         return json.loads((round_dir / MANIFEST).read_text())
     previous = read_prefs(previous_dir) if previous_dir is not None else {}
-    curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes, WORLD, judge)
+    with backbone.inference():  # sharded: each process its share of the batches, however many forwards each takes
+        curate(backbone, similarity, data, round_dir, settings, previous, state.process_index, state.num_processes, WORLD, judge)
     state.wait_for_everyone()
     if state.is_main_process:
         merge(round_dir, data, state.num_processes, {
@@ -111,8 +112,12 @@ def round_judge(cfg, settings: CurationSettings, state) -> Backbone | None:
     return judge
 
 
-def check_grpo_options(training, grpo) -> None:
-    """Refuse, in one line, the Pair-DPO options a GRPO round has no use for (before any work in `run`)."""
+def check_training_options(training, grpo) -> None:
+    """Refuse, in one line, options a round cannot honour together (before any work in `run`): the
+    Pair-DPO options a GRPO round has no use for, and an unmerged LoRA model under --sharding fsdp."""
+    if training.sharding == "fsdp" and training.lora_r and not training.lora_merge:
+        raise UsageError("--sharding fsdp --no-lora-merge: the trained weights are gathered on the main process, which "
+                         "writes them as model/ for every process to read back; keep --lora-merge")
     if grpo is None or grpo.recipe != "grpo":
         return
     if training.reference_model == "base":
@@ -140,7 +145,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
     out = Path(out) if out is not None else round_dir
     cfg = settle(cfg, backbone)
     training, grpo = cfg.training, cfg.grpo if isinstance(cfg, RunConfig) else None  # `hermesflow train` has no GRPO
-    check_grpo_options(training, grpo)
+    check_training_options(training, grpo)
     replayed = list(earlier)[-training.replay:] if training.replay else []
     reference = round_reference(cfg, training)
     stage = {**config.results_settings(training), "seed": cfg.seed, "dtype": cfg.dtype, "model": backbone.fingerprint(),
@@ -155,6 +160,7 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
     state.wait_for_everyone()
     if (out / "model" / "config.json").exists():
         return load_backbone(out / "model", cfg.dtype)
+    backbone = backbone.whole()  # a sharded model is frozen: training starts from its whole weights and shards its own
     if training.lora_r:
         targets = [t.strip() for t in training.lora_target_modules.split(",") if t.strip()] or None
         backbone.add_lora(training.lora_r, training.lora_alpha, targets, seed=cfg.seed)
@@ -177,9 +183,11 @@ def train_round(backbone: Backbone, data: HomologousData, round_dir: Path, cfg, 
         if not training.lora_r or training.lora_merge:
             trained.save_pretrained(out / "model")
         shutil.rmtree(out / "train" / "state", ignore_errors=True)  # only now: a kill before this resumes
-    else:
+    elif trained is not None:
         trained.merge_lora()
     state.wait_for_everyone()
+    if training.sharding == "fsdp":  # gathered on the main process only, which wrote it: every process reads it back
+        return load_backbone(out / "model", cfg.dtype)
     return trained
 
 
@@ -229,6 +237,16 @@ def eval_settings(cfg: RunConfig, seed: int) -> dict:
     return evaluation_settings(cfg.eval.eval_n, cfg.eval.eval_data, eval_sampler(cfg, seed), cfg.curation.encoder,
                                cfg.curation.pooling, cfg.dtype, cfg.eval.judge, cfg.api, cfg.reading.questions,
                                None if cfg.eval.eval_data else cfg.eval.eval_draw, cfg.curation.choice_score)
+
+
+def placed(backbone: Backbone, cfg, state, trained: bool = True) -> Backbone:
+    """A model as curation and evaluation use it: on the device, in eval mode, a `trained` one in the
+    run's precision (trained over fp32 weights; sampled and scored in bf16; a loaded one is as loaded),
+    sharded over the processes under --sharding fsdp (each keeps 1/N of the weights; `Backbone.inference`)."""
+    backbone = backbone.to(state.device).eval()
+    if trained and cfg.dtype == "bf16":
+        backbone = backbone.bfloat16()
+    return backbone.shard() if cfg.training.sharding == "fsdp" else backbone
 
 
 def evaluate_into(backbone: Backbone, folder: Path, cfg: RunConfig, similarity, seed: int | None = None) -> Evaluation:
@@ -449,7 +467,7 @@ def run(cfg: RunConfig) -> list[dict]:
     from hermesflow.accel import partial_state
     from hermesflow.scorers.similarity import SentenceSimilarity
 
-    check_grpo_options(cfg.training, cfg.grpo)
+    check_training_options(cfg.training, cfg.grpo)
     state = partial_state()
     out = Path(cfg.out)
     backbone = load_backbone(cfg.model or BASE_MODEL, cfg.dtype).to(state.device).eval()  # a bad --model writes nothing
@@ -469,14 +487,16 @@ def run(cfg: RunConfig) -> list[dict]:
     if state.is_main_process:
         atomic_write_json(out / "provenance.json", provenance(cfg, out))
     rows = []
-    if state.is_main_process:
-        say("base model: evaluate")
-        if cfg.base_eval:
-            adopt_base_eval(cfg.base_eval, out / "base" / "eval")
-        with timings.stage("base/eval", out / "base" / "eval" / "metrics.json"):
-            base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
-        rows.append(summary_row("base", base, None))
-        print(format_summary(rows), flush=True)
+    backbone = placed(backbone, cfg, state, trained=False)
+    with backbone.inference():  # sharded, the other processes take part in the main process's forward passes
+        if state.is_main_process:
+            say("base model: evaluate")
+            if cfg.base_eval:
+                adopt_base_eval(cfg.base_eval, out / "base" / "eval")
+            with timings.stage("base/eval", out / "base" / "eval" / "metrics.json"):
+                base = evaluate_into(backbone, out / "base" / "eval", cfg, similarity)
+            rows.append(summary_row("base", base, None))
+            print(format_summary(rows), flush=True)
     done = []  # the folders of the rounds run so far
     for r in range(1, cfg.rounds + 1):
         round_dir = out / f"round-{r}"
@@ -485,15 +505,14 @@ def run(cfg: RunConfig) -> list[dict]:
         with timings.stage(f"round-{r}/curate", round_dir / MANIFEST):
             manifest = curate_round(backbone, similarity, data, round_dir, cfg, r - 1, done[-1] if done else None, state)
         with timings.stage(f"round-{r}/train", round_dir / "model" / "config.json"):
-            backbone = train_round(backbone, data, round_dir, cfg, state, earlier=done).to(state.device).eval()
-        if cfg.dtype == "bf16":
-            backbone = backbone.bfloat16()  # trained over fp32 weights; sampled and scored in bf16
-        if state.is_main_process:
-            with timings.stage(f"round-{r}/eval", round_dir / "eval" / "metrics.json"):
-                result = evaluate_into(backbone, round_dir / "eval", cfg, similarity)
-            trained = round_dir / "train" / "summary.json"
-            rows.append(summary_row(str(r), result, manifest, json.loads(trained.read_text()).get("examples") if trained.exists() else None))
-            print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
+            backbone = placed(train_round(backbone, data, round_dir, cfg, state, earlier=done), cfg, state)
+        with backbone.inference():
+            if state.is_main_process:
+                with timings.stage(f"round-{r}/eval", round_dir / "eval" / "metrics.json"):
+                    result = evaluate_into(backbone, round_dir / "eval", cfg, similarity)
+                trained = round_dir / "train" / "summary.json"
+                rows.append(summary_row(str(r), result, manifest, json.loads(trained.read_text()).get("examples") if trained.exists() else None))
+                print(format_summary(rows).splitlines()[-1], flush=True)  # each round's scores as soon as they exist
         state.wait_for_everyone()
         done.append(round_dir)
     if state.is_main_process:

@@ -70,6 +70,13 @@ def meta_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def held_fraction(module: nn.Module) -> float:
+    """The fraction of `module`'s parameter elements this process holds (1/N of each sharded one)."""
+    params = list(module.parameters())
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+    return local / sum(p.numel() for p in params)
+
+
 def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

@@ -34,7 +34,7 @@ from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
 from hermesflow.options import TrainingOptions
 from hermesflow.prefs import AnswerPair, Preference, to_line
 from hermesflow.records import HomologousData, Record
-from hermesflow.sharding import broadcast_from_main, gathered, meta_copy, shard
+from hermesflow.sharding import broadcast_from_main, gathered, held_fraction, meta_copy, shard
 
 
 @dataclass(frozen=True)
@@ -369,6 +369,7 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
         if cfg.sharding == "fsdp":
             shard(reference, reference.backbone.shard_units())
     policy, inner = loop.prepare(policy, backbone.shard_units() if cfg.sharding == "fsdp" else ())
+    held = held_fraction(policy)
     opt = loop.opt
     for step in loop.steps({**vars(cfg), "seed": seed, "dtype": dtype}):
         indices = batch_indices(step, len(examples), cfg.batch_size, seed)
@@ -402,7 +403,8 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
         digest = torch.stack([p.detach().double().sum() for p in backbone.parameters()])
         identical = bool((accelerator.gather(digest[None]) == digest).all())
     if accelerator.is_main_process:
-        summary = {"steps": cfg.train_steps, "processes": world, "sharding": cfg.sharding, "ranks_identical": identical,
+        summary = {"steps": cfg.train_steps, "processes": world, "sharding": cfg.sharding, "weights_held": round(held, 4),
+                   "ranks_identical": identical,
                    "skipped_nonfinite": loop.skipped, "examples": len(examples),
                    "examples_replayed": sum(e.replayed for e in examples), "pair_rows": cfg.pair_rows,
                    "branches": list(branches), "gen_objective": cfg.gen_objective if "gen" in branches else None,

@@ -74,12 +74,12 @@ def test_one_lora_step_changes_only_the_adapted_weights_and_the_merged_model_is_
     assert load_backbone(lora_run / "round-1" / "model").model_type == "janus"
 
 
-def two_processes_match_one(model: Path, run: Path, tmp_path: Path, *extra: str) -> None:
-    """`hermesflow train` on two processes (with `extra` flags) ends where one process does."""
+def two_processes_match_one(model: Path, run: Path, tmp_path: Path, sharding: str, *extra: str) -> None:
+    """`hermesflow train` (with `extra` flags) on two processes with `sharding` ends where one process does."""
     args = ["train", "--model", str(model), "--data", str(run / "data"), "--prefs", str(run / "round-1"),
-            "--train-steps", "3", "--batch-size", "2", "--lr", "1e-3", "--warmup", "1"]
+            "--train-steps", "3", "--batch-size", "2", "--lr", "1e-3", "--warmup", "1", *extra]
     hermesflow(*args, "--out", str(tmp_path / "one"))
-    hermesflow(*args, "--out", str(tmp_path / "two"), *extra, procs=2)
+    hermesflow(*args, "--out", str(tmp_path / "two"), "--sharding", sharding, procs=2)
     assert json.loads((tmp_path / "two" / "train" / "summary.json").read_text())["processes"] == 2
     start = load_file(model / "model.safetensors")
     a, b = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("one", "two"))
@@ -90,9 +90,9 @@ def two_processes_match_one(model: Path, run: Path, tmp_path: Path, *extra: str)
     assert moved > 0 and apart / moved < 1e-3, float(apart / moved)
 
 
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_training_janus_on_two_processes_matches_one(janus, lora_run, tmp_path, sharding):
-    two_processes_match_one(janus, lora_run, tmp_path, "--sharding", sharding)
+@pytest.mark.parametrize("sharding, extra", [("ddp", ()), ("fsdp", ()), ("fsdp", ("--lora-r", "4"))])
+def test_training_janus_on_two_processes_matches_one(janus, lora_run, tmp_path, sharding, extra):
+    two_processes_match_one(janus, lora_run, tmp_path, sharding, *extra)
 
 
 def test_run_on_show_o_at_256_px_curates_trains_and_evaluates(tmp_path):
@@ -111,4 +111,4 @@ def test_run_on_show_o_at_256_px_curates_trains_and_evaluates(tmp_path):
     assert json.loads((out / "round-1" / "eval" / "metrics.json").read_text())["settings"]["model_type"] == "show-o"
     assert load_backbone(out / "round-1" / "model").fingerprint() != load_backbone(showo).fingerprint()
     # its decoder layers sharded over two processes (FSDP2) end where one process does
-    two_processes_match_one(showo, out, tmp_path / "fsdp", "--sharding", "fsdp")
+    two_processes_match_one(showo, out, tmp_path / "fsdp", "fsdp")

@@ -113,8 +113,9 @@ def test_an_unusable_out_is_one_line_before_any_model_loads(tmp_path: Path):
      "--replay trains on a run's earlier rounds, which `hermesflow train` is not given: use hermesflow run"),
     ("run", ["--recipe", "grpo", "--replay", "1"], "--replay trains again on earlier rounds' pairs; GRPO trains on fresh samples"),
     ("run", ["--recipe", "grpo", "--reference-model", "base"], "--reference-model base applies to Pair-DPO; GRPO's KL is to"),
+    ("run", ["--sharding", "fsdp", "--lora-r", "4", "--no-lora-merge"], "--sharding fsdp --no-lora-merge: the trained weights are"),
 ])
-def test_pair_dpo_options_without_the_rounds_or_pairs_they_need_are_refused_before_any_work(tmp_path: Path, verb, flags, said):
+def test_options_a_round_cannot_honour_together_are_refused_before_any_work(tmp_path: Path, verb, flags, said):
     result = hermesflow(verb, "--out", str(tmp_path / "out"), *flags)
     assert result.returncode == 2 and result.stderr.startswith(f"error: {said}") and len(result.stderr.splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists()

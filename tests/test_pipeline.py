@@ -193,6 +193,7 @@ def test_sharded_training_matches_one_process_and_resumes_exactly_after_a_kill(s
     finish(train(setup, curated, whole, 2, "--sharding", "fsdp"))
     summary = json.loads((whole / "train" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["sharding"] == "fsdp"
+    assert 0.49 <= summary["weights_held"] <= 0.51  # the main process held half of the weights while training
     start, one, sharded = (load_file(d / "model.safetensors") for d in (setup["model"], trained / "model", whole / "model"))
     assert one.keys() == sharded.keys()
     moved, apart = moved_and_apart(start, one, sharded)

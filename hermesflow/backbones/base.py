@@ -172,7 +172,8 @@ class Backbone(Protocol):
         """The module whose parameters training updates (and PEFT wraps)."""
 
     def shard_units(self) -> list[nn.Module]:
-        """The transformer blocks, each sharded on its own under --sharding fsdp (gathered for its forward)."""
+        """The transformer blocks, each sharded on its own under --sharding fsdp (gathered for its forward);
+        every forward pass must run each of them once, in this order (sharded sampling relies on it)."""
 
     def reference_context(self) -> contextlib.AbstractContextManager:
         """A context in which the model computes the reference's log-probs (LoRA adapter disabled)."""

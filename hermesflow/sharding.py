@@ -115,7 +115,18 @@ def sharded_inference(root: nn.Module, units: list[nn.Module]) -> Iterator[None]
     def working(module: nn.Module, args: tuple) -> None:
         others_working(1)
 
-    hook = units[0].register_forward_pre_hook(working, prepend=True)  # before FSDP's gather
+    ran = [len(units) - 1]  # the block run last (as if a forward pass had just ended)
+
+    def in_order(i: int):
+        def check(module: nn.Module, args: tuple) -> None:
+            if i != (ran[0] + 1) % len(units):
+                raise UsageError(f"sharded inference: a forward pass ran block {i} after block {ran[0]}, so the processes' "
+                                 "gathers would no longer match; shard_units() must be blocks every forward runs once, in order")
+            ran[0] = i
+        return check
+
+    hooks = [unit.register_forward_pre_hook(in_order(i), prepend=True) for i, unit in enumerate(units)]
+    hooks.append(units[0].register_forward_pre_hook(working, prepend=True))  # before FSDP's gather
     # FSDP makes root the first module to run forward, and a root keeps its weights after it; the root
     # here never runs forward, so it is made root first (else each block would be, and stay whole)
     root._get_fsdp_state()._lazy_init()
@@ -127,7 +138,8 @@ def sharded_inference(root: nn.Module, units: list[nn.Module]) -> Iterator[None]
                 unit.unshard()
                 unit.reshard()
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         root.reshard()
 
 

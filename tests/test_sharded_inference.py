@@ -43,3 +43,34 @@ def test_a_sharded_model_samples_and_scores_as_its_whole_weights(tmp_path, model
     for name in held[0]:  # the two halves make the whole (a parameter of an odd number of rows splits unevenly)
         assert held[0][name] + held[1][name] == pytest.approx(1.0)
         assert 0.3 <= held[0][name] <= 0.7
+
+
+def test_blocks_run_out_of_order_are_refused_rather_than_hang(tmp_path):
+    """Draining issues each block's gather in `shard_units()` order; a model whose forward skips or
+    reorders them would leave the processes waiting on different collectives: it is refused."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    from hermesflow.errors import UsageError
+    from hermesflow.sharding import shard, sharded_inference
+
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+        def forward(self, x, skip: bool):
+            return self.blocks[2](self.blocks[0](x) if skip else self.blocks[1](self.blocks[0](x)))
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = Skips()
+        shard(model, list(model.blocks))
+        with sharded_inference(model, list(model.blocks)), torch.no_grad():
+            model(torch.ones(1, 4), skip=False)
+            model(torch.ones(1, 4), skip=False)  # whole passes, one after another: fine
+            with pytest.raises(UsageError, match="ran block 2 after block 0"):
+                model(torch.ones(1, 4), skip=True)
+    finally:
+        dist.destroy_process_group()

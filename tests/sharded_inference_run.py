@@ -3,7 +3,9 @@ sharded over the processes (`Backbone.shard`) samples and scores exactly as its 
 one process, each process doing a different number of calls (rank r: r + 1 rounds of generation,
 captions and multiple choice), so one process drains while the other still works.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/sharded_inference_run.py MODEL DTYPE OUT.json
+    python -m torch.distributed.run --nproc_per_node 2 tests/sharded_inference_run.py OUT.json MODEL DTYPE [MODEL DTYPE ...]
+
+writes, for each model, each process's report.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ def calls(model, rank: int) -> list:
     return outputs
 
 
-def main(folder: str, dtype: str, out: str) -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
+def report(folder: str, dtype: str, rank: int) -> dict:
+    """This process's check of one model: the same outputs sharded as whole, its share, the fingerprints."""
     whole = load_backbone(folder, dtype).eval()
     expected = calls(whole, rank)
     fingerprint = whole.fingerprint()
@@ -46,12 +47,19 @@ def main(folder: str, dtype: str, out: str) -> None:
         # between forwards each block is back to its shard (only the root's own weights stay whole)
         blocks_sharded = all(hasattr(p, "to_local") for unit in sharded.shard_units() for p in unit.parameters())
     same = all(torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2] for a, b in zip(expected, got)) and len(got) == rank + 1
-    regathered = sharded.whole()
-    reports = [None] * dist.get_world_size()
-    dist.all_gather_object(reports, {
-        "same_outputs": same, "calls": len(got), "blocks_sharded_between_calls": blocks_sharded, "fingerprint_sharded": sharded.fingerprint(), "fingerprint_whole": fingerprint,
-        "fingerprint_regathered": regathered.fingerprint(),
-        "held_fraction": {name: held[name] / sizes[name] for name in held}})
+    return {"same_outputs": same, "calls": len(got), "blocks_sharded_between_calls": blocks_sharded,
+            "fingerprint_sharded": sharded.fingerprint(), "fingerprint_whole": fingerprint,
+            "fingerprint_regathered": sharded.whole().fingerprint(),
+            "held_fraction": {name: held[name] / sizes[name] for name in held}}
+
+
+def main(out: str, *models: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    reports = {}
+    for folder, dtype in zip(models[::2], models[1::2]):
+        reports[folder] = [None] * dist.get_world_size()
+        dist.all_gather_object(reports[folder], report(folder, dtype, rank))
     if rank == 0:
         atomic_write_json(out, reports)
     dist.destroy_process_group()

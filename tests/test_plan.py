@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hermesflow.cli import main
 from hermesflow.errors import UsageError
 from hermesflow.plan import largest_batch, plan
 
@@ -54,17 +55,15 @@ def test_the_largest_batch_is_what_fits_beside_the_fixed_parts():
     assert largest_batch(p, fixed / 2, 1) == 0
 
 
-def test_plan_on_the_command_line_and_its_refusals(tmp_path):
-    def hermesflow(*args):
-        return subprocess.run([sys.executable, "-m", "hermesflow", "plan", *args], capture_output=True, text=True, timeout=300)
-
-    out = hermesflow("--model", "janus-pro-1b", "--lora-r", "16", "--gpu-memory", "80", "--batch-size", "2")
+def test_plan_on_the_command_line_and_its_refusals(tmp_path, capsys):
+    out = subprocess.run([sys.executable, "-m", "hermesflow", "plan", "--model", "janus-pro-1b", "--lora-r", "16", "--gpu-memory", "80",
+                          "--batch-size", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "2.08 B parameters" in out.stdout and "largest --batch-size that fits 80 GB per process:" in out.stdout
-    missing = hermesflow("--model", str(tmp_path / "nothing"))
-    assert missing.returncode == 2 and "neither a folder with config.json nor a published config" in missing.stderr
-    uneven = hermesflow("--model", "show-o", "--processes", "3", "--batch-size", "8")
-    assert uneven.returncode == 2 and "must divide evenly over 3 processes" in uneven.stderr
+    for args, said in ((["--model", str(tmp_path / "nothing")], "neither a folder with config.json nor a published config"),
+                       (["--model", "show-o", "--processes", "3", "--batch-size", "8"], "must divide evenly over 3 processes")):
+        assert main(["plan", *args]) == 2  # the same entry point, in this process
+        assert said in capsys.readouterr().err
     with pytest.raises(UsageError, match="model_type 'llama' cannot be planned"):
         (tmp_path / "llama").mkdir()
         (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')

@@ -35,8 +35,9 @@ def test_fine_tuning_on_perfect_self_samples_raises_generation_and_random_ones_d
         return model.generate(captions, n, GenerationConfig(guidance=2.0, steps=10, seed=seed))
 
     fresh = {}
+    drawn = sample(base, caps, 8, 7)  # both selections pick from the same 8 samples of each prompt
     for select in ("perfect", "random"):
-        examples, acc, chosen = zero.sft_examples(base, caps, qas, 8, lambda c, n: sample(base, c, n, 7), select, 0)
+        examples, acc, chosen = zero.sft_examples(base, caps, qas, 8, lambda c, n: drawn, select, 0)
         assert chosen == 1.0 if select == "perfect" else chosen < 0.8
         tuned = zero.fine_tune(base, examples, steps=120, lr=1e-4, batch=16, cond_dropout=0.1, seed=0)
         fresh[select] = zero.judge(tuned, caps, qas, sample(tuned, caps, 1, 11))

@@ -21,7 +21,6 @@ draws is a function of (seed, step), so a resumed run continues exactly.
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -37,7 +36,15 @@ from hermesflow.judges import self_vqa
 from hermesflow.loop import TrainingLoop
 from hermesflow.options import CurationOptions, GRPOOptions, TrainingOptions
 from hermesflow.records import QUESTIONS_HINT, Record
-from hermesflow.sharding import broadcast_from_main, gathered, is_sharded, meta_copy, shard, sharded_inference
+from hermesflow.sharding import (
+    broadcast_from_main,
+    frozen_copy,
+    gathered,
+    is_sharded,
+    meta_copy,
+    shard,
+    sharded_inference,
+)
 from hermesflow.train import batch_indices, estimator_of
 
 REWARDS = ("hard", "graded")
@@ -198,11 +205,14 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
     policy = ImageLogps(backbone, estimator)
     frame = meta_copy(backbone) if loop.sharded else None  # where the sharded weights are gathered
     reference = None
+    units = backbone.shard_units() if loop.sharded else ()
+    if units:  # before the frozen copy, so that the whole weights are held once (as that copy), not twice
+        shard(policy, units)
     if grpo.grpo_beta_kl > 0 and backbone.peft_model is None:  # with LoRA: the adapter disabled
-        reference = ImageLogps(copy.deepcopy(backbone).eval().requires_grad_(False), estimator)
-        if loop.sharded:
+        reference = ImageLogps(frozen_copy(policy, frame, "backbone."), estimator)
+        if units:
             shard(reference, reference.backbone.shard_units())
-    policy, inner = loop.prepare(policy, backbone.shard_units() if loop.sharded else ())
+    policy, inner = loop.prepare(policy, units)
     for step in loop.steps():
         loop.set_lr(step)  # the μ updates of a step share its learning rate
         row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step, choice_score)

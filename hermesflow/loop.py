@@ -26,7 +26,7 @@ from hermesflow.accel import check_launch, cpu_only
 from hermesflow.errors import HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json, keep_rows_up_to
 from hermesflow.options import TrainingOptions
-from hermesflow.sharding import check_sharding, load_state, save_state, shard
+from hermesflow.sharding import check_sharding, is_sharded, load_state, save_state, shard
 from hermesflow.stages import say
 
 
@@ -93,7 +93,7 @@ class TrainingLoop:
         only the optimizer prepared); then the saved state, if any. Returns (policy, the unwrapped policy)."""
         policy.train()
         t, accelerator = self.training, self.accelerator
-        if self.sharded:
+        if self.sharded and not is_sharded(policy):
             shard(policy, list(units))
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay,
                                      betas=self.betas)

@@ -97,6 +97,13 @@ def gathered(sharded: nn.Module, frame: nn.Module, prefix: str = "", main_only: 
     return frame
 
 
+def frozen_copy(policy: nn.Module, frame: nn.Module | None, prefix: str) -> nn.Module:
+    """A frozen copy of the model at `prefix` in `policy`: deep-copied, or if the policy is sharded
+    gathered into a copy of `frame` (its `meta_copy`), so that the whole weights exist once, as the copy."""
+    model = gathered(policy, meta_copy(frame), prefix) if is_sharded(policy) else copy.deepcopy(policy.get_submodule(prefix.rstrip(".")))
+    return model.eval().requires_grad_(False)
+
+
 @contextlib.contextmanager
 def sharded_inference(root: nn.Module, units: list[nn.Module]) -> Iterator[None]:
     """Forward passes on a sharded `root` (its blocks `units`, in forward order), each process as many

@@ -15,7 +15,6 @@ global batch.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import random
@@ -34,7 +33,7 @@ from hermesflow.losses import BRANCHES, BranchLogps, PairDPOLoss
 from hermesflow.options import TrainingOptions
 from hermesflow.prefs import AnswerPair, Preference, to_line
 from hermesflow.records import HomologousData, Record
-from hermesflow.sharding import broadcast_from_main, gathered, held_fraction, meta_copy, shard
+from hermesflow.sharding import broadcast_from_main, frozen_copy, gathered, held_fraction, meta_copy, shard
 
 
 @dataclass(frozen=True)
@@ -363,12 +362,15 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
     if cached:  # computed with whole weights, before sharding
         refs = cached_reference(PolicyLogps(anchor, cached, policy.estimator), examples, cfg, dtype, accelerator, out,
                                 anchor.fingerprint() if reference_model is not None else fingerprint or backbone.fingerprint())
+    units = backbone.shard_units() if cfg.sharding == "fsdp" else ()
+    if units:  # before the frozen copy, so that the whole weights are held once (as that copy), not twice
+        shard(policy, units)
     if online and backbone.peft_model is None:  # online, with a frozen copy (with LoRA: the adapter disabled)
-        frozen = reference_model or copy.deepcopy(backbone).eval().requires_grad_(False)
+        frozen = reference_model or frozen_copy(policy, frame, "backbone.")
         reference = PolicyLogps(frozen, online, policy.estimator)
-        if cfg.sharding == "fsdp":
+        if units:
             shard(reference, reference.backbone.shard_units())
-    policy, inner = loop.prepare(policy, backbone.shard_units() if cfg.sharding == "fsdp" else ())
+    policy, inner = loop.prepare(policy, units)
     held = held_fraction(policy)
     opt = loop.opt
     for step in loop.steps({**vars(cfg), "seed": seed, "dtype": dtype}):

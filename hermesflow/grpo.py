@@ -212,7 +212,7 @@ def train_grpo(backbone: Backbone, records: list[Record], grpo: GRPOOptions, tra
         reference = ImageLogps(frozen_copy(policy, frame, "backbone."), estimator)
         if units:
             shard(reference, reference.backbone.shard_units())
-    policy, inner = loop.prepare(policy, units)
+    policy, inner = loop.prepare(policy)
     for step in loop.steps():
         loop.set_lr(step)  # the μ updates of a step share its learning rate
         row = grpo_step(policy, inner, reference, loop.opt, accelerator, records, grpo, training, sampler, seed, step, choice_score)

@@ -26,7 +26,7 @@ from hermesflow.accel import check_launch, cpu_only
 from hermesflow.errors import HermesFlowError, UsageError
 from hermesflow.io import atomic_write_json, keep_rows_up_to
 from hermesflow.options import TrainingOptions
-from hermesflow.sharding import check_sharding, is_sharded, load_state, save_state, shard
+from hermesflow.sharding import check_sharding, is_sharded, load_state, save_state
 from hermesflow.stages import say
 
 
@@ -87,14 +87,15 @@ class TrainingLoop:
     def sharded(self) -> bool:
         return self.training.sharding == "fsdp"
 
-    def prepare(self, policy: nn.Module, units: list[nn.Module] = ()) -> tuple[nn.Module, nn.Module]:
+    def prepare(self, policy: nn.Module) -> tuple[nn.Module, nn.Module]:
         """AdamW over the policy's trainable parameters, prepared by the accelerator with the policy
-        (with --sharding fsdp: the policy sharded over the processes, each of `units` on its own, and
-        only the optimizer prepared); then the saved state, if any. Returns (policy, the unwrapped policy)."""
+        (with --sharding fsdp the policy comes sharded, `sharding.shard`, before a frozen reference is
+        copied from it, and only the optimizer is prepared); then the saved state, if any. Returns
+        (policy, the unwrapped policy)."""
         policy.train()
         t, accelerator = self.training, self.accelerator
         if self.sharded and not is_sharded(policy):
-            shard(policy, list(units))
+            raise RuntimeError("--sharding fsdp: the policy must be sharded before TrainingLoop.prepare")
         self.opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay,
                                      betas=self.betas)
         if self.sharded:

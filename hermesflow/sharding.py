@@ -108,10 +108,7 @@ def frozen_copy(policy: nn.Module, frame: nn.Module | None, prefix: str) -> nn.M
 def sharded_inference(root: nn.Module, units: list[nn.Module]) -> Iterator[None]:
     """Forward passes on a sharded `root` (its blocks `units`, in forward order), each process as many
     as it has work for; on leaving, a process drains until every process has left (module docstring).
-    Every process enters; a module that is not sharded runs as it is."""
-    if not is_sharded(root):
-        yield
-        return
+    Every process enters."""
     device = next(root.parameters()).device
 
     def others_working(mine: int) -> bool:

@@ -370,7 +370,7 @@ def train(backbone: Backbone, examples: list[Example], cfg: TrainingOptions, out
         reference = PolicyLogps(frozen, online, policy.estimator)
         if units:
             shard(reference, reference.backbone.shard_units())
-    policy, inner = loop.prepare(policy, units)
+    policy, inner = loop.prepare(policy)
     held = held_fraction(policy)
     opt = loop.opt
     for step in loop.steps({**vars(cfg), "seed": seed, "dtype": dtype}):
